@@ -1,0 +1,352 @@
+/*
+** kernels/cpu/backend_cpu.c: the CPU backend, and the reference every other backend is tested
+** against. GEMMs go to OpenBLAS (cblas_sgemm), factorizations to LAPACKE, element-wise and row
+** ops are plain loops parallelised with OpenMP. Memory is ordinary host memory.
+** Ownership: ctx holds a scratch buffer for attention scores, grown on demand, freed with kb.
+*/
+#include "../kbackend.h"
+#include "../kbackend_impl.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+struct cpu_ctx {
+    float *scratch;      /* attention scores, one [chunk x T] block per thread */
+    size_t scratch_n;
+};
+
+static const char *cpu_name(struct kbackend *kb) { (void)kb; return "cpu"; }
+
+static void cpu_free(struct kbackend *kb)
+{
+    struct cpu_ctx *c = kb->ctx;
+    if (c) free(c->scratch);
+    free(c);
+    free(kb);
+}
+
+static int cpu_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
+{
+    (void)kb;
+    /* 64-byte alignment keeps BLAS and vector loops on full cache lines */
+    size_t rounded = (n + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p) return slm_err_set(err, SLM_ENOMEM, "cpu: cannot allocate %zu bytes", n);
+    *out = p;
+    return 0;
+}
+
+static void cpu_release(struct kbackend *kb, void *p) { (void)kb; free(p); }
+
+static int cpu_memcpy(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    if (n) memmove(dst, src, n);
+    return 0;
+}
+
+static int cpu_sync(struct kbackend *kb, struct slm_err *err) { (void)kb; (void)err; return 0; }
+
+static int cpu_gemm(struct kbackend *kb, const struct kgemm_args *a, struct slm_err *err)
+{
+    (void)kb;
+    if (a->m < 0 || a->n < 0 || a->k < 0 || a->batch < 1)
+        return slm_err_set(err, SLM_EINVAL, "gemm: bad sizes m=%d n=%d k=%d batch=%d", a->m, a->n, a->k, a->batch);
+    for (int i = 0; i < a->batch; i++)
+        cblas_sgemm(CblasRowMajor, a->ta == KB_T ? CblasTrans : CblasNoTrans,
+                    a->tb == KB_T ? CblasTrans : CblasNoTrans, a->m, a->n, a->k, a->alpha,
+                    a->a + i * a->stride_a, a->lda, a->b + i * a->stride_b, a->ldb, a->beta,
+                    a->c + i * a->stride_c, a->ldc);
+    return 0;
+}
+
+static int cpu_layernorm(struct kbackend *kb, float *y, const float *x, const float *w, const float *b,
+                         int rows, int cols, float eps, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        float *yr = y + (size_t)r * cols;
+        double mean = 0, var = 0;
+        for (int c = 0; c < cols; c++) mean += xr[c];
+        mean /= cols;
+        for (int c = 0; c < cols; c++) { double d = xr[c] - mean; var += d * d; }
+        var /= cols;
+        float inv = (float)(1.0 / sqrt(var + eps)), m = (float)mean;
+        for (int c = 0; c < cols; c++) {
+            float v = (xr[c] - m) * inv;
+            if (w) v *= w[c];
+            if (b) v += b[c];
+            yr[c] = v;
+        }
+    }
+    return 0;
+}
+
+static int cpu_rmsnorm(struct kbackend *kb, float *y, const float *x, const float *w, int rows, int cols,
+                       float divisor, float eps, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        float *yr = y + (size_t)r * cols;
+        double ss = 0;
+        for (int c = 0; c < cols; c++) ss += (double)xr[c] * xr[c];
+        float inv = (float)(1.0 / sqrt(ss / divisor + eps));
+        for (int c = 0; c < cols; c++) yr[c] = w ? w[c] * (xr[c] * inv) : xr[c] * inv;
+    }
+    return 0;
+}
+
+static int cpu_add_bias(struct kbackend *kb, float *y, const float *bias, int rows, int cols, int ld,
+                        struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) y[(size_t)r * ld + c] += bias[c];
+    return 0;
+}
+
+static int cpu_add(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    return 0;
+}
+
+static int cpu_mul(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] *= x[i];
+    return 0;
+}
+
+static int cpu_scale(struct kbackend *kb, float *y, float s, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] *= s;
+    return 0;
+}
+
+float kcpu_act1(float v, enum kact act)
+{
+    switch (act) {
+    case KACT_RELU: return v > 0 ? v : 0;
+    case KACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        return 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+    case KACT_GELU_ERF: return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    case KACT_SILU: return v / (1.0f + expf(-v));
+    }
+    return v;
+}
+
+static int cpu_act(struct kbackend *kb, float *y, const float *x, size_t n, enum kact act, struct slm_err *err)
+{
+    (void)kb;
+    if ((unsigned)act > KACT_SILU) return slm_err_set(err, SLM_EINVAL, "act: unknown activation %d", (int)act);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = kcpu_act1(x[i], act);
+    return 0;
+}
+
+static int cpu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int nheads, int hd, int rot_dim,
+                    const float *inv_freq, struct slm_err *err)
+{
+    (void)kb;
+    if (rot_dim <= 0 || rot_dim > hd || (rot_dim & 1) || T <= 0)
+        return slm_err_set(err, SLM_EINVAL, "rope: bad rot_dim %d for head_dim %d", rot_dim, hd);
+    int half = rot_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float pos = (float)(r % T);
+        for (int i = 0; i < half; i++) {
+            float ang = pos * inv_freq[i];
+            float c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < nheads; h++) {
+                float *p = x + (size_t)r * ld + (size_t)h * hd;
+                float a = p[i], b = p[i + half];
+                p[i] = a * c - b * s;
+                p[i + half] = b * c + a * s;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Scores are computed in row chunks so that the causal upper triangle is mostly skipped and the
+** scratch stays [chunk x T] per (b, h). */
+#define ATTN_CHUNK 256
+
+static int cpu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err *err)
+{
+    struct cpu_ctx *c = kb->ctx;
+    if (a->Hkv <= 0 || a->H % a->Hkv)
+        return slm_err_set(err, SLM_EINVAL, "attention: %d heads not a multiple of %d kv heads", a->H, a->Hkv);
+    int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, g = a->H / a->Hkv;
+    size_t need = (size_t)chunk * T;
+    if (c->scratch_n < need) {
+        free(c->scratch);
+        c->scratch = malloc(need * sizeof(float));
+        c->scratch_n = c->scratch ? need : 0;
+        if (!c->scratch) return slm_err_set(err, SLM_ENOMEM, "attention: scratch of %zu floats", need);
+    }
+    float *S = c->scratch;
+    for (int b = 0; b < a->B; b++) {
+        for (int h = 0; h < a->H; h++) {
+            const float *q = a->q + (size_t)b * T * a->q_stride + (size_t)h * a->hd;
+            const float *k = a->k + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
+            const float *v = a->v + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
+            float *o = a->out + (size_t)b * T * a->out_stride + (size_t)h * a->hd;
+            for (int r0 = 0; r0 < T; r0 += chunk) {
+                int nr = T - r0 < chunk ? T - r0 : chunk, ncol = r0 + nr;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, ncol, a->hd, a->scale,
+                            q + (size_t)r0 * a->q_stride, a->q_stride, k, a->kv_stride, 0.0f, S, ncol);
+#pragma omp parallel for schedule(static)
+                for (int i = 0; i < nr; i++) {
+                    float *s = S + (size_t)i * ncol;
+                    int last = r0 + i; /* inclusive causal limit */
+                    float mx = -INFINITY;
+                    for (int j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
+                    float sum = 0;
+                    for (int j = 0; j <= last; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+                    float inv = 1.0f / sum;
+                    for (int j = 0; j <= last; j++) s[j] *= inv;
+                    for (int j = last + 1; j < ncol; j++) s[j] = 0.0f;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, a->hd, ncol, 1.0f, S, ncol,
+                            v, a->kv_stride, 0.0f, o + (size_t)r0 * a->out_stride, a->out_stride);
+            }
+        }
+    }
+    return 0;
+}
+
+static int cpu_cross_entropy(struct kbackend *kb, float *nll, const float *logits, const int32_t *targets,
+                             int rows, int vocab, struct slm_err *err)
+{
+    (void)kb; (void)err;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *l = logits + (size_t)r * vocab;
+        int t = targets[r];
+        if (t < 0 || t >= vocab) { nll[r] = 0; continue; }
+        float mx = -INFINITY;
+        for (int j = 0; j < vocab; j++) mx = l[j] > mx ? l[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < vocab; j++) sum += exp((double)l[j] - mx);
+        nll[r] = (float)(log(sum) + mx - l[t]);
+    }
+    return 0;
+}
+
+static int cpu_eigh_f64(struct kbackend *kb, double *a, double *w, int n, struct slm_err *err)
+{
+    (void)kb;
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a, n, w);
+    if (info != 0) return slm_err_set(err, SLM_ENUMERIC, "eigh: dsyevd info=%d (n=%d)", (int)info, n);
+    return 0;
+}
+
+static int cpu_cholesky_upper(struct kbackend *kb, float *a, int n, struct slm_err *err)
+{
+    (void)kb;
+    lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'U', n, a, n);
+    if (info > 0) return slm_err_set(err, SLM_ENUMERIC, "cholesky: matrix not positive definite (minor %d of %d)", (int)info, n);
+    if (info < 0) return slm_err_set(err, SLM_EINVAL, "cholesky: spotrf argument %d", (int)-info);
+    for (int i = 1; i < n; i++) memset(a + (size_t)i * n, 0, (size_t)i * sizeof(float));
+    return 0;
+}
+
+static int cpu_spd_inverse(struct kbackend *kb, float *a, int n, struct slm_err *err)
+{
+    (void)kb;
+    lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'U', n, a, n);
+    if (info > 0) return slm_err_set(err, SLM_ENUMERIC, "spd_inverse: matrix not positive definite (minor %d of %d)", (int)info, n);
+    info = LAPACKE_spotri(LAPACK_ROW_MAJOR, 'U', n, a, n);
+    if (info != 0) return slm_err_set(err, SLM_ENUMERIC, "spd_inverse: spotri info=%d", (int)info);
+    for (int i = 1; i < n; i++) /* mirror the upper triangle */
+        for (int j = 0; j < i; j++) a[(size_t)i * n + j] = a[(size_t)j * n + i];
+    return 0;
+}
+
+static int cpu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt,
+                   struct slm_err *err)
+{
+    (void)kb;
+    int r = m < n ? m : n;
+    float *tmp = malloc((size_t)m * n * sizeof(float));
+    if (!tmp) return slm_err_set(err, SLM_ENOMEM, "svd: %dx%d copy", m, n);
+    memcpy(tmp, a, (size_t)m * n * sizeof(float));
+    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, tmp, n, s, u, r, vt, n);
+    free(tmp);
+    if (info != 0) return slm_err_set(err, SLM_ENUMERIC, "svd: sgesdd info=%d (%dx%d)", (int)info, m, n);
+    return 0;
+}
+
+static const struct kbackend_i cpu_iface = {
+    .name = cpu_name,
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .copy = cpu_memcpy,
+    .sync = cpu_sync,
+    .gemm = cpu_gemm,
+    .layernorm = cpu_layernorm,
+    .rmsnorm = cpu_rmsnorm,
+    .add_bias = cpu_add_bias,
+    .add = cpu_add,
+    .mul = cpu_mul,
+    .act = cpu_act,
+    .scale = cpu_scale,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .cross_entropy = cpu_cross_entropy,
+    .eigh_f64 = cpu_eigh_f64,
+    .cholesky_upper = cpu_cholesky_upper,
+    .spd_inverse = cpu_spd_inverse,
+    .svd = cpu_svd,
+};
+
+int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)
+{
+    struct kbackend *kb = calloc(1, sizeof *kb);
+    struct cpu_ctx *c = calloc(1, sizeof *c);
+    if (!kb || !c) {
+        free(kb);
+        free(c);
+        return slm_err_set(err, SLM_ENOMEM, "cpu backend: out of memory");
+    }
+    kb->api_version = KBACKEND_API_VERSION;
+    kb->iface = &cpu_iface;
+    kb->ctx = c;
+    *out = kb;
+    return 0;
+}
+
+const char *kbackend_cpu_info(void)
+{
+    static char buf[256];
+    char *cfg = openblas_get_config();
+    char *core = openblas_get_corename();
+    int threads = openblas_get_num_threads();
+    snprintf(buf, sizeof buf, "%s; core=%s; threads=%d", cfg ? cfg : "?", core ? core : "?", threads);
+    return buf;
+}

@@ -1,0 +1,15 @@
+/* kernels/kbackend_impl.h: what backends export to the registry (not for core/). */
+#ifndef SLM_KBACKEND_IMPL_H
+#define SLM_KBACKEND_IMPL_H
+#include "kbackend.h"
+
+int kbackend_cpu_open(struct kbackend **out, struct slm_err *err);
+/* Scalar activation, shared by the CPU backend and tests as the reference. */
+float kcpu_act1(float v, enum kact act);
+
+#ifdef SLM_HAVE_CUDA
+/* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */
+int kbackend_cuda_open(struct kbackend **out, int device, struct slm_err *err);
+int kbackend_cuda_device_count(void);
+#endif
+#endif

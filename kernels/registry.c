@@ -1,0 +1,79 @@
+/*
+** kernels/registry.c: picks a backend by name. "cpu" is always there; "cuda[:N]" only in builds
+** with SLM_HAVE_CUDA and a visible device. "auto" prefers CUDA.
+*/
+#include "kbackend.h"
+#include "kbackend_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+bool kbackend_cuda_available(void)
+{
+#ifdef SLM_HAVE_CUDA
+    return kbackend_cuda_device_count() > 0;
+#else
+    return false;
+#endif
+}
+
+int kbackend_open(struct kbackend **out, const char *spec, struct slm_err *err)
+{
+    if (!spec || !*spec || strcmp(spec, "auto") == 0)
+        spec = kbackend_cuda_available() ? "cuda" : "cpu";
+    if (strcmp(spec, "cpu") == 0) return kbackend_cpu_open(out, err);
+    if (strncmp(spec, "cuda", 4) == 0 && (spec[4] == 0 || spec[4] == ':')) {
+#ifdef SLM_HAVE_CUDA
+        int dev = -1;
+        if (spec[4] == ':') {
+            char *end;
+            long v = strtol(spec + 5, &end, 10);
+            if (*end || v < 0 || v > 255) return slm_err_set(err, SLM_EINVAL, "backend '%s': bad device index", spec);
+            dev = (int)v;
+        }
+        return kbackend_cuda_open(out, dev, err);
+#else
+        return slm_err_set(err, SLM_EUNSUPPORTED, "backend '%s': this build has no CUDA support", spec);
+#endif
+    }
+    return slm_err_set(err, SLM_EINVAL, "unknown backend '%s' (expected auto, cpu, cuda or cuda:N)", spec);
+}
+
+void kbackend_free(struct kbackend *kb)
+{
+    if (kb) kb->iface->free(kb);
+}
+
+int kb_alloc(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err)
+{
+    return kb->iface->alloc(kb, out, nbytes, err);
+}
+
+void kb_release(struct kbackend *kb, void *p)
+{
+    if (p) kb->iface->release(kb, p);
+}
+
+int kb_upload(struct kbackend *kb, void *dst, const void *src, size_t nbytes, struct slm_err *err)
+{
+    return kb->iface->upload(kb, dst, src, nbytes, err);
+}
+
+int kb_download(struct kbackend *kb, void *dst, const void *src, size_t nbytes, struct slm_err *err)
+{
+    return kb->iface->download(kb, dst, src, nbytes, err);
+}
+
+int kb_sync(struct kbackend *kb, struct slm_err *err) { return kb->iface->sync(kb, err); }
+
+int kb_linear(struct kbackend *kb, float *y, const float *x, const float *w, const float *bias,
+              int rows, int n, int k, struct slm_err *err)
+{
+    struct kgemm_args g = {
+        .ta = KB_N, .tb = KB_T, .m = rows, .n = n, .k = k, .alpha = 1.0f, .beta = 0.0f,
+        .a = x, .lda = k, .b = w, .ldb = k, .c = y, .ldc = n, .batch = 1,
+    };
+    int rc = kb->iface->gemm(kb, &g, err);
+    if (rc == 0 && bias) rc = kb->iface->add_bias(kb, y, bias, rows, n, n, err);
+    return rc;
+}

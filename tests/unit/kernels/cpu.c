@@ -1,0 +1,244 @@
+/* tests/unit/kernels/cpu.c: the CPU backend against straightforward double-precision loops. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kbackend.h"
+#include "kernels/kbackend_impl.h"
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) /* xorshift, uniform in [-1, 1) */
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static float *rand_vec(size_t n)
+{
+    float *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) v[i] = frand();
+    return v;
+}
+static double rel_err(const float *out, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(out[i])) return INFINITY;
+        num += (out[i] - ref[i]) * (out[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int setup(void **state)
+{
+    struct kbackend *kb;
+    struct slm_err err = SLM_ERR_INIT;
+    if (kbackend_open(&kb, "cpu", &err)) return -1;
+    *state = kb;
+    return 0;
+}
+static int teardown(void **state) { kbackend_free(*state); return 0; }
+
+static void test_kernels_cpu__gemm_all_transposes(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int m = 37, n = 29, k = 41, batch = 3;
+    float *a = rand_vec((size_t)batch * m * k), *b = rand_vec((size_t)batch * k * n);
+    float *c = malloc(sizeof(float) * batch * m * n);
+    double *ref = malloc(sizeof(double) * batch * m * n);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            struct kgemm_args g = {
+                .ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = 0.5f, .beta = 0.0f,
+                .a = a, .lda = ta ? m : k, .stride_a = (int64_t)m * k,
+                .b = b, .ldb = tb ? k : n, .stride_b = (int64_t)k * n,
+                .c = c, .ldc = n, .stride_c = (int64_t)m * n, .batch = batch,
+            };
+            for (int i = 0; i < batch * m * n; i++) c[i] = NAN;
+            assert_int_equal(kb->iface->gemm(kb, &g, &err), 0);
+            for (int bi = 0; bi < batch; bi++)
+                for (int i = 0; i < m; i++)
+                    for (int j = 0; j < n; j++) {
+                        double s = 0;
+                        for (int p = 0; p < k; p++) {
+                            float av = ta ? a[bi * m * k + p * m + i] : a[bi * m * k + i * k + p];
+                            float bv = tb ? b[bi * k * n + j * k + p] : b[bi * k * n + p * n + j];
+                            s += (double)av * bv;
+                        }
+                        ref[bi * m * n + i * n + j] = 0.5 * s;
+                    }
+            assert_true(rel_err(c, ref, (size_t)batch * m * n) < 1e-6);
+        }
+    free(a); free(b); free(c); free(ref);
+}
+
+static void test_kernels_cpu__norms(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int rows = 9, cols = 50;
+    float *x = rand_vec((size_t)rows * cols), *w = rand_vec(cols), *b = rand_vec(cols);
+    float *y = malloc(sizeof(float) * rows * cols);
+    double *ref = malloc(sizeof(double) * rows * cols);
+    assert_int_equal(kb->iface->layernorm(kb, y, x, w, b, rows, cols, 1e-5f, &err), 0);
+    for (int r = 0; r < rows; r++) {
+        double mu = 0, var = 0;
+        for (int c = 0; c < cols; c++) mu += x[r * cols + c];
+        mu /= cols;
+        for (int c = 0; c < cols; c++) var += (x[r * cols + c] - mu) * (x[r * cols + c] - mu);
+        var /= cols;
+        for (int c = 0; c < cols; c++) ref[r * cols + c] = (x[r * cols + c] - mu) / sqrt(var + 1e-5) * w[c] + b[c];
+    }
+    assert_true(rel_err(y, ref, (size_t)rows * cols) < 1e-6);
+    /* RMSNorm with a divisor other than cols (sliced models) */
+    assert_int_equal(kb->iface->rmsnorm(kb, y, x, w, rows, cols, 64.0f, 1e-6f, &err), 0);
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int c = 0; c < cols; c++) ss += (double)x[r * cols + c] * x[r * cols + c];
+        for (int c = 0; c < cols; c++) ref[r * cols + c] = x[r * cols + c] / sqrt(ss / 64.0 + 1e-6) * w[c];
+    }
+    assert_true(rel_err(y, ref, (size_t)rows * cols) < 1e-6);
+    free(x); free(w); free(b); free(y); free(ref);
+}
+
+static void test_kernels_cpu__attention_causal_gqa(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int B = 2, T = 300, H = 4, Hkv = 2, hd = 8; /* T > chunk exercises the chunked path */
+    int qs = H * hd, ks = Hkv * hd;
+    float *q = rand_vec((size_t)B * T * qs), *k = rand_vec((size_t)B * T * ks), *v = rand_vec((size_t)B * T * ks);
+    float *o = malloc(sizeof(float) * B * T * qs);
+    double *ref = calloc((size_t)B * T * qs, sizeof(double)), *p = malloc(sizeof(double) * T);
+    for (int i = 0; i < B * T * qs; i++) o[i] = NAN;
+    struct kattn_args a = { o, qs, q, qs, k, v, ks, B, T, H, Hkv, hd, 0.35f };
+    assert_int_equal(kb->iface->attention(kb, &a, &err), 0);
+    for (int bb = 0; bb < B; bb++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *qq = q + ((size_t)bb * T + t) * qs + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    const float *kk = k + ((size_t)bb * T + j) * ks + (h / 2) * hd;
+                    double s = 0;
+                    for (int d = 0; d < hd; d++) s += (double)qq[d] * kk[d];
+                    p[j] = 0.35 * s;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                for (int j = 0; j <= t; j++)
+                    for (int d = 0; d < hd; d++)
+                        ref[((size_t)bb * T + t) * qs + h * hd + d] += p[j] / sum * v[((size_t)bb * T + j) * ks + (h / 2) * hd + d];
+            }
+    assert_true(rel_err(o, ref, (size_t)B * T * qs) < 1e-5);
+    free(q); free(k); free(v); free(o); free(ref); free(p);
+}
+
+static void test_kernels_cpu__rope_rotate_half(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int T = 5, rows = 10, nh = 2, hd = 8, rot = 4, ld = nh * hd;
+    float *x = rand_vec((size_t)rows * ld), *x0 = malloc(sizeof(float) * rows * ld);
+    memcpy(x0, x, sizeof(float) * rows * ld);
+    float inv[2] = { 1.0f, 0.01f };
+    double *ref = malloc(sizeof(double) * rows * ld);
+    assert_int_equal(kb->iface->rope(kb, x, rows, ld, T, nh, hd, rot, inv, &err), 0);
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < nh; h++)
+            for (int d = 0; d < hd; d++) {
+                const float *p = x0 + r * ld + h * hd;
+                double v = p[d];
+                if (d < rot) {
+                    int fi = d < rot / 2 ? d : d - rot / 2;
+                    double ang = (double)(float)((r % T) * inv[fi]);
+                    double rh = d < rot / 2 ? -p[d + rot / 2] : p[d - rot / 2];
+                    v = p[d] * cos(ang) + rh * sin(ang);
+                }
+                ref[r * ld + h * hd + d] = v;
+            }
+    assert_true(rel_err(x, ref, (size_t)rows * ld) < 1e-6);
+    assert_int_equal(kb->iface->rope(kb, x, rows, ld, T, nh, hd, 3, inv, &err), -SLM_EINVAL);
+    free(x); free(x0); free(ref);
+}
+
+static void test_kernels_cpu__cross_entropy_and_acts(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int rows = 4, V = 100;
+    float *l = rand_vec((size_t)rows * V), nll[4];
+    int32_t tg[4] = { 3, 99, 0, -1 };
+    double ref[4];
+    for (int i = 0; i < V * rows; i++) l[i] *= 20;
+    assert_int_equal(kb->iface->cross_entropy(kb, nll, l, tg, rows, V, &err), 0);
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int j = 0; j < V; j++) s += exp((double)l[r * V + j]);
+        ref[r] = tg[r] < 0 ? 0 : log(s) - l[r * V + tg[r]];
+    }
+    assert_true(rel_err(nll, ref, 4) < 1e-6);
+    assert_true(fabsf(kcpu_act1(1.0f, KACT_GELU_TANH) - 0.8411920071f) < 1e-6f);
+    assert_true(fabsf(kcpu_act1(1.0f, KACT_GELU_ERF) - 0.8413447460f) < 1e-6f);
+    assert_true(fabsf(kcpu_act1(-2.0f, KACT_SILU) - (-0.2384058440f)) < 1e-6f);
+    assert_true(kcpu_act1(-2.0f, KACT_RELU) == 0.0f);
+    free(l);
+}
+
+static void test_kernels_cpu__factorizations(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int n = 12;
+    float *g = rand_vec((size_t)n * n), a[144], u[144], s[12], vt[144];
+    double ad[144], w[12];
+    for (int i = 0; i < n; i++) /* A = G G^T + n I: SPD */
+        for (int j = 0; j < n; j++) {
+            double v = i == j ? n : 0;
+            for (int p = 0; p < n; p++) v += (double)g[i * n + p] * g[j * n + p];
+            a[i * n + j] = (float)v;
+            ad[i * n + j] = v;
+        }
+    float a0[144];
+    memcpy(a0, a, sizeof a);
+    assert_int_equal(kb->iface->cholesky_upper(kb, a, n, &err), 0);
+    for (int i = 0; i < n; i++) /* U^T U == A */
+        for (int j = 0; j < n; j++) {
+            double v = 0;
+            for (int p = 0; p < n; p++) v += (double)a[p * n + i] * a[p * n + j];
+            assert_true(fabs(v - a0[i * n + j]) < 1e-3 * fabs(a0[i * n + i]));
+        }
+    assert_int_equal(kb->iface->eigh_f64(kb, ad, w, n, &err), 0);
+    for (int i = 1; i < n; i++) assert_true(w[i] >= w[i - 1]);
+    for (int c = 0; c < n; c++) /* A v = lambda v, eigenvectors as columns */
+        for (int i = 0; i < n; i++) {
+            double av = 0;
+            for (int p = 0; p < n; p++) av += (double)a0[i * n + p] * ad[p * n + c];
+            assert_true(fabs(av - w[c] * ad[i * n + c]) < 1e-3 * w[n - 1]);
+        }
+    assert_int_equal(kb->iface->svd(kb, a0, n, n, u, s, vt, &err), 0);
+    for (int i = 0; i < n; i++) assert_true(fabs(s[i] - w[n - 1 - i]) < 1e-3 * w[n - 1]);
+    float neg[4] = { 1, 2, 2, 1 };
+    assert_int_equal(kb->iface->cholesky_upper(kb, neg, 2, &err), -SLM_ENUMERIC);
+    free(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kernels_cpu__gemm_all_transposes),
+        cmocka_unit_test(test_kernels_cpu__norms),
+        cmocka_unit_test(test_kernels_cpu__attention_causal_gqa),
+        cmocka_unit_test(test_kernels_cpu__rope_rotate_half),
+        cmocka_unit_test(test_kernels_cpu__cross_entropy_and_acts),
+        cmocka_unit_test(test_kernels_cpu__factorizations),
+    };
+    return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
+}
