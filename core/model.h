@@ -1,0 +1,144 @@
+/*
+** core/model.h: a Hugging Face causal LM held for inference and block-wise compression.
+**
+** model_open() reads config.json, picks the architecture adapter (core/arch_*.c), maps the
+** safetensors and converts weights to f32 in backend memory. Blocks can be resident all at once
+** (evaluation) or loaded one at a time (compression of models larger than device memory).
+** Every block is described generically (struct block): a set of linears by role, two norms and,
+** for SliceGPT-sliced models, per-block residual widths and shortcut matrices; the forward pass
+** in model.c runs any of them, so no shared code asks "is this LLaMA?".
+**
+** Ownership: struct model owns every weight buffer (backend memory) and the mapping; the backend
+** is borrowed and must outlive the model.
+*/
+#ifndef SLM_MODEL_H
+#define SLM_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "../kernels/kbackend.h"
+
+struct st_model;
+struct st_writer;
+
+enum arch_id { ARCH_OPT = 0, ARCH_LLAMA, ARCH_PHI, ARCH_COUNT };
+enum norm_kind { NORM_LAYER = 0, NORM_RMS };
+/* Where a block runs attention and MLP: one after the other (OPT, LLaMA), or both on the same
+** normed input (Phi-2). OPT-350M's post-LN is BLOCK_SEQ_POSTNORM. */
+enum block_kind { BLOCK_SEQ = 0, BLOCK_PARALLEL, BLOCK_SEQ_POSTNORM };
+
+struct model_config {
+    enum arch_id arch;
+    char model_type[32];
+    int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn, max_pos;
+    int embed_dim;                  /* OPT word_embed_proj_dim (project_in/out when != hidden) */
+    bool tie_word_embeddings;
+    bool do_layer_norm_before;      /* OPT */
+    float norm_eps;
+    enum kact act;
+    /* rotary (LLaMA, Phi) */
+    float rope_theta;
+    int rot_dim;                    /* rotated dims per head (Phi: partial_rotary_factor * head_dim) */
+    char rope_type[16];             /* "default", "llama3", "linear" */
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_pos;
+    bool attention_bias, mlp_bias;
+    int bos_token_id, eos_token_id, pad_token_id;  /* -1 when absent */
+};
+
+/* Parse config.json text. Unknown model_type -> -SLM_EUNSUPPORTED naming the supported ones. */
+int model_config_parse(struct model_config *out, const char *json, size_t len, struct slm_err *err);
+int model_config_load(struct model_config *out, const char *dir, struct slm_err *err);
+/* Parameter count of the dense model described by cfg (embeddings and head counted once if tied). */
+int64_t model_config_param_count(const struct model_config *cfg);
+
+/* Roles of the linears in a block. LLaMA: FC1 = gate_proj, UP = up_proj, FC2 = down_proj.
+** OPT/Phi: FC1 = fc1, FC2 = fc2, no UP. Phi's O is self_attn.dense. */
+enum lin_role { LIN_Q = 0, LIN_K, LIN_V, LIN_O, LIN_FC1, LIN_UP, LIN_FC2, LIN_COUNT };
+
+struct linear {
+    char name[96];          /* full HF tensor prefix, e.g. "model.layers.3.self_attn.q_proj" */
+    int d_out, d_in;
+    float *w;               /* backend [d_out x d_in], NULL if the role is absent */
+    float *b;               /* backend [d_out] or NULL */
+    /* optional low-rank adapter (SLiM): y += (x L) R, L [d_in x rank], R [rank x d_out] */
+    int rank;
+    float *lora_l, *lora_r;
+};
+
+struct block {
+    int index;
+    bool loaded;
+    struct linear lin[LIN_COUNT];
+    float *norm1_w, *norm1_b;       /* attention-input norm (Phi: the only norm); NULL if folded */
+    float *norm2_w, *norm2_b;       /* MLP-input norm; unused for BLOCK_PARALLEL */
+    /* SliceGPT: residual stream widths (all = hidden for an unsliced model) */
+    int d_in, d_mid, d_out;         /* block input, after attention (SEQ), block output */
+    float *shortcut_attn;           /* [d_in x d_mid]: residual after attention is x Q1 + attn; NULL = identity */
+    float *shortcut_mlp;            /* [d_mid x d_out] (PARALLEL: [d_in x d_out]); NULL = identity */
+};
+
+struct model {
+    struct model_config cfg;
+    const struct arch_ops *arch;
+    struct kbackend *kb;            /* borrowed */
+    struct st_model *st;            /* weights on disk (mapped); NULL for a model built in memory */
+    char dir[4096];
+    enum norm_kind norm;            /* LayerNorm, or RMSNorm after SliceGPT fusion */
+    enum block_kind block_kind;
+    float norm_divisor;             /* RMSNorm mean divisor: 0 = row width; SliceGPT: original hidden */
+    /* embeddings stay on the host (gathered per batch, then uploaded) */
+    float *embed;                   /* host [vocab x embed_dim] */
+    float *pos_embed;               /* host [(max_pos + 2) x hidden] (OPT), else NULL */
+    float *embed_rot;               /* backend [embed_dim x d_in(block 0)] SliceGPT rotation, or NULL */
+    float *project_in, *project_out;/* backend, OPT-350M style, or NULL */
+    float *final_norm_w, *final_norm_b;   /* backend; NULL when absent or folded */
+    float *head_w, *head_b;         /* backend [vocab x d_head], head_b may be NULL */
+    int d_head;                     /* input width of the head (= last block's d_out) */
+    float *inv_freq;                /* backend [rot_dim/2] */
+    struct block *blocks;           /* cfg.n_layers */
+};
+
+enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */
+
+/* Open the model folder dir on backend kb. *out is the caller's (model_free). */
+int model_open(struct model **out, const char *dir, struct kbackend *kb, int flags, struct slm_err *err);
+void model_free(struct model *m);
+
+/* Load / drop one block's weights in backend memory (no-op if already so). */
+int model_block_load(struct model *m, int b, struct slm_err *err);
+void model_block_unload(struct model *m, int b);
+
+/* Called with the input of every linear of a block during model_block_forward (statistics for
+** compression). x is backend memory [rows x lin->d_in]; return non-zero to cancel. */
+typedef int (*linear_input_cb)(int block, enum lin_role role, const struct linear *lin,
+                               const float *x, int rows, void *payload);
+
+/* x: backend [B*T x emb width] <- embeddings of ids (host int32 [B*T]), positions 0..T-1 per row. */
+int model_embed(struct model *m, float *x, const int32_t *ids, int B, int T, struct slm_err *err);
+/* In place: x holds [B*T x d_in] packed rows on entry and [B*T x d_out] packed rows on return;
+** its capacity must be B*T x model_max_width(m) floats. cb may be NULL. */
+int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_input_cb cb, void *payload,
+                        struct slm_err *err);
+/* Final norm (+ project_out) and head: x [B*T x d_head] -> logits backend [B*T x vocab]. x is clobbered. */
+int model_head(struct model *m, float *logits, float *x, int B, int T, struct slm_err *err);
+
+/* Observer of hidden states during model_forward: i = 0 embeddings, i = b+1 after block b,
+** i = n_layers + 1 after the final norm. h is backend memory [B*T x width]. */
+typedef int (*hidden_cb)(int i, const float *h, int rows, int width, void *payload);
+
+/* Whole forward pass on host ids [B*T]. Outputs (host, may be NULL): logits [B*T x vocab],
+** nll [B*(T-1)] per-token loss of the next token. Blocks must be resident or loadable. */
+int model_forward(struct model *m, const int32_t *ids, int B, int T, float *logits, float *nll,
+                  hidden_cb hcb, void *payload, struct slm_err *err);
+
+/* Largest row width any stage of the forward pass needs (for sizing activation buffers). */
+int model_max_width(const struct model *m);
+
+/* Write the model (all blocks are loaded transiently if needed) as dir/model.safetensors in
+** dtype dt (F32/BF16/F16) plus dir/config.json. Tensor names follow the HF layout. */
+int model_save(struct model *m, const char *dir, int dt, struct slm_err *err);
+
+#endif
