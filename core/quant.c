@@ -175,12 +175,14 @@ static inline float code_of(const struct quant_params *p, float v, float s, int 
     return clampq(nearbyintf(rb(v * s, p->bf16)), max_q) + 0.0f;
 }
 
+/* AbsMax and SLiM-Quant values are what the reference stores: bf16, also in its float32 runs
+** (fixture check: q / sf in f32, then rounded to bf16, matches every element). OPTQ keeps f32. */
 static inline float value_of(const struct quant_params *p, float q, float s, int max_q)
 {
     if (s == 0) return 0;
-    if (p->kind == QK_ALPHA) return rb(rb(q / (float)max_q, p->bf16) * s, p->bf16);
+    if (p->kind == QK_ALPHA) return bf16_round(rb(q / (float)max_q, p->bf16) * s);
     if (p->kind == QK_STEP) return s * q;
-    return rb(q / s, p->bf16);
+    return bf16_round(q / s);
 }
 
 int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o, const float *col_scale,
@@ -203,7 +205,7 @@ int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o,
             float q = code_of(&p, cs != 1.0f ? w[i] * cs : w[i], s, max_q);
             if (codes) codes[i] = (int8_t)q;
             float v = value_of(&p, q, s, max_q);
-            w[i] = cs != 1.0f ? rb(v / cs, o->bf16) : v;
+            w[i] = cs != 1.0f ? bf16_round(v / cs) : v;
         }
     if (params) { *params = p; p.scale = NULL; }
 done:
@@ -223,7 +225,7 @@ int quant_dequant_host(float *w, const int8_t *codes, int d_out, int d_in, const
             size_t i = (size_t)r * d_in + c;
             float cs = col_scale ? col_scale[c] : 1.0f;
             float v = value_of(p, (float)codes[i], scale_at(p, r, c), max_q);
-            w[i] = cs != 1.0f ? rb(v / cs, p->bf16) : v;
+            w[i] = cs != 1.0f ? bf16_round(v / cs) : v;
         }
     return 0;
 }

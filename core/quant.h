@@ -4,7 +4,8 @@
 ** (histogram-weighted clipping search), the OPTQ/GPTQ scalar quantizer used inside the OBS loop
 ** (core/prune.c), the AWQ-like important-column scaling and activation-quantization emulation.
 ** All quantizers are symmetric with the integer grid [-2^(b-1), 2^(b-1)-1] and "fake-quantize":
-** the weight keeps dequantized f32 values; the integer codes and the parameters come back for the
+** the weight keeps dequantized values (AbsMax / SLiM-Quant: rounded to bf16, as the reference
+** stores them; OPTQ: f32); the integer codes and the parameters come back for the
 ** checkpoint so that dequantizing them reproduces the same floats bit for bit.
 **
 ** Two layers: quant_weight() works on backend memory (kb_download / kb_upload around the host

@@ -108,7 +108,7 @@ static void test_core_lowrank__quantized_adapters_on_grid(void **state)
     for (int j = 0; j < DI; j++)
         for (int c = 0; c < RK; c++) {
             double k = L[j * RK + c] * 2.0 / pl.scale[(j / 4) * RK + c] * 7;
-            assert_true(fabs(k - nearbyint(k)) < 1e-3);
+            assert_true(fabs(k - nearbyint(k)) < 0.03);   /* bf16 storage of the grid values */
         }
     assert_int_equal(pr.rows, RK / 4);
     assert_int_equal(pr.cols, DO);
