@@ -16,12 +16,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "err.h"
 #include "jobspec.h"
 #include "lowrank.h"
 #include "model.h"
 #include "prune.h"
 #include "quant.h"
+#include "tokenizer.h"
 
 #define COMPRESS_OPTS_VERSION 1
 
@@ -104,5 +107,25 @@ struct calib_docs {
 ** seqlen, then a window start. out: malloc'd [nsamples x seqlen]. -SLM_EINVAL when no document
 ** is long enough (after 100000 draws). */
 int calib_sample(int32_t **out, const struct calib_docs *docs, int nsamples, int seqlen, int seed, struct slm_err *err);
+
+/* Split text into documents and tokenize each (BOS as the tokenizer adds it): JSON lines with a
+** "text" field when the text starts with '{' (C4's format), else paragraphs separated by blank
+** lines. Documents keep file order. */
+int calib_docs_from_text(struct calib_docs *out, struct tokenizer *tok, const char *text, size_t len,
+                         struct slm_err *err);
+void calib_docs_free(struct calib_docs *d);
+
+/* ---- one call for job_run and `slim compress` ---- */
+
+/* Compress m (method "slim" spec) with calibration windows drawn from the text file calib_path
+** by the §1.2 sampler (spec->calibration). *figures (new reference, may be NULL) gets
+** {"seconds", "calibration": {...}, "layers": [{"name", "rel_error"}...], "sparsity", ...}.
+** res (may be NULL) keeps codes and masks for the checkpoint writer. */
+int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *tok, const char *calib_path,
+                 compress_progress_cb progress, void *payload, volatile sig_atomic_t *cancel,
+                 struct compress_result *res, json_t **figures, struct slm_err *err);
+
+/* Measured fraction of exact zeros in the compressed linears of the loaded blocks. */
+int compress_measured_sparsity(struct model *m, double *out, struct slm_err *err);
 
 #endif
