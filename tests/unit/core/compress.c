@@ -193,6 +193,8 @@ static void run_cfg(const struct cfg *c)
                 }
             }
             double rel = sqrt(num / den);
+            /* the reported layer error is a fraction: compressed layers lose something, not everything */
+            assert_true(res.lin[b][r].rel_error > 0 && res.lin[b][r].rel_error < 1);
             if (getenv("VERBOSE")) fprintf(stderr, "  %s rel %.3e\n", l->name, rel);
             if (rel > worst) worst = rel;
             free(want);
