@@ -112,7 +112,7 @@ static void round_trip(const struct ck *c, const char *tag)
     double ratio = json_real_value(json_object_get(mem, "ratio"));
     fprintf(stderr, "%-36s stored %llu of %llu bytes (ratio %.3f)\n", tag, (unsigned long long)stored,
             (unsigned long long)json_integer_value(json_object_get(mem, "dense_bytes")), ratio);
-    if (c->qm != QUANT_NONE && c->separate) assert_true(ratio < 0.5);
+    if (c->qm != QUANT_NONE && c->separate) assert_true(ratio < (c->pm != PRUNE_NONE ? 0.5 : 0.7));
     if (c->m && c->separate) {   /* merged adapters make the weight dense: nothing to index */
         json_t *bd = json_object_get(mem, "breakdown");
         assert_true(json_integer_value(json_object_get(bd, "sparsity_metadata")) > 0);
@@ -159,6 +159,13 @@ static void test_core_checkpoint__merged_naive(void **state)
     round_trip(&c, "wanda 2:4 absmax naive-lora merged");
 }
 
+static void test_core_checkpoint__l2qer(void **state)
+{
+    (void)state;
+    struct ck c = { PRUNE_NONE, 0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true, false };
+    round_trip(&c, "group absmax + L2QER adapters");
+}
+
 static void test_core_checkpoint__rejects_foreign_folder(void **state)
 {
     (void)state;
@@ -178,6 +185,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__nm_values),
         cmocka_unit_test(test_core_checkpoint__group_absmax_important),
         cmocka_unit_test(test_core_checkpoint__merged_naive),
+        cmocka_unit_test(test_core_checkpoint__l2qer),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
