@@ -55,12 +55,12 @@ static char *dup_str(const char *s)
     return d;
 }
 
-static int load_json(json_t **out, const char *path, struct slm_err *err)
+static int load_json(json_t **out, const char *path, size_t flags, struct slm_err *err)
 {
-    json_error_t je;
+    json_error_t je;   /* config files hold integers like 1e30 (model_max_length): flags may read them as reals */
     FILE *f = fopen(path, "rb");
     if (!f) return slm_err_set(err, SLM_EIO, "%s: %s", path, strerror(errno));
-    *out = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
+    *out = json_loadf(f, JSON_REJECT_DUPLICATES | flags, &je);
     fclose(f);
     if (!*out)
         return slm_err_set(err, SLM_EFORMAT, "%s: line %d column %d: %s", path, je.line, je.column, je.text);
@@ -443,7 +443,7 @@ static int parse_post(struct tokenizer *t, const json_t *p, const char *path, st
 static int open_tokenizer_json(struct tokenizer *t, const char *path, struct slm_err *err)
 {
     json_t *root = NULL;
-    int rc = load_json(&root, path, err);
+    int rc = load_json(&root, path, 0, err);
     if (rc) return rc;
     const json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) { rc = slm_err_set(err, SLM_EFORMAT, "%s: no \"model\" object", path); goto done; }
@@ -484,7 +484,7 @@ static int open_vocab_merges(struct tokenizer *t, const char *vocab_path, const 
     json_t *vocab = NULL;
     char *text = NULL;
     size_t len;
-    int rc = load_json(&vocab, vocab_path, err);
+    int rc = load_json(&vocab, vocab_path, 0, err);
     if (rc) return rc;
     if ((rc = tok_map_init(&t->vocab, json_object_size(vocab) + 512, err))) goto done;
     const char *key;
@@ -535,8 +535,8 @@ static int apply_config(struct tokenizer *t, const char *config_path, const char
 {
     json_t *cfg = NULL, *map = NULL;
     int rc = 0;
-    if (config_path && file_exists(config_path) && (rc = load_json(&cfg, config_path, err))) goto done;
-    if (map_path && file_exists(map_path) && (rc = load_json(&map, map_path, err))) goto done;
+    if (config_path && file_exists(config_path) && (rc = load_json(&cfg, config_path, JSON_DECODE_INT_AS_REAL, err))) goto done;
+    if (map_path && file_exists(map_path) && (rc = load_json(&map, map_path, JSON_DECODE_INT_AS_REAL, err))) goto done;
     static const char *names[] = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                                   "mask_token"};
     int32_t ids[7];
