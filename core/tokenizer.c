@@ -217,21 +217,29 @@ static const char *string_pattern(const json_t *o)
     return json_string_value(json_object_get(json_object_get(o, "pattern"), "String"));
 }
 
+/* Sequence nodes: run fn on each element of o[key] (a list of normalizers, pre-tokenizers, ...). */
+typedef int (*parse_fn)(struct tokenizer *t, const json_t *node, const char *path, struct slm_err *err);
+
+static int parse_each(struct tokenizer *t, const json_t *o, const char *key, parse_fn fn, const char *path,
+                      struct slm_err *err)
+{
+    const json_t *arr = json_object_get(o, key), *v;
+    size_t i;
+    if (!json_is_array(arr)) return slm_err_set(err, SLM_EFORMAT, "%s: Sequence without a \"%s\" list", path, key);
+    json_array_foreach((json_t *)arr, i, v) {
+        int rc = fn(t, v, path, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 static int parse_normalizer(struct tokenizer *t, const json_t *n, const char *path, struct slm_err *err)
 {
     if (!n || json_is_null(n)) return 0;
     const char *type = get_type(n);
     if (!type) return slm_err_set(err, SLM_EFORMAT, "%s: normalizer without a type", path);
     if (!strcmp(type, "Sequence")) {
-        size_t i;
-        const json_t *v;
-        const json_t *arr = json_object_get(n, "normalizers");
-        if (!json_is_array(arr)) return slm_err_set(err, SLM_EFORMAT, "%s: Sequence normalizer without a list", path);
-        json_array_foreach((json_t *)arr, i, v) {
-            int rc = parse_normalizer(t, v, path, err);
-            if (rc) return rc;
-        }
-        return 0;
+        return parse_each(t, n, "normalizers", parse_normalizer, path, err);
     }
     if (!strcmp(type, "Prepend")) {
         const char *p = json_string_value(json_object_get(n, "prepend"));
@@ -274,15 +282,7 @@ static int parse_pretok(struct tokenizer *t, const json_t *p, const char *path, 
     const char *type = get_type(p);
     if (!type) return slm_err_set(err, SLM_EFORMAT, "%s: pre_tokenizer without a type", path);
     if (!strcmp(type, "Sequence")) {
-        size_t i;
-        const json_t *v;
-        const json_t *arr = json_object_get(p, "pretokenizers");
-        if (!json_is_array(arr)) return slm_err_set(err, SLM_EFORMAT, "%s: Sequence pre_tokenizer without a list", path);
-        json_array_foreach((json_t *)arr, i, v) {
-            int rc = parse_pretok(t, v, path, err);
-            if (rc) return rc;
-        }
-        return 0;
+        return parse_each(t, p, "pretokenizers", parse_pretok, path, err);
     }
     if (!strcmp(type, "ByteLevel")) {
         t->byte_level = true;
@@ -331,15 +331,7 @@ static int parse_decoder(struct tokenizer *t, const json_t *d, const char *path,
     if (!type) return slm_err_set(err, SLM_EFORMAT, "%s: decoder without a type", path);
     struct tok_dec x = {0};
     if (!strcmp(type, "Sequence")) {
-        size_t i;
-        const json_t *v;
-        const json_t *arr = json_object_get(d, "decoders");
-        if (!json_is_array(arr)) return slm_err_set(err, SLM_EFORMAT, "%s: Sequence decoder without a list", path);
-        json_array_foreach((json_t *)arr, i, v) {
-            int rc = parse_decoder(t, v, path, err);
-            if (rc) return rc;
-        }
-        return 0;
+        return parse_each(t, d, "decoders", parse_decoder, path, err);
     } else if (!strcmp(type, "ByteLevel")) {
         x.op = DEC_BYTELEVEL;
     } else if (!strcmp(type, "ByteFallback")) {
@@ -402,13 +394,7 @@ static int parse_post(struct tokenizer *t, const json_t *p, const char *path, st
     if (!type) return slm_err_set(err, SLM_EFORMAT, "%s: post_processor without a type", path);
     int rc = 0;
     if (!strcmp(type, "Sequence")) {
-        size_t i;
-        const json_t *v;
-        const json_t *arr = json_object_get(p, "processors");
-        if (!json_is_array(arr)) return slm_err_set(err, SLM_EFORMAT, "%s: Sequence post_processor without a list", path);
-        json_array_foreach((json_t *)arr, i, v)
-            if ((rc = parse_post(t, v, path, err))) return rc;
-        return 0;
+        return parse_each(t, p, "processors", parse_post, path, err);
     }
     if (!strcmp(type, "ByteLevel")) return 0;   /* only trims offsets */
     if (!strcmp(type, "TemplateProcessing")) {

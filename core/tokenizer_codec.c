@@ -88,15 +88,42 @@ static void parts_free(struct parts *p)
     p->n = 0;
 }
 
-/* Append bytes as UTF-8, each invalid byte becoming U+FFFD. */
+/* Length of the invalid sequence at s[0] that becomes one U+FFFD: the maximal prefix of a valid
+** sequence (Unicode's "maximal subpart", what Rust's from_utf8_lossy and TextDecoder do), at least 1. */
+static size_t utf8_bad_len(const unsigned char *s, size_t len)
+{
+    unsigned char c = s[0];
+    size_t need = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 1;
+    size_t k = 1;
+    for (; k < need && k < len; k++) {
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (k == 1) {
+            if (c == 0xE0) lo = 0xA0;
+            else if (c == 0xED) hi = 0x9F;
+            else if (c == 0xF0) lo = 0x90;
+            else if (c == 0xF4) hi = 0x8F;
+        }
+        if (s[k] < lo || s[k] > hi) break;
+    }
+    return k;
+}
+
+static bool utf8_ok_at(const unsigned char *s, size_t len, size_t *n)
+{
+    uint32_t cp;
+    *n = utf8_decode(s, len, &cp);
+    return !(cp == 0xFFFD && !(*n == 3 && s[0] == 0xEF));
+}
+
+/* Append bytes as UTF-8, invalid sequences replaced by U+FFFD. */
 static int append_lossy(struct tok_str *out, const char *s, size_t len, struct slm_err *err)
 {
     int rc = 0;
+    const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < len && !rc;) {
-        uint32_t cp;
-        size_t n = utf8_decode((const unsigned char *)s + i, len - i, &cp);
-        if (cp == 0xFFFD && !(n == 3 && (unsigned char)s[i] == 0xEF)) rc = tok_str_append(out, "\xef\xbf\xbd", 3, err);
-        else rc = tok_str_append(out, s + i, n, err);
+        size_t n;
+        if (utf8_ok_at(u + i, len - i, &n)) rc = tok_str_append(out, s + i, n, err);
+        else { rc = tok_str_append(out, "\xef\xbf\xbd", 3, err); n = utf8_bad_len(u + i, len - i); }
         i += n;
     }
     return rc;
@@ -160,12 +187,8 @@ static int dec_bytefallback(struct parts *p, struct slm_err *err)
             rc = tok_str_append(&raw, &c, 1, err);
         }
         bool valid = true;
-        for (size_t k = 0; k < raw.n && valid && !rc;) {
-            uint32_t cp;
-            size_t n = utf8_decode((const unsigned char *)raw.s + k, raw.n - k, &cp);
-            valid = !(cp == 0xFFFD && !(n == 3 && (unsigned char)raw.s[k] == 0xEF));
-            k += n;
-        }
+        for (size_t k = 0, len; k < raw.n && valid && !rc; k += len)
+            valid = utf8_ok_at((const unsigned char *)raw.s + k, raw.n - k, &len);
         struct tok_str o = {0};
         if (!rc && valid) rc = tok_str_append(&o, raw.s, raw.n, err);
         for (size_t k = 0; !rc && !valid && k < raw.n; k++) rc = tok_str_append(&o, "\xef\xbf\xbd", 3, err);
