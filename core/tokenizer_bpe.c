@@ -371,11 +371,15 @@ int tok_bpe_word(struct tokenizer *t, const char *s, size_t len, struct tok_ids 
         int32_t id = -1;
         if (!t->byte_level) {
             id = tok_map_get(&t->vocab, s, len);
-        } else if (len <= 256) {
-            char buf[256 * 2];   /* each byte becomes a code point < 0x800: two bytes at most */
+        } else {
+            /* each byte becomes a code point < 0x800: two UTF-8 bytes at most */
+            char stackbuf[512];
+            char *buf = 2 * len <= sizeof stackbuf ? stackbuf : malloc(2 * len);
+            if (!buf) return slm_err_set(err, SLM_ENOMEM, "BPE word of %zu bytes", len);
             size_t n = 0;
             for (size_t i = 0; i < len; i++) n += utf8_encode(tok_byte_to_cp((unsigned char)s[i]), buf + n);
             id = tok_map_get(&t->vocab, buf, n);
+            if (buf != stackbuf) free(buf);
         }
         if (id >= 0) return tok_ids_push(out, id, err);
     }
