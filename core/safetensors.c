@@ -5,6 +5,11 @@
 ** data region, no overlap, no hole) before any tensor is handed out, so no caller re-checks
 ** bounds. Ownership: struct safetensors owns the mapping and the names; st_tensor views are
 ** borrowed and die with safetensors_close().
+** Writer: the reference writer's layout (tensors by dtype width descending, then name; header
+** compact, "__metadata__" first, entries in data order, padded with spaces to 8 bytes), so files
+** match what transformers saves byte for byte and every tensor is aligned in a mapping.
+** Model folders: the index is checked entry by entry against the shard it names; tensors a shard
+** holds beyond the index are kept (transformers loads whole shards too).
 */
 #include "safetensors.h"
 
