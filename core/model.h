@@ -76,8 +76,9 @@ struct block {
     float *norm2_w, *norm2_b;       /* MLP-input norm; unused for BLOCK_PARALLEL */
     /* SliceGPT: residual stream widths (all = hidden for an unsliced model) */
     int d_in, d_mid, d_out;         /* block input, after attention (SEQ), block output */
-    float *shortcut_attn;           /* [d_in x d_mid]: residual after attention is x Q1 + attn; NULL = identity */
-    float *shortcut_mlp;            /* [d_mid x d_out] (PARALLEL: [d_in x d_out]); NULL = identity */
+    float *shortcut_attn;           /* [d_in x d_mid]: residual after attention is x Q1 + attn; NULL = identity.
+                                    ** PARALLEL blocks: [d_in x d_out], the only shortcut (x Q + attn + mlp) */
+    float *shortcut_mlp;            /* [d_mid x d_out]; NULL = identity; unused for PARALLEL blocks */
 };
 
 struct model {
@@ -99,6 +100,13 @@ struct model {
     int d_head;                     /* input width of the head (= last block's d_out) */
     float *inv_freq;                /* backend [rot_dim/2] */
     struct block *blocks;           /* cfg.n_layers */
+    /* --- added after the first contract --- */
+    int embed_width;                /* row width of embed/pos_embed as held (SliceGPT may slice it) */
+    struct json_t *config_json;     /* config.json as read (owned); model_save writes it back */
+    float *work;                    /* backend workspace for model_block_forward, work_n floats */
+    size_t work_n;
+    float *head_work;               /* backend workspace for the head in model_forward */
+    size_t head_work_n;
 };
 
 enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */

@@ -72,7 +72,6 @@ static int cpu_layernorm(struct kbackend *kb, float *y, const float *x, const fl
                          int rows, int cols, float eps, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * cols;
         float *yr = y + (size_t)r * cols;
@@ -96,7 +95,6 @@ static int cpu_rmsnorm(struct kbackend *kb, float *y, const float *x, const floa
                        float divisor, float eps, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * cols;
         float *yr = y + (size_t)r * cols;
@@ -112,7 +110,6 @@ static int cpu_add_bias(struct kbackend *kb, float *y, const float *bias, int ro
                         struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) y[(size_t)r * ld + c] += bias[c];
     return 0;
@@ -121,7 +118,6 @@ static int cpu_add_bias(struct kbackend *kb, float *y, const float *bias, int ro
 static int cpu_add(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
     return 0;
 }
@@ -129,7 +125,6 @@ static int cpu_add(struct kbackend *kb, float *y, const float *x, size_t n, stru
 static int cpu_mul(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] *= x[i];
     return 0;
 }
@@ -137,7 +132,6 @@ static int cpu_mul(struct kbackend *kb, float *y, const float *x, size_t n, stru
 static int cpu_scale(struct kbackend *kb, float *y, float s, size_t n, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] *= s;
     return 0;
 }
@@ -160,7 +154,6 @@ static int cpu_act(struct kbackend *kb, float *y, const float *x, size_t n, enum
 {
     (void)kb;
     if ((unsigned)act > KACT_SILU) return slm_err_set(err, SLM_EINVAL, "act: unknown activation %d", (int)act);
-#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] = kcpu_act1(x[i], act);
     return 0;
 }
@@ -172,7 +165,6 @@ static int cpu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int 
     if (rot_dim <= 0 || rot_dim > hd || (rot_dim & 1) || T <= 0)
         return slm_err_set(err, SLM_EINVAL, "rope: bad rot_dim %d for head_dim %d", rot_dim, hd);
     int half = rot_dim / 2;
-#pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         float pos = (float)(r % T);
         for (int i = 0; i < half; i++) {
@@ -190,50 +182,68 @@ static int cpu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int 
 }
 
 /* Scores are computed in row chunks so that the causal upper triangle is mostly skipped and the
-** scratch stays [chunk x T] per (b, h). */
+** scratch stays [chunk x T] per thread. Heads are spread over OpenMP threads, each running
+** single-threaded sgemm: one parallel region per call, because alternating OpenMP regions with
+** OpenBLAS's own threads makes each wait on the other's spinning workers. */
 #define ATTN_CHUNK 256
+
+static void attn_head(const struct kattn_args *a, int b, int h, float *S, float *inv)
+{
+    int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, g = a->H / a->Hkv;
+    const float *q = a->q + (size_t)b * T * a->q_stride + (size_t)h * a->hd;
+    const float *k = a->k + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
+    const float *v = a->v + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
+    float *o = a->out + (size_t)b * T * a->out_stride + (size_t)h * a->hd;
+    for (int r0 = 0; r0 < T; r0 += chunk) {
+        int nr = T - r0 < chunk ? T - r0 : chunk, ncol = r0 + nr;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, ncol, a->hd, a->scale,
+                    q + (size_t)r0 * a->q_stride, a->q_stride, k, a->kv_stride, 0.0f, S, ncol);
+        for (int i = 0; i < nr; i++) {
+            float *s = S + (size_t)i * ncol;
+            int last = r0 + i; /* inclusive causal limit */
+            float mx = -INFINITY;
+            for (int j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
+            float sum = 0;
+            for (int j = 0; j <= last; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            inv[i] = 1.0f / sum;   /* normalise the output row instead of the T scores */
+            for (int j = last + 1; j < ncol; j++) s[j] = 0.0f;
+        }
+        float *orow = o + (size_t)r0 * a->out_stride;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, a->hd, ncol, 1.0f, S, ncol,
+                    v, a->kv_stride, 0.0f, orow, a->out_stride);
+        for (int i = 0; i < nr; i++)
+            for (int d = 0; d < a->hd; d++) orow[(size_t)i * a->out_stride + d] *= inv[i];
+    }
+}
 
 static int cpu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err *err)
 {
     struct cpu_ctx *c = kb->ctx;
     if (a->Hkv <= 0 || a->H % a->Hkv)
         return slm_err_set(err, SLM_EINVAL, "attention: %d heads not a multiple of %d kv heads", a->H, a->Hkv);
-    int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, g = a->H / a->Hkv;
-    size_t need = (size_t)chunk * T;
+    int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, nthr = 1;
+#ifdef _OPENMP
+    nthr = omp_get_max_threads();
+#endif
+    size_t per = (size_t)chunk * T + ATTN_CHUNK, need = per * nthr;  /* scores + row scales */
     if (c->scratch_n < need) {
         free(c->scratch);
         c->scratch = malloc(need * sizeof(float));
         c->scratch_n = c->scratch ? need : 0;
         if (!c->scratch) return slm_err_set(err, SLM_ENOMEM, "attention: scratch of %zu floats", need);
     }
-    float *S = c->scratch;
-    for (int b = 0; b < a->B; b++) {
-        for (int h = 0; h < a->H; h++) {
-            const float *q = a->q + (size_t)b * T * a->q_stride + (size_t)h * a->hd;
-            const float *k = a->k + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
-            const float *v = a->v + (size_t)b * T * a->kv_stride + (size_t)(h / g) * a->hd;
-            float *o = a->out + (size_t)b * T * a->out_stride + (size_t)h * a->hd;
-            for (int r0 = 0; r0 < T; r0 += chunk) {
-                int nr = T - r0 < chunk ? T - r0 : chunk, ncol = r0 + nr;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, ncol, a->hd, a->scale,
-                            q + (size_t)r0 * a->q_stride, a->q_stride, k, a->kv_stride, 0.0f, S, ncol);
-#pragma omp parallel for schedule(static)
-                for (int i = 0; i < nr; i++) {
-                    float *s = S + (size_t)i * ncol;
-                    int last = r0 + i; /* inclusive causal limit */
-                    float mx = -INFINITY;
-                    for (int j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
-                    float sum = 0;
-                    for (int j = 0; j <= last; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-                    float inv = 1.0f / sum;
-                    for (int j = 0; j <= last; j++) s[j] *= inv;
-                    for (int j = last + 1; j < ncol; j++) s[j] = 0.0f;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, a->hd, ncol, 1.0f, S, ncol,
-                            v, a->kv_stride, 0.0f, o + (size_t)r0 * a->out_stride, a->out_stride);
-            }
-        }
+    int blas_threads = openblas_get_num_threads(), jobs = a->B * a->H;
+    if (nthr > 1) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr)
+    for (int j = 0; j < jobs; j++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *S = c->scratch + per * tid;
+        attn_head(a, j / a->H, j % a->H, S, S + (size_t)chunk * T);
     }
+    if (nthr > 1) openblas_set_num_threads(blas_threads);
     return 0;
 }
 
@@ -248,8 +258,9 @@ static int cpu_cross_entropy(struct kbackend *kb, float *nll, const float *logit
         if (t < 0 || t >= vocab) { nll[r] = 0; continue; }
         float mx = -INFINITY;
         for (int j = 0; j < vocab; j++) mx = l[j] > mx ? l[j] : mx;
+        /* expf of values <= 0 is exact to an ulp; the sum is kept in double */
         double sum = 0;
-        for (int j = 0; j < vocab; j++) sum += exp((double)l[j] - mx);
+        for (int j = 0; j < vocab; j++) sum += expf(l[j] - mx);
         nll[r] = (float)(log(sum) + mx - l[t]);
     }
     return 0;
