@@ -107,6 +107,12 @@ struct model {
     size_t work_n;
     float *head_work;               /* backend workspace for the head in model_forward */
     size_t head_work_n;
+    /* --- added for SliceGPT --- */
+    /* Observer of the residual stream between attention and MLP of sequential blocks (the
+    ** input of the second norm) in model_block_forward: i = block index, h backend memory
+    ** [rows x d_mid]. NULL = none; non-zero return cancels. */
+    int (*mid_cb)(int i, const float *h, int rows, int width, void *payload);
+    void *mid_payload;
 };
 
 enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */
