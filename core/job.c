@@ -118,6 +118,7 @@ static int calib_ids(struct job_state *js, struct tokenizer *tok, int32_t **out,
         snprintf(alt, sizeof alt, "%s/%s.json", js->ctx->data_dir ? js->ctx->data_dir : ".", name);
         if (strchr(name, '/') || eval_load_ids_json(alt, &ids, &n, &e2)) return rc;
         slm_err_clear(err);
+        rc = 0;
     } else if (strlen(path) > 5 && !strcmp(path + strlen(path) - 5, ".json")) {
         if ((rc = eval_load_ids_json(path, &ids, &n, err))) return rc;
     } else {

@@ -20,7 +20,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/job.h"
+#include "core/jobspec.h"
 #include "core/model.h"
+#include "core/tokenizer.h"
 #include "core/safetensors.h"
 #include "core/slicegpt.h"
 #include "kernels/kbackend.h"
@@ -529,6 +532,105 @@ static void test_core_slicegpt__cancel_flag_stops(void **state)
     model_free(m);
 }
 
+/* ---- the job runner: method "slicegpt" ---- */
+
+/* No tokenizer is needed here (calibration from an ids file, no perplexity); these weak
+** definitions only stand in while the library has none, and lose to a real one. */
+__attribute__((weak)) int tokenizer_open(struct tokenizer **out, const char *dir, struct slm_err *err)
+{
+    *out = NULL;
+    return slm_err_set(err, SLM_ENOTFOUND, "%s: no tokenizer", dir);
+}
+__attribute__((weak)) void tokenizer_free(struct tokenizer *t) { (void)t; }
+__attribute__((weak)) int tokenizer_encode(struct tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,
+                                           size_t *n, struct slm_err *err)
+{
+    (void)t; (void)text; (void)len; (void)add_special; (void)ids; (void)n;
+    return slm_err_set(err, SLM_EUNSUPPORTED, "no tokenizer");
+}
+
+struct prog { int blocks, last_block; bool cancel_at_first; };
+
+static int on_progress(const struct job_progress *p, void *payload)
+{
+    struct prog *g = payload;
+    if (!strcmp(p->stage, "compressing") && p->block >= 0) {
+        g->blocks++;
+        g->last_block = p->block;
+        if (g->cancel_at_first) return 1;
+    }
+    return 0;
+}
+
+static void run_job(const char *spec_json, const char *data, struct prog *g, int want_rc, json_t **metrics, char *out_dir)
+{
+    char model[512], doc[2048];
+    snprintf(model, sizeof model, "%s/stories260K", data_dir());
+    snprintf(doc, sizeof doc, "%s", spec_json);
+    json_t *j = json_loads(doc, 0, NULL);
+    assert_non_null(j);
+    struct jobspec spec;
+    struct slm_err err = SLM_ERR_INIT;
+    char path[128];
+    if (jobspec_parse(&spec, j, path, sizeof path, &err)) print_error("spec: %s\n", err.msg);
+    assert_int_equal(err.rc, 0);
+    struct job_ctx ctx = { .model_dir = model, .out_dir = out_dir, .data_dir = data, .device = "cpu",
+                           .progress = on_progress, .payload = g };
+    int rc = job_run(&spec, &ctx, metrics, &err);
+    if (rc != want_rc) print_error("job: %d %s\n", rc, err.msg);
+    assert_int_equal(rc, want_rc);
+    jobspec_free(&spec);
+    json_decref(j);
+}
+
+static void test_core_slicegpt__job_runs_saves_and_cancels(void **state)
+{
+    (void)state;
+    char tmp[] = "/tmp/slim-sgjob-XXXXXX", ids_path[600], out[640];
+    assert_non_null(mkdtemp(tmp));
+    snprintf(ids_path, sizeof ids_path, "%s/ids.json", tmp);
+    snprintf(out, sizeof out, "%s/out", tmp);
+    struct safetensors *cal = open_st("slicegpt/stories260K", "ids.safetensors");
+    int nc, tc;
+    int32_t *cids = st_ids(cal, "calibration_ids", &nc, &tc);
+    FILE *f = fopen(ids_path, "w");
+    assert_non_null(f);
+    fputc('[', f);
+    for (int i = 0; i < nc * tc; i++) fprintf(f, "%s%d", i ? "," : "", cids[i]);
+    fputs("]\n", f);
+    fclose(f);
+    const char *spec = "{\"version\":1,\"model\":{\"source\":\"/models/stories260K\"},\"method\":\"slicegpt\","
+                       "\"slicegpt\":{\"sparsity\":0.25},\"calibration\":{\"dataset\":\"ids\",\"nsamples\":4,\"seqlen\":64},"
+                       "\"eval\":{\"perplexity\":[],\"baseline\":false},\"device\":\"cpu\"}";
+    struct prog g = { 0, -1, false };
+    json_t *metrics = NULL;
+    run_job(spec, tmp, &g, 0, &metrics, out);
+    assert_int_equal(g.blocks, 5);
+    assert_int_equal(g.last_block, 4);
+    json_t *mem = json_object_get(metrics, "memory");
+    assert_non_null(mem);
+    assert_int_equal(json_integer_value(json_object_get(mem, "params_after")), 253824);
+    assert_int_equal(json_integer_value(json_object_get(mem, "kept_width")), 48);
+    assert_true(json_integer_value(json_object_get(mem, "bytes_after")) > 253824 * 4);
+    json_decref(metrics);
+    /* the saved checkpoint opens as a sliced model */
+    struct model *m = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(model_open(&m, out, kb, 0, &err), 0);
+    assert_int_equal(m->embed_width, 48);
+    assert_int_equal(slicegpt_model_params(m), 253824);
+    model_free(m);
+    /* cancelled from the progress callback after the first block */
+    struct prog c = { 0, -1, true };
+    metrics = NULL;
+    run_job(spec, tmp, &c, -SLM_ECANCELLED, &metrics, out);
+    assert_int_equal(c.blocks, 1);
+    assert_null(metrics);
+    free(cids);
+    safetensors_close(cal);
+    rm_rf(tmp);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -551,6 +653,7 @@ int main(void)
         cmocka_unit_test(test_core_slicegpt__reference_stories260k),
         cmocka_unit_test(test_core_slicegpt__sliced_checkpoint_reloads),
         cmocka_unit_test(test_core_slicegpt__cancel_flag_stops),
+        cmocka_unit_test(test_core_slicegpt__job_runs_saves_and_cancels),
     };
     return cmocka_run_group_tests_name("core/slicegpt", tests, setup, teardown);
 }
