@@ -90,6 +90,7 @@ struct jobstore {
     sqlite3 *db;
     pthread_mutex_t mu;
     int max_attempts;
+    int64_t nqueued, queue_limit;   /* queued rows, kept in step with every transition */
     sqlite3_stmt *st[S_NSTMT];
 };
 
@@ -236,8 +237,9 @@ int jobstore_open(struct jobstore **out, const char *path, int max_attempts, str
     sqlite3_extended_result_codes(js->db, 0);
     if ((rc = exec(js, "PRAGMA journal_mode = WAL", err)) || (rc = exec(js, "PRAGMA synchronous = FULL", err)) ||
         (rc = exec(js, "PRAGMA foreign_keys = ON", err)) || (rc = check(js, "PRAGMA quick_check", err)) ||
-        (rc = migrate(js, err)))
+        (rc = migrate(js, err)) || (rc = pragma_int(&js->nqueued, js, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", err)))
         goto done;
+    js->queue_limit = INT64_MAX;
     *out = js;
     js = NULL;
 done:
@@ -302,6 +304,10 @@ int jobstore_submit(char id_out[JOBSTORE_ID_LEN + 1], bool *created, struct jobs
         rc = commit(js, rc < 0 ? rc : 0, err); /* found: nothing written */
         goto done;
     }
+    if (js->nqueued >= js->queue_limit) {
+        rc = commit(js, slm_err_set(err, SLM_EBUSY, "queue is full (%lld jobs waiting)", (long long)js->nqueued), err);
+        goto done;
+    }
     sqlite3_stmt *s = st(js, S_INSERT, err);
     if (!s) rc = SLM_FAIL(SLM_EIO);
     else {
@@ -316,6 +322,7 @@ int jobstore_submit(char id_out[JOBSTORE_ID_LEN + 1], bool *created, struct jobs
     if ((rc = commit(js, rc, err)) == 0) {
         memcpy(id_out, id, sizeof id);
         *created = true;
+        js->nqueued++;
     }
 done:
     pthread_mutex_unlock(&js->mu);
@@ -481,6 +488,7 @@ int jobstore_claim(struct job_claim *out, struct jobstore *js, const char *worke
     }
     rc = commit(js, rc, err);
     if (rc) { free(out->spec); out->spec = NULL; }
+    else js->nqueued--;
 done:
     pthread_mutex_unlock(&js->mu);
     return rc;
@@ -583,6 +591,7 @@ int jobstore_requeue(bool *requeued, struct jobstore *js, const char *id, int at
     rc = event_add(js, seq, now_ms, "state", NULL, -1, line, err);
 end:
     rc = commit(js, rc, err);
+    if (!rc && *requeued) js->nqueued++;
 done:
     pthread_mutex_unlock(&js->mu);
     return rc;
@@ -619,6 +628,7 @@ int jobstore_recover(int *n, struct jobstore *js, int64_t now_ms, struct slm_err
                            pass ? "failed: slimd died while running this job too many times"
                                 : "queued: slimd restarted while the job was running (attempt refunded)", err);
     rc = commit(js, rc, err);
+    if (!rc) js->nqueued += ns[0];
 done:
     pthread_mutex_unlock(&js->mu);
     return rc;
@@ -640,7 +650,9 @@ int jobstore_cancel(enum job_state *state, struct jobstore *js, const char *id, 
     if (sqlite3_changes(js->db) == 1) {
         *state = JOB_CANCELLED;
         rc = event_add(js, seq, now_ms, "state", NULL, -1, "cancelled", err);
-        goto end;
+        if (!rc) js->nqueued--; /* undone below if the commit fails */
+        if ((rc = commit(js, rc, err))) js->nqueued++;
+        goto done;
     }
     if (!(s = st(js, S_CANCEL_RUNNING, err))) { rc = SLM_FAIL(SLM_EIO); goto end; }
     sqlite3_bind_int64(s, 1, seq);
@@ -711,4 +723,11 @@ int jobstore_counts(int64_t counts[JOB_NSTATES], struct jobstore *js, struct slm
 done:
     pthread_mutex_unlock(&js->mu);
     return rc;
+}
+
+void jobstore_set_queue_limit(struct jobstore *js, int64_t limit)
+{
+    pthread_mutex_lock(&js->mu);
+    js->queue_limit = limit > 0 ? limit : INT64_MAX;
+    pthread_mutex_unlock(&js->mu);
 }

@@ -94,6 +94,9 @@ int jobstore_cancel_requested(bool *out, struct jobstore *js, const char *id, st
 /* Remove a finished job and its events; a queued or running job is SLM_ECONFLICT. */
 int jobstore_delete(struct jobstore *js, const char *id, struct slm_err *err);
 
+/* Submissions beyond limit queued jobs get SLM_EBUSY (<= 0: no limit). */
+void jobstore_set_queue_limit(struct jobstore *js, int64_t limit);
+
 /* Number of jobs per state (counts[JOB_NSTATES]). */
 int jobstore_counts(int64_t counts[JOB_NSTATES], struct jobstore *js, struct slm_err *err);
 
