@@ -235,7 +235,7 @@ int api_start(struct api_server **out, struct api_ctx *ctx, int *bound_port, str
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)ctx->cfg->connection_limit,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ctx->cfg->per_ip_connection_limit,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ctx->cfg->connection_timeout_s,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
                             MHD_OPTION_STRICT_FOR_CLIENT, 1,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

@@ -184,7 +184,16 @@ static int run(json_t *req, json_t **metrics, struct slm_err *err)
         rc = slm_err_set(err, SLM_EIO, "publish %s: %s", out, strerror(errno));
         goto done;
     }
-    if (fsync_path(job_dir, O_DIRECTORY)) rc = slm_err_set(err, SLM_EIO, "fsync %s: %s", job_dir, strerror(errno));
+    if (fsync_path(job_dir, O_DIRECTORY)) { rc = slm_err_set(err, SLM_EIO, "fsync %s: %s", job_dir, strerror(errno)); goto done; }
+    /* leftovers of attempts killed mid-way */
+    DIR *jd = opendir(job_dir);
+    struct dirent *e;
+    while (jd && (e = readdir(jd)))
+        if (!strncmp(e->d_name, "attempt-", 8)) {
+            snprintf(path, sizeof path, "%s/%s", job_dir, e->d_name);
+            rm_rf(path);
+        }
+    if (jd) closedir(jd);
 done:
     if (rc) { json_decref(*metrics); *metrics = NULL; rm_rf(tmp); }
     jobspec_free(&spec);
