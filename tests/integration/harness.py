@@ -73,9 +73,15 @@ class Slimd:
         return self.proc.returncode if self.proc else 0
 
     def cleanup(self):
-        self.stop()
+        rc = self.stop()
+        text = self.log_text() if self.logs else ''
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+        for bad in ('AddressSanitizer', 'LeakSanitizer', 'runtime error:'):
+            if bad in text:
+                raise AssertionError('sanitizer report in slimd log:\n' + text[text.index(bad) - 200:][:4000])
+        if rc not in (0, None, -9):
+            raise AssertionError('slimd exited with %s after SIGTERM:\n%s' % (rc, text[-3000:]))
 
     # ---- HTTP ----
     def request(self, method, path, body=None, headers=None, raw=None, timeout=30):

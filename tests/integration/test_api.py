@@ -289,6 +289,7 @@ def test_integration_api__auth_scopes():
         raise AssertionError('slimd started with a world-readable token file')
     except AssertionError as e:
         assert 'readable by others' in str(e), e
+        d.proc = None  # it refused to start, as it should
     finally:
         d.cleanup()
 
