@@ -137,7 +137,7 @@ static int run(json_t *req, json_t **metrics, struct slm_err *err)
     int attempt = (int)json_integer_value(json_object_get(req, "attempt"));
     json_t *spec_doc = json_object_get(req, "spec");
     struct jobspec spec;
-    char job_dir[PATH_MAX], tmp[PATH_MAX + 32], out[PATH_MAX + 8], model_dir[PATH_MAX], path[PATH_MAX + 32];
+    char job_dir[PATH_MAX], tmp[PATH_MAX + 32], out[PATH_MAX + 8], model_dir[PATH_MAX], path[PATH_MAX + 300];
     int rc;
     if (!id || !jobs_dir || !spec_doc) return slm_err_set(err, SLM_EINVAL, "job child: incomplete request");
     snprintf(job_dir, sizeof job_dir, "%s/%s", jobs_dir, id);

@@ -86,13 +86,30 @@ static const char *const stmt_sql[S_NSTMT] = {
     [S_COUNTS] = "SELECT state, COUNT(*) FROM jobs GROUP BY state",
 };
 
+struct sub_req;
+
 struct jobstore {
     sqlite3 *db;
     pthread_mutex_t mu;
+    /* read side: each thread gets its own read-only connection (WAL readers run in parallel with
+    ** the writer); a reader is a struct jobstore of its own with only db and st[] in use */
+    bool readers_on;
+    pthread_key_t key;
+    pthread_mutex_t rmu;
+    struct jobstore *readers, *next_reader, *parent;
+    char *path;
+    /* group commit of submissions */
+    pthread_mutex_t gc_mu;
+    pthread_cond_t gc_cv;
+    struct sub_req *gc_queue;
+    bool gc_leader;
     int max_attempts;
     int64_t nqueued, queue_limit;   /* queued rows, kept in step with every transition */
     sqlite3_stmt *st[S_NSTMT];
 };
+
+static void reader_close(struct jobstore *r);
+static void reader_release_thread(void *v);
 
 static int db_fail(struct jobstore *js, int src, const char *what, struct slm_err *err)
 {
@@ -230,6 +247,9 @@ int jobstore_open(struct jobstore **out, const char *path, int max_attempts, str
     *out = NULL;
     if (!js) return slm_err_set(err, SLM_ENOMEM, "database: out of memory");
     pthread_mutex_init(&js->mu, NULL);
+    pthread_mutex_init(&js->rmu, NULL);
+    pthread_mutex_init(&js->gc_mu, NULL);
+    pthread_cond_init(&js->gc_cv, NULL);
     js->max_attempts = max_attempts > 0 ? max_attempts : 3;
     src = sqlite3_open_v2(path, &js->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) { rc = slm_err_set(err, SLM_EIO, "database %s: %s", path, js->db ? sqlite3_errmsg(js->db) : sqlite3_errstr(src)); goto done; }
@@ -240,6 +260,8 @@ int jobstore_open(struct jobstore **out, const char *path, int max_attempts, str
         (rc = migrate(js, err)) || (rc = pragma_int(&js->nqueued, js, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", err)))
         goto done;
     js->queue_limit = INT64_MAX;
+    if (strcmp(path, ":memory:") && (js->path = strdup(path)) && pthread_key_create(&js->key, reader_release_thread) == 0)
+        js->readers_on = true;
     *out = js;
     js = NULL;
 done:
@@ -250,10 +272,71 @@ done:
 void jobstore_close(struct jobstore *js)
 {
     if (!js) return;
+    if (js->readers_on) {
+        pthread_key_delete(js->key);
+        while (js->readers) {
+            struct jobstore *r = js->readers;
+            js->readers = r->next_reader;
+            reader_close(r);
+        }
+    }
+    free(js->path);
+    pthread_mutex_destroy(&js->rmu);
+    pthread_mutex_destroy(&js->gc_mu);
+    pthread_cond_destroy(&js->gc_cv);
     for (int i = 0; i < S_NSTMT; i++) sqlite3_finalize(js->st[i]);
     sqlite3_close(js->db);
     pthread_mutex_destroy(&js->mu);
     free(js);
+}
+
+/* ---- per-thread readers ---- */
+
+static void reader_close(struct jobstore *r)
+{
+    for (int i = 0; i < S_NSTMT; i++) sqlite3_finalize(r->st[i]);
+    sqlite3_close(r->db);
+    free(r);
+}
+
+static void reader_release_thread(void *v)
+{
+    struct jobstore *r = v, *js = r->parent;
+    pthread_mutex_lock(&js->rmu);
+    for (struct jobstore **pp = &js->readers; *pp; pp = &(*pp)->next_reader)
+        if (*pp == r) { *pp = r->next_reader; break; }
+    pthread_mutex_unlock(&js->rmu);
+    reader_close(r);
+}
+
+/* This thread's reader, or js itself (locked) when readers are off or cannot be opened. */
+static struct jobstore *rd_acquire(struct jobstore *js)
+{
+    struct jobstore *r = js->readers_on ? pthread_getspecific(js->key) : NULL;
+    if (r) return r;
+    if (js->readers_on && (r = calloc(1, sizeof *r))) {
+        if (sqlite3_open_v2(js->path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+            sqlite3_busy_timeout(r->db, 5000);
+            sqlite3_exec(r->db, "PRAGMA query_only = 1", NULL, NULL, NULL);
+            r->parent = js;
+            pthread_mutex_lock(&js->rmu);
+            r->next_reader = js->readers;
+            js->readers = r;
+            pthread_mutex_unlock(&js->rmu);
+            if (pthread_setspecific(js->key, r) == 0) return r;
+            reader_release_thread(r);
+        } else {
+            sqlite3_close(r->db);
+            free(r);
+        }
+    }
+    pthread_mutex_lock(&js->mu);
+    return js;
+}
+
+static void rd_release(struct jobstore *js, struct jobstore *r)
+{
+    if (r == js) pthread_mutex_unlock(&js->mu);
 }
 
 int jobstore_integrity_check(struct jobstore *js, struct slm_err *err)
@@ -291,42 +374,96 @@ static int by_idem(char id[JOBSTORE_ID_LEN + 1], struct jobstore *js, const char
     return rc;
 }
 
+/* ---- submissions: group commit ----
+** Concurrent submitters queue their rows; whichever finds no leader becomes one, writes every
+** queued row in ONE transaction (one fsync) and wakes the others. Each row is still committed
+** before its submitter returns. A row that is refused (idempotency conflict, queue full) writes
+** nothing; an SQL failure rolls the whole batch back and every submitter in it gets the error. */
+
+struct sub_req {
+    const char *spec, *key;
+    int64_t now;
+    char id[JOBSTORE_ID_LEN + 1];
+    bool created, done;
+    int rc;
+    struct slm_err err;
+    struct sub_req *next;
+};
+
+/* One row of a batch, inside the leader's transaction. <0 = SQL failure (batch fails). */
+static int submit_one(struct jobstore *js, struct sub_req *r, int64_t *added)
+{
+    int rc;
+    if (r->key && (rc = by_idem(r->id, js, r->key, r->spec, &r->err)) != 0) {
+        r->rc = rc < 0 ? rc : 0;
+        return r->err.rc == SLM_ECONFLICT ? 0 : (rc < 0 ? rc : 0);
+    }
+    if (js->nqueued + *added >= js->queue_limit) {
+        r->rc = slm_err_set(&r->err, SLM_EBUSY, "queue is full (%lld jobs waiting)", (long long)(js->nqueued + *added));
+        return 0;
+    }
+    sqlite3_stmt *s = st(js, S_INSERT, &r->err);
+    if (!s) return SLM_FAIL(SLM_EIO);
+    sqlite3_bind_text(s, 1, r->id, -1, SQLITE_STATIC);
+    if (r->key) sqlite3_bind_text(s, 2, r->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, r->spec, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, r->now);
+    sqlite3_bind_int(s, 5, js->max_attempts);
+    if ((rc = step_done(js, s, &r->err)) ||
+        (rc = event_add(js, sqlite3_last_insert_rowid(js->db), r->now, "state", NULL, -1, "queued", &r->err)))
+        return rc;
+    r->created = true;
+    (*added)++;
+    return 0;
+}
+
+static void submit_batch(struct jobstore *js, struct sub_req *batch)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    int64_t added = 0;
+    int rc;
+    pthread_mutex_lock(&js->mu);
+    if (!(rc = begin(js, &err)))
+        for (struct sub_req *r = batch; r && !rc; r = r->next)
+            if ((rc = submit_one(js, r, &added)) && !err.msg[0]) err = r->err;
+    rc = commit(js, rc, &err);
+    if (!rc) js->nqueued += added;
+    pthread_mutex_unlock(&js->mu);
+    for (struct sub_req *r = batch; r; r = r->next)
+        if (rc) { r->rc = rc; r->err = err; r->created = false; }
+}
+
 int jobstore_submit(char id_out[JOBSTORE_ID_LEN + 1], bool *created, struct jobstore *js, const char *spec_json,
                     const char *idem_key, int64_t now_ms, struct slm_err *err)
 {
-    char id[JOBSTORE_ID_LEN + 1];
+    struct sub_req req = { .spec = spec_json, .key = idem_key, .now = now_ms, .err = SLM_ERR_INIT };
     int rc;
     *created = false;
-    if ((rc = new_id(id, err))) return rc;
-    pthread_mutex_lock(&js->mu);
-    if ((rc = begin(js, err))) goto done;
-    if (idem_key && (rc = by_idem(id_out, js, idem_key, spec_json, err)) != 0) {
-        rc = commit(js, rc < 0 ? rc : 0, err); /* found: nothing written */
-        goto done;
+    if ((rc = new_id(req.id, err))) return rc;
+    pthread_mutex_lock(&js->gc_mu);
+    req.next = js->gc_queue;
+    js->gc_queue = &req;
+    while (!req.done) {
+        if (js->gc_leader) { pthread_cond_wait(&js->gc_cv, &js->gc_mu); continue; }
+        struct sub_req *batch = js->gc_queue, *rev = NULL;
+        js->gc_queue = NULL;
+        js->gc_leader = true;
+        pthread_mutex_unlock(&js->gc_mu);
+        while (batch) { struct sub_req *n = batch->next; batch->next = rev; rev = batch; batch = n; } /* arrival order */
+        submit_batch(js, rev);
+        pthread_mutex_lock(&js->gc_mu);
+        for (struct sub_req *r = rev, *n; r; r = n) { n = r->next; r->done = true; }
+        js->gc_leader = false;
+        pthread_cond_broadcast(&js->gc_cv);
     }
-    if (js->nqueued >= js->queue_limit) {
-        rc = commit(js, slm_err_set(err, SLM_EBUSY, "queue is full (%lld jobs waiting)", (long long)js->nqueued), err);
-        goto done;
+    pthread_mutex_unlock(&js->gc_mu);
+    if (req.rc) {
+        if (err && !err->msg[0]) *err = req.err;
+        return req.rc;
     }
-    sqlite3_stmt *s = st(js, S_INSERT, err);
-    if (!s) rc = SLM_FAIL(SLM_EIO);
-    else {
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-        if (idem_key) sqlite3_bind_text(s, 2, idem_key, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, spec_json, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 4, now_ms);
-        sqlite3_bind_int(s, 5, js->max_attempts);
-        rc = step_done(js, s, err);
-    }
-    if (!rc) rc = event_add(js, sqlite3_last_insert_rowid(js->db), now_ms, "state", NULL, -1, "queued", err);
-    if ((rc = commit(js, rc, err)) == 0) {
-        memcpy(id_out, id, sizeof id);
-        *created = true;
-        js->nqueued++;
-    }
-done:
-    pthread_mutex_unlock(&js->mu);
-    return rc;
+    memcpy(id_out, req.id, sizeof req.id);
+    *created = req.created;
+    return 0;
 }
 
 /* The current row of s (JOB_COLS) as the API's JSON. */
@@ -366,35 +503,35 @@ int jobstore_get(json_t **out, struct jobstore *js, const char *id, struct slm_e
 {
     int rc = 0;
     *out = NULL;
-    pthread_mutex_lock(&js->mu);
-    sqlite3_stmt *s = st(js, S_GET, err);
+    struct jobstore *r = rd_acquire(js);
+    sqlite3_stmt *s = st(r, S_GET, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     int src = sqlite3_step(s);
     if (src == SQLITE_ROW) {
         if (!(*out = job_json(s))) rc = slm_err_set(err, SLM_ENOMEM, "job %s: out of memory", id);
     } else if (src == SQLITE_DONE) rc = slm_err_set(err, SLM_ENOTFOUND, "job %s not found", id);
-    else rc = db_fail(js, src, "get", err);
+    else rc = db_fail(r, src, "get", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     return rc;
 }
 
 int jobstore_state(enum job_state *out, struct jobstore *js, const char *id, struct slm_err *err)
 {
     int rc = 0;
-    pthread_mutex_lock(&js->mu);
-    sqlite3_stmt *s = st(js, S_STATE, err);
+    struct jobstore *r = rd_acquire(js);
+    sqlite3_stmt *s = st(r, S_STATE, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     int src = sqlite3_step(s);
     if (src == SQLITE_ROW) rc = job_state_parse(out, col_text(s, 0));
     else if (src == SQLITE_DONE) rc = slm_err_set(err, SLM_ENOTFOUND, "job %s not found", id);
-    else rc = db_fail(js, src, "state", err);
+    else rc = db_fail(r, src, "state", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     return rc;
 }
 
@@ -406,8 +543,8 @@ int jobstore_list(json_t **out, int64_t *next, struct jobstore *js, int state, i
     *out = NULL;
     *next = 0;
     if (!arr) return slm_err_set(err, SLM_ENOMEM, "list: out of memory");
-    pthread_mutex_lock(&js->mu);
-    sqlite3_stmt *s = st(js, state >= 0 ? S_LIST_STATE : S_LIST, err);
+    struct jobstore *r = rd_acquire(js);
+    sqlite3_stmt *s = st(r, state >= 0 ? S_LIST_STATE : S_LIST, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     sqlite3_bind_int64(s, 1, cursor > 0 ? cursor : INT64_MAX);
     sqlite3_bind_int(s, 2, limit + 1);
@@ -418,10 +555,10 @@ int jobstore_list(json_t **out, int64_t *next, struct jobstore *js, int state, i
         if (!j || json_array_append_new(arr, j)) { rc = slm_err_set(err, SLM_ENOMEM, "list: out of memory"); break; }
         n++;
     }
-    if (!rc && src != SQLITE_ROW && src != SQLITE_DONE) rc = db_fail(js, src, "list", err);
+    if (!rc && src != SQLITE_ROW && src != SQLITE_DONE) rc = db_fail(r, src, "list", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     if (rc) json_decref(arr);
     else *out = arr;
     return rc;
@@ -434,9 +571,9 @@ int jobstore_events(json_t **out, struct jobstore *js, const char *id, int64_t a
     json_t *arr = json_array();
     *out = NULL;
     if (!arr) return slm_err_set(err, SLM_ENOMEM, "events: out of memory");
-    pthread_mutex_lock(&js->mu);
-    if ((rc = seq_of(&seq, js, id, err))) goto done;
-    sqlite3_stmt *s = st(js, S_EVENTS, err);
+    struct jobstore *r = rd_acquire(js);
+    if ((rc = seq_of(&seq, r, id, err))) goto done;
+    sqlite3_stmt *s = st(r, S_EVENTS, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     sqlite3_bind_int64(s, 1, seq);
     sqlite3_bind_int64(s, 2, after);
@@ -448,10 +585,10 @@ int jobstore_events(json_t **out, struct jobstore *js, const char *id, int64_t a
                               "message", col_text(s, 5));
         if (!e || json_array_append_new(arr, e)) { rc = slm_err_set(err, SLM_ENOMEM, "events: out of memory"); break; }
     }
-    if (!rc && src != SQLITE_ROW && src != SQLITE_DONE) rc = db_fail(js, src, "events", err);
+    if (!rc && src != SQLITE_ROW && src != SQLITE_DONE) rc = db_fail(r, src, "events", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     if (rc) json_decref(arr);
     else *out = arr;
     return rc;
@@ -674,17 +811,17 @@ int jobstore_cancel_requested(bool *out, struct jobstore *js, const char *id, st
 {
     int rc = 0;
     *out = false;
-    pthread_mutex_lock(&js->mu);
-    sqlite3_stmt *s = st(js, S_CANCEL_FLAG, err);
+    struct jobstore *r = rd_acquire(js);
+    sqlite3_stmt *s = st(r, S_CANCEL_FLAG, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     int src = sqlite3_step(s);
     if (src == SQLITE_ROW) *out = sqlite3_column_int(s, 0) != 0;
     else if (src == SQLITE_DONE) rc = slm_err_set(err, SLM_ENOTFOUND, "job %s not found", id);
-    else rc = db_fail(js, src, "cancel flag", err);
+    else rc = db_fail(r, src, "cancel flag", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     return rc;
 }
 
@@ -711,17 +848,17 @@ int jobstore_counts(int64_t counts[JOB_NSTATES], struct jobstore *js, struct slm
 {
     int rc = 0, src;
     memset(counts, 0, sizeof(int64_t) * JOB_NSTATES);
-    pthread_mutex_lock(&js->mu);
-    sqlite3_stmt *s = st(js, S_COUNTS, err);
+    struct jobstore *r = rd_acquire(js);
+    sqlite3_stmt *s = st(r, S_COUNTS, err);
     if (!s) { rc = SLM_FAIL(SLM_EIO); goto done; }
     while ((src = sqlite3_step(s)) == SQLITE_ROW) {
         enum job_state k;
         if (job_state_parse(&k, col_text(s, 0)) == 0) counts[k] = sqlite3_column_int64(s, 1);
     }
-    if (src != SQLITE_DONE) rc = db_fail(js, src, "counts", err);
+    if (src != SQLITE_DONE) rc = db_fail(r, src, "counts", err);
     sqlite3_reset(s);
 done:
-    pthread_mutex_unlock(&js->mu);
+    rd_release(js, r);
     return rc;
 }
 

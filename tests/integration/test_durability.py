@@ -55,7 +55,8 @@ def test_integration_durability__sigkill_loop_loses_nothing():
         assert db.execute('PRAGMA integrity_check').fetchone()[0] == 'ok'
         rows = dict(db.execute('SELECT id, state FROM jobs'))
         assert acked <= set(rows), acked - set(rows)
-        bad = {i: s for i, s in rows.items() if s != 'succeeded'}
+        bad = {i: (s, db.execute('SELECT attempts, error_msg FROM jobs WHERE id = ?', (i,)).fetchone())
+               for i, s in rows.items() if s != 'succeeded'}
         assert not bad, bad
         for jid in rows:
             n = db.execute("SELECT COUNT(*) FROM events e JOIN jobs j ON j.seq = e.job_seq "

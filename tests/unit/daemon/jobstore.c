@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 #include <sqlite3.h>
@@ -229,6 +230,62 @@ static void test_daemon_jobstore__refuses_newer_schema(void **state)
     unlink(aux);
 }
 
+struct submitter { struct jobstore *js; int t; int created; };
+
+static void *submit_many(void *v)
+{
+    struct submitter *sb = v;
+    for (int i = 0; i < 50; i++) {
+        char id[JOBSTORE_ID_LEN + 1], key[32], got[JOBSTORE_ID_LEN + 1];
+        bool created;
+        struct slm_err err = SLM_ERR_INIT;
+        snprintf(key, sizeof key, "k%d", i);            /* every thread uses the same 50 keys */
+        if (jobstore_submit(id, &created, sb->js, "{}", key, i, &err) == 0 && created) sb->created++;
+        enum job_state st;
+        if (jobstore_submit(got, &created, sb->js, "{\"n\":1}", NULL, i, &err) || created != true ||
+            jobstore_state(&st, sb->js, got, &err) || st != JOB_QUEUED)
+            sb->created = -1000;                        /* committed and readable on return */
+    }
+    return NULL;
+}
+
+static void test_daemon_jobstore__concurrent_submits_group_commit(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/t-jobstore-gc-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    struct jobstore *js = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(jobstore_open(&js, path, 3, &err), 0);
+    pthread_t th[8];
+    struct submitter sb[8];
+    for (int t = 0; t < 8; t++) {
+        sb[t] = (struct submitter){ js, t, 0 };
+        pthread_create(&th[t], NULL, submit_many, &sb[t]);
+    }
+    int created = 0;
+    for (int t = 0; t < 8; t++) {
+        pthread_join(th[t], NULL);
+        assert_true(sb[t].created >= 0);
+        created += sb[t].created;
+    }
+    assert_int_equal(created, 50);                       /* each key created exactly once */
+    int64_t counts[JOB_NSTATES];
+    assert_int_equal(jobstore_counts(counts, js, &err), 0);
+    assert_int_equal(counts[JOB_QUEUED], 50 + 8 * 50);
+    assert_int_equal(jobstore_integrity_check(js, &err), 0);
+    jobstore_close(js);
+    char aux[64];
+    unlink(path);
+    snprintf(aux, sizeof aux, "%s-wal", path);
+    unlink(aux);
+    snprintf(aux, sizeof aux, "%s-shm", path);
+    unlink(aux);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -240,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_daemon_jobstore__cancel_and_delete_rules),
         cmocka_unit_test(test_daemon_jobstore__list_pages_with_cursor_and_filter),
         cmocka_unit_test(test_daemon_jobstore__refuses_newer_schema),
+        cmocka_unit_test(test_daemon_jobstore__concurrent_submits_group_commit),
     };
     return cmocka_run_group_tests_name("daemon/jobstore", tests, NULL, NULL);
 }
