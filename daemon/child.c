@@ -169,9 +169,17 @@ static int run(json_t *req, json_t **metrics, struct slm_err *err)
     emit(json_pack("{s:s,s:s,s:f,s:s}", "t", "progress", "stage", "downloading", "progress", 0.0, "message", spec.model.source));
     if ((rc = fetch_model(model_dir, sizeof model_dir, &fo, spec.model.source, spec.model.revision, err))) goto done;
 
+    const char *names[18];
+    int nn = 0;
+    char data_dir[PATH_MAX];
+    if (spec.method != JS_METHOD_EVAL && spec.calibration.dataset) names[nn++] = spec.calibration.dataset;
+    for (int i = 0; i < spec.eval.n_perplexity && nn < 18; i++) names[nn++] = spec.eval.perplexity[i];
+    fo.dataset_mirror = json_string_value(json_object_get(req, "dataset_mirror"));
+    if ((rc = fetch_datasets(data_dir, sizeof data_dir, &fo, json_string_value(json_object_get(req, "dataset_dir")), names, nn, err)))
+        goto done;
     struct job_ctx ctx = {
         .model_dir = model_dir, .out_dir = tmp,
-        .data_dir = json_string_value(json_object_get(req, "dataset_dir")),
+        .data_dir = data_dir,
         .device = json_string_value(json_object_get(req, "device")),
         .progress = on_progress, .payload = NULL, .cancel = &cancel_flag,
     };

@@ -236,7 +236,8 @@ int fetch_url(const struct fetch_opts *o, const char *url, const char *path, con
         int port;
         if (hop > FETCH_MAX_REDIRECTS) { rc = slm_err_set(err, SLM_EIO, "%s: too many redirects", url); goto done; }
         if (url_host(host, sizeof host, &port, cur)) { rc = slm_err_set(err, SLM_EINVAL, "bad URL '%s'", cur); goto done; }
-        x.trusted = o->hub_endpoint && o->hub_endpoint[0] && same_origin(cur, o->hub_endpoint);
+        x.trusted = (o->hub_endpoint && o->hub_endpoint[0] && same_origin(cur, o->hub_endpoint)) ||
+                    (o->dataset_mirror && o->dataset_mirror[0] && same_origin(cur, o->dataset_mirror));
         if (!x.trusted && (strncmp(cur, "https://", 8) || !host_allowed(o->allow_hosts ? o->allow_hosts : "", host))) {
             rc = slm_err_set(err, SLM_EINVAL, "refusing to fetch from %s (https and allow-hosts only)", host);
             goto done;
@@ -481,6 +482,37 @@ int fetch_model(char *out, size_t out_len, const struct fetch_opts *o, const cha
         snprintf(url, sizeof url, "%s/%s", base, optional[i]);
         rc = cached(o, snap, optional[i], url, a, &e2);
         if (rc && rc != SLM_FAIL(SLM_ENOTFOUND)) return slm_err_set(err, e2.rc, "%s", e2.msg);
+    }
+    snprintf(out, out_len, "%s", snap);
+    return 0;
+}
+
+int fetch_datasets(char *out, size_t out_len, const struct fetch_opts *o, const char *dataset_dir,
+                   const char *const *names, int nnames, struct slm_err *err)
+{
+    char snap[PATH_MAX], local[PATH_MAX + 300], url[2300], file[300];
+    int rc;
+    if (!o->dataset_mirror || !o->dataset_mirror[0]) {
+        snprintf(out, out_len, "%s", dataset_dir ? dataset_dir : "");
+        return 0;
+    }
+    if ((rc = mkdir_in(o->cache_dir, "datasets", snap, sizeof snap, err))) return rc;
+    size_t ml = strlen(o->dataset_mirror);
+    for (int i = 0; i < nnames; i++) {
+        if (!names[i] || !names[i][0] || strchr(names[i], '/') || names[i][0] == '.')
+            return slm_err_set(err, SLM_EINVAL, "dataset name '%s'", names[i] ? names[i] : "");
+        snprintf(file, sizeof file, "%s.txt", names[i]);
+        snprintf(local, sizeof local, "%s/%s", dataset_dir ? dataset_dir : "", file);
+        if (dataset_dir && dataset_dir[0] && access(local, R_OK) == 0) {
+            char link[PATH_MAX + 300], tmp[PATH_MAX + 340];
+            snprintf(link, sizeof link, "%s/%s", snap, file);
+            snprintf(tmp, sizeof tmp, "%s.%d.tmp", link, (int)getpid());
+            unlink(tmp);
+            if (symlink(local, tmp) || rename(tmp, link)) return slm_err_set(err, SLM_EIO, "%s: %s", link, strerror(errno));
+            continue;
+        }
+        snprintf(url, sizeof url, "%.*s/%s", (int)(ml && o->dataset_mirror[ml - 1] == '/' ? ml - 1 : ml), o->dataset_mirror, file);
+        if ((rc = cached(o, snap, file, url, NULL, err))) return rc;
     }
     snprintf(out, out_len, "%s", snap);
     return 0;

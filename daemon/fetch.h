@@ -23,6 +23,7 @@ struct fetch_opts {
     const char *hub_token;          /* "" = none; sent only to the hub-endpoint host */
     const char *allow_hosts;
     const char *file_source_root;
+    const char *dataset_mirror;     /* trusted like the hub (configured by the admin), no token */
     int stall_s;
     int64_t max_bytes;              /* cap over the whole model */
     /* progress: bytes received so far of total (0 = unknown); non-zero return cancels */
@@ -34,6 +35,12 @@ struct fetch_opts {
 /* Local folder holding source's files, in out (PATH_MAX). */
 int fetch_model(char *out, size_t out_len, const struct fetch_opts *o, const char *source, const char *revision,
                 struct slm_err *err);
+
+/* Folder holding NAME.txt for every name (datasets for calibration and evaluation), in out.
+** Without dataset_mirror that is dataset_dir itself; with it, CACHE/datasets/ holds a link to
+** dataset_dir/NAME.txt where that exists, else NAME.txt downloaded from MIRROR/NAME.txt. */
+int fetch_datasets(char *out, size_t out_len, const struct fetch_opts *o, const char *dataset_dir,
+                   const char *const *names, int nnames, struct slm_err *err);
 
 /* Download url to path (resume, stall timeout, byte cap, optional sha256 check). Exposed for tests.
 ** auth_header may be NULL; it is sent to url's host only, never to a redirect target elsewhere. */

@@ -20,7 +20,7 @@
 extern const char *const slimd_migrations[];
 extern const int slimd_migrations_count;
 
-#define JOBSTORE_MAX_RECOVERIES 20
+#define JOBSTORE_MAX_RECOVERIES 100 /* daemon restarts during one job before it is failed */
 
 static const char *const state_names[JOB_NSTATES] = { "queued", "running", "succeeded", "failed", "cancelled" };
 

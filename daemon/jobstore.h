@@ -82,7 +82,7 @@ int jobstore_requeue(bool *requeued, struct jobstore *js, const char *id, int at
                      const char *msg, int64_t now_ms, struct slm_err *err);
 
 /* At start: every job left running by an earlier process goes back to queued at once, its attempt
-** refunded (the daemon died, not the job); after 20 such recoveries the job fails. *n = rows. */
+** refunded (the daemon died, not the job); after 100 such recoveries the job fails. *n = rows. */
 int jobstore_recover(int *n, struct jobstore *js, int64_t now_ms, struct slm_err *err);
 
 /* queued -> cancelled at once; running -> cancel_requested (the supervisor stops the child);

@@ -9,6 +9,7 @@ Models come from SLIM_TEST_DATA/<name>/. The org picks a fault, for the model we
   samehost  302 to the same hub under /blobs/ (followed, with the token)
   stall     sends 1000 bytes then nothing until the client goes away
   huge      claims a 10 GB body and streams zeros
+Datasets: /datasets/NAME.txt from self.datasets (the dataset mirror).
 """
 import hashlib
 import os
@@ -47,6 +48,7 @@ class Hub:
         self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
         self.thread.start()
         self.other = None
+        self.datasets = {'tinytext.txt': b'Once upon a time there was a tiny model.\n' * 50}
 
     def close(self):
         self.stop_stall.set()
@@ -55,6 +57,8 @@ class Hub:
 
     def handle(self, h):
         parts = h.path.split('/')
+        if parts[1] == 'datasets' and len(parts) == 3:
+            return self.plain(h, 200, self.datasets[parts[2]]) if parts[2] in self.datasets else self.plain(h, 404, b'no')
         if parts[1] == 'blobs':
             return self.send_file(h, os.path.join(DATA, parts[2], parts[3]), 'test')
         if len(parts) != 6 or parts[3] != 'resolve' or '..' in parts:

@@ -263,6 +263,26 @@ def test_integration_api__restart_requeues_running_job():
         hub.close()
 
 
+def test_integration_api__datasets_from_mirror():
+    hub = Hub()
+    d = Slimd('--hub-endpoint', hub.url, '--dataset-mirror', hub.url + '/datasets').start()
+    try:
+        spec = hub_spec('test')
+        spec['eval'] = {'perplexity': ['tinytext'], 'seqlen': 16}
+        j = d.wait_state(d.submit(spec)[1]['id'])
+        assert ('127.0.0.1', '/datasets/tinytext.txt', None, None) in hub.log, hub.log
+        cached = os.path.join(d.dir, 'cache', 'datasets', 'tinytext.txt')
+        assert open(cached, 'rb').read() == hub.datasets['tinytext.txt']
+        # the evaluation itself needs the tokenizer of core/: it either ran or failed for that reason only
+        assert j['state'] == 'succeeded' or 'tokenizer' in j['error']['message'], j
+        spec['eval'] = {'perplexity': ['missing'], 'seqlen': 16}
+        j = d.wait_state(d.submit(spec)[1]['id'])
+        assert j['state'] == 'failed' and 'missing.txt' in j['error']['message'], j
+    finally:
+        d.cleanup()
+        hub.close()
+
+
 def test_integration_api__auth_scopes():
     import hashlib
     tok = os.path.join(tempfile.mkdtemp(), 'tokens')
