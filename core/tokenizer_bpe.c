@@ -185,21 +185,22 @@ static bool byte_is_printable(unsigned b)
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 other bytes, in order, get 256 + n: 0x00-0x20 (n 0-32), 0x7F-0xA0 (n 33-66), 0xAD (n 67). */
 uint32_t tok_byte_to_cp(unsigned char b)
 {
     if (byte_is_printable(b)) return b;
-    uint32_t n = 0;   /* the others get 256, 257, ... in byte order */
-    for (unsigned i = 0; i < b; i++) n += !byte_is_printable(i);
-    return 256 + n;
+    if (b <= 0x20) return 256u + b;
+    if (b == 0xAD) return 256u + 67;
+    return 256u + 33 + (b - 0x7Fu);
 }
 
 int tok_cp_to_byte(uint32_t cp)
 {
     if (cp < 256) return byte_is_printable(cp) ? (int)cp : -1;
     uint32_t n = cp - 256;
-    for (unsigned b = 0; b < 256; b++)
-        if (!byte_is_printable(b) && n-- == 0) return (int)b;
-    return -1;
+    if (n <= 32) return (int)n;
+    if (n <= 66) return (int)(0x7F + n - 33);
+    return n == 67 ? 0xAD : -1;
 }
 
 /* ---- vocabulary ---- */

@@ -13,6 +13,7 @@
 
 #include "core/err.h"
 #include "core/tokenizer.h"
+#include "core/tokenizer_impl.h"
 #include "core/unicode.h"
 
 /* ---- helpers ---- */
@@ -309,6 +310,21 @@ static void test_core_tokenizer__unicode_classes(void **state)
     assert_int_equal(cp, 0xFFFD);
 }
 
+static void test_core_tokenizer__gpt2_byte_map_round_trips(void **state)
+{
+    (void)state;
+    /* GPT-2's bytes_to_unicode: printable bytes stand for themselves, the 68 others take 256.. */
+    assert_int_equal(tok_byte_to_cp('A'), 'A');
+    assert_int_equal(tok_byte_to_cp(' '), 0x120);    /* the familiar "Ġ" */
+    assert_int_equal(tok_byte_to_cp('\n'), 0x10A);   /* "Ċ" */
+    assert_int_equal(tok_byte_to_cp(0x00), 0x100);
+    assert_int_equal(tok_byte_to_cp(0x7F), 0x121);
+    assert_int_equal(tok_byte_to_cp(0xAD), 0x143);
+    for (unsigned b = 0; b < 256; b++) assert_int_equal(tok_cp_to_byte(tok_byte_to_cp((unsigned char)b)), b);
+    assert_int_equal(tok_cp_to_byte(0x144), -1);
+    assert_int_equal(tok_cp_to_byte(0xAD), -1);       /* a byte that is not its own code point */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_core_tokenizer__malformed_files_are_clear_errors),
         cmocka_unit_test(test_core_tokenizer__folder_without_files_is_notfound),
         cmocka_unit_test(test_core_tokenizer__unicode_classes),
+        cmocka_unit_test(test_core_tokenizer__gpt2_byte_map_round_trips),
     };
     return cmocka_run_group_tests_name("core/tokenizer", tests, NULL, NULL);
 }
