@@ -167,7 +167,7 @@ static int parse_model(struct tokenizer *t, const json_t *model, const char *pat
             return slm_err_set(err, SLM_EFORMAT, "%s: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", path, i);
         }
         if (i > INT32_MAX) return slm_err_set(err, SLM_EFORMAT, "%s: too many merges", path);
-        if ((rc = tok_add_merge(t, a, alen, b, blen, (int32_t)i, err))) return rc;
+        if ((rc = tok_add_merge(t, a, alen, b, blen, (int32_t)i, path, err))) return rc;
     }
     t->byte_fallback = get_bool(model, "byte_fallback", false);
     t->ignore_merges = get_bool(model, "ignore_merges", false);
@@ -484,7 +484,7 @@ static int open_vocab_merges(struct tokenizer *t, const char *vocab_path, const 
                 goto done;
             }
             if ((rc = tok_add_merge(t, text + i, (size_t)(sp - (text + i)), sp + 1, (size_t)(text + end - sp - 1),
-                                    rank++, err)))
+                                    rank++, merges_path, err)))
                 goto done;
         }
         i = e + 1;

@@ -249,11 +249,11 @@ void tok_index_bytes(struct tokenizer *t)
 }
 
 int tok_add_merge(struct tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
-                  int32_t rank, struct slm_err *err)
+                  int32_t rank, const char *where, struct slm_err *err)
 {
     int32_t ia = tok_map_get(&t->vocab, a, alen), ib = tok_map_get(&t->vocab, b, blen);
     if (ia < 0 || ib < 0)
-        return slm_err_set(err, SLM_EFORMAT, "merge %d: \"%.*s\" is not in the vocabulary", rank,
+        return slm_err_set(err, SLM_EFORMAT, "%s: merge %d: \"%.*s\" is not in the vocabulary", where, rank,
                            (int)(ia < 0 ? alen : blen), ia < 0 ? a : b);
     char stackbuf[256];
     char *cat = alen + blen <= sizeof stackbuf ? stackbuf : malloc(alen + blen);
@@ -263,7 +263,7 @@ int tok_add_merge(struct tokenizer *t, const char *a, size_t alen, const char *b
     int32_t id = tok_map_get(&t->vocab, cat, alen + blen);
     int rc = 0;
     if (id < 0)
-        rc = slm_err_set(err, SLM_EFORMAT, "merge %d: \"%.*s\" is not in the vocabulary", rank,
+        rc = slm_err_set(err, SLM_EFORMAT, "%s: merge %d: \"%.*s\" is not in the vocabulary", where, rank,
                          (int)(alen + blen), cat);
     if (cat != stackbuf) free(cat);
     return rc ? rc : tok_merges_put(&t->merges, ia, ib, rank, id, err);
