@@ -17,6 +17,7 @@
 
 #include "arch.h"
 #include "safetensors.h"
+#include "slicegpt.h"
 
 #define HEAD_CHUNK_ROWS 256    /* logits are produced this many rows at a time (bounded memory) */
 
@@ -244,12 +245,14 @@ int model_open(struct model **out, const char *dir, struct kbackend *kb, int fla
         m->blocks[b].d_in = m->blocks[b].d_mid = m->blocks[b].d_out = c->hidden;
     }
     m->d_head = c->hidden;
+    if (json_object_get(m->config_json, "slicegpt") && (rc = slicegpt_config_apply(m, m->config_json, err))) goto fail;
     char name[160];
     snprintf(name, sizeof name, "%s.weight", m->arch->embed);
-    if ((rc = load_host(m, &m->embed, name, c->vocab, c->embed_dim, err))) goto fail;
+    if ((rc = load_host(m, &m->embed, name, c->vocab, m->embed_width, err))) goto fail;
     if (m->arch->pos_embed) {
         snprintf(name, sizeof name, "%s.weight", m->arch->pos_embed);
-        if ((rc = load_host(m, &m->pos_embed, name, (int64_t)c->max_pos + 2, c->hidden, err))) goto fail;
+        if ((rc = load_host(m, &m->pos_embed, name, (int64_t)c->max_pos + 2,
+                                 c->embed_dim != c->hidden ? c->hidden : m->embed_width, err))) goto fail;
     }
     if (c->embed_dim != c->hidden) {
         int64_t pin[2] = { c->hidden, c->embed_dim }, pout[2] = { c->embed_dim, c->hidden };
@@ -474,6 +477,8 @@ int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_i
         (rc = residual(m, w.r, x, bl->shortcut_attn, rows, bl->d_in, bl->d_mid, err)) ||
         (rc = kb->iface->add(kb, w.r, w.o, nmid, err)))
         return rc;
+    if (m->mid_cb && !post && m->mid_cb(b, w.r, rows, bl->d_mid, m->mid_payload))
+        return slm_err_set(err, SLM_ECANCELLED, "cancelled in block %d", b);
     if (post && (rc = norm_apply(m, w.r, w.r, bl->norm1_w, bl->norm1_b, rows, bl->d_mid, err))) return rc;
     hin = w.r;
     if (!post) {

@@ -113,6 +113,12 @@ struct model {
     int (*linear_loader)(struct model *m, int block, enum lin_role role, struct linear *l, void *payload,
                          struct slm_err *err);
     void *linear_loader_payload;
+    /* --- added for SliceGPT --- */
+    /* Observer of the residual stream between attention and MLP of sequential blocks (the
+    ** input of the second norm) in model_block_forward: i = block index, h backend memory
+    ** [rows x d_mid]. NULL = none; non-zero return cancels. */
+    int (*mid_cb)(int i, const float *h, int rows, int width, void *payload);
+    void *mid_payload;
 };
 
 enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */
