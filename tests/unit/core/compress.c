@@ -67,6 +67,34 @@ static void test_core_compress__sampler_windows(void **state)
     assert_int_equal(calib_sample(&out, &docs, 1, 20, 0, &err), -SLM_EINVAL);
 }
 
+static void test_core_compress__calibration_documents(void **state)
+{
+    (void)state;
+    char dir[4200];
+    struct tokenizer *tok = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    snprintf(dir, sizeof dir, "%s/tokenizers/gpt2", data_dir);
+    assert_int_equal(tokenizer_open(&tok, dir, &err), 0);
+    static const char jsonl[] = "{\"text\": \"Hello world.\", \"url\": \"x\"}\n{\"text\": \"Second\\ndocument here\"}\n\n";
+    static const char paras[] = "First paragraph\nstill first.\n\nSecond one.\n\n\nThird.";
+    struct calib_docs d;
+    assert_int_equal(calib_docs_from_text(&d, tok, jsonl, sizeof jsonl - 1, &err), 0);
+    assert_int_equal(d.ndocs, 2);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(tokenizer_encode(tok, "Second\ndocument here", 20, true, &ids, &n, &err), 0);
+    assert_int_equal(d.len[1], n);
+    assert_memory_equal(d.ids[1], ids, n * sizeof *ids);
+    free(ids);
+    calib_docs_free(&d);
+    assert_int_equal(calib_docs_from_text(&d, tok, paras, sizeof paras - 1, &err), 0);
+    assert_int_equal(d.ndocs, 3);
+    calib_docs_free(&d);
+    static const char bad[] = "{\"txt\": 1}\n";
+    assert_int_equal(calib_docs_from_text(&d, tok, bad, sizeof bad - 1, &err), -SLM_EFORMAT);
+    tokenizer_free(tok);
+}
+
 /* ---- parity with the reference ---- */
 
 struct cfg {
@@ -286,6 +314,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_compress__pyrandom_matches_cpython),
         cmocka_unit_test(test_core_compress__sampler_windows),
+        cmocka_unit_test(test_core_compress__calibration_documents),
         cmocka_unit_test(test_core_compress__parity_wanda_2of4_f32),
         cmocka_unit_test(test_core_compress__parity_wanda_unstr50_f32),
         cmocka_unit_test(test_core_compress__parity_magnitude_unstr50_absmax4_f32),
