@@ -59,8 +59,7 @@ int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, st
     o->separate_lora = s->lowrank.separate;
     if (s->quantization.joint)
         return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
-    if (s->lowrank.prune)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "/lowrank/prune: prune_lora is not implemented in this build");
+    o->prune_lora = s->lowrank.prune;
     if (s->quantization.input)
         return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/input: activation quantization at evaluation time is not "
                            "wired into the forward pass in this build (quant_input_host exists)");
@@ -363,6 +362,15 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
                 }
                 for (size_t i = 0; i < n; i++) w.E[i] = w.W[i] - w.Wc[i];
                 if ((rc = lowrank_fit(kb, w.L, w.R, w.E, d, d_out, d_in, w.rank, o->bf16, err))) goto done;
+                if (o->prune_lora && w.rank) {
+                    /* prune_lora works on L before the D^-1 division (§4.5) */
+                    for (int j = 0; d && j < d_in; j++)
+                        for (int c = 0; c < w.rank; c++) w.L[(size_t)j * w.rank + c] *= d[j];
+                    if ((rc = lowrank_prune_adapter(kb, w.L, w.R, d_out, d_in, w.rank, o->prune_lora_iters, NULL, NULL, err)))
+                        goto done;
+                    for (int j = 0; d && j < d_in; j++)
+                        for (int c = 0; c < w.rank; c++) w.L[(size_t)j * w.rank + c] /= d[j];
+                }
                 if ((rc = lowrank_product(kb, w.E, w.L, w.R, d_out, d_in, w.rank, o->bf16, err))) goto done;
                 /* final weight Q(M . (W - L R)) with a fresh scale */
                 for (size_t i = 0; i < n; i++) w.Wc[i] = mask && mask[i] ? 0 : (o->bf16 ? bf16_round(w.W[i] - w.E[i]) : w.W[i] - w.E[i]);
@@ -417,6 +425,8 @@ static int check_supported(const struct model *m, const struct compress_opts *o,
     if (o->lowrank.method != LOWRANK_NONE && (o->prune.method == PRUNE_MAGNITUDE || o->prune.method == PRUNE_SPARSEGPT ||
                                               o->quant.method == QUANT_OPTQ))
         return slm_err_set(err, SLM_EUNSUPPORTED, "adapters need wanda pruning (or none) and absmax / slim-quant");
+    if (o->prune_lora && (o->lowrank.method == LOWRANK_NONE || o->prune.n != 2 || o->prune.m != 4 || !o->separate_lora))
+        return slm_err_set(err, SLM_EINVAL, "prune_lora needs adapters, 2:4 pruning and separate adapters");
     if (m->block_kind != BLOCK_SEQ && m->block_kind != BLOCK_PARALLEL && m->block_kind != BLOCK_SEQ_POSTNORM)
         return slm_err_set(err, SLM_EUNSUPPORTED, "compress: unknown block layout");
     return 0;

@@ -74,9 +74,11 @@ struct compress_opts {
     compress_progress_cb progress;
     void *payload;
     volatile sig_atomic_t *cancel;
+    bool prune_lora;               /* §4.5: 2:4 on L, then Adam (needs separate adapters) */
+    int prune_lora_iters;          /* reference: 1000 */
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000 }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);

@@ -52,6 +52,8 @@ struct ck {
     bool quantize_lora, separate, important;
 };
 
+static bool g_prune_lora;   /* round_trip: prune the adapters too (§4.5) */
+
 static float *logits_of(struct model *m, const int32_t *ids, int T)
 {
     float *lg = malloc(sizeof *lg * (size_t)T * m->cfg.vocab);
@@ -83,10 +85,29 @@ static void round_trip(const struct ck *c, const char *tag)
     o.separate_lora = c->separate;
     o.shift_zero_metrics = true;
     o.keep_codes = true;
+    o.prune_lora = g_prune_lora;
+    o.prune_lora_iters = 50;
     struct compress_result res;
     int rc = compress_model(m, ids, NS, T, &o, &res, &err);
     if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
     assert_int_equal(rc, 0);
+    if (g_prune_lora) {
+        /* every adapter L has 2 zeros in each group of 4 consecutive rows of a rank column */
+        for (int b = 0; b < m->cfg.n_layers; b++)
+            for (int k = 0; k < LIN_COUNT; k++) {
+                struct linear *l = &m->blocks[b].lin[k];
+                if (!l->rank) continue;
+                float *L = malloc(sizeof *L * l->d_in * l->rank);
+                assert_int_equal(kb_download(kb, L, l->lora_l, sizeof *L * l->d_in * l->rank, &err), 0);
+                for (int q = 0; q < l->rank; q++)
+                    for (int g = 0; g < l->d_in; g += 4) {
+                        int z = 0;
+                        for (int j = g; j < g + 4; j++) z += L[j * l->rank + q] == 0;
+                        assert_true(z >= 2);
+                    }
+                free(L);
+            }
+    }
     float *a = logits_of(m, ids, T);
     char dir[] = "/tmp/slim-ckpt-XXXXXX";
     assert_non_null(mkdtemp(dir));
@@ -159,6 +180,15 @@ static void test_core_checkpoint__merged_naive(void **state)
     (void)state;
     struct ck c = { PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 0, LOWRANK_NAIVE, false, false, false };
     round_trip(&c, "wanda 2:4 absmax naive-lora merged");
+}
+
+static void test_core_checkpoint__prune_lora(void **state)
+{
+    (void)state;
+    struct ck c = { PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true, false };
+    g_prune_lora = true;
+    round_trip(&c, "wanda 2:4 slim-quant slim-lora, prune_lora");
+    g_prune_lora = false;
 }
 
 static void test_core_checkpoint__l2qer(void **state)
@@ -312,6 +342,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__nm_values),
         cmocka_unit_test(test_core_checkpoint__group_absmax_important),
         cmocka_unit_test(test_core_checkpoint__merged_naive),
+        cmocka_unit_test(test_core_checkpoint__prune_lora),
         cmocka_unit_test(test_core_checkpoint__l2qer),
         cmocka_unit_test(test_core_checkpoint__job_end_to_end),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
