@@ -242,6 +242,18 @@ def test_integration_api__event_stream_follows_a_running_job():
         hub.close()
 
 
+def test_integration_api__job_timeout_fails_without_retry():
+    hub = Hub()
+    d = Slimd('--hub-endpoint', hub.url, '--job-timeout-s', '1', '--cancel-grace-ms', '500').start()
+    try:
+        j = d.wait_state(d.submit(hub_spec('stall'))[1]['id'], ms=15000)
+        assert j['state'] == 'failed' and j['attempts'] == 1 and j['error']['code'] == 11, j
+        assert 'job-timeout-s' in j['error']['message']
+    finally:
+        d.cleanup()
+        hub.close()
+
+
 def test_integration_api__check_db():
     d = Slimd().start()
     try:
