@@ -35,6 +35,7 @@ static const struct cfg_opt cfg_opts[] = {
     OPT("workers", CFG_INT, 0, workers, 0, 64, "0"),
     OPT("device", CFG_STR, 0, device, 0, 0, "auto"),
     OPT("max-attempts", CFG_INT, 0, max_attempts, 1, 100, "3"),
+    OPT("retry-backoff-ms", CFG_INT, 0, retry_backoff_ms, 0, 3600000, "2000"),
     OPT("max-body-bytes", CFG_I64, 0, max_body_bytes, 1024, 64 << 20, "65536"),
     OPT("connection-limit", CFG_INT, 0, connection_limit, 1, 65536, "1024"),
     OPT("per-ip-connection-limit", CFG_INT, 0, per_ip_connection_limit, 0, 65536, "64"),

@@ -23,6 +23,7 @@ struct slimd_config {
     int workers;                /* 0 = one per GPU, else one CPU worker */
     char *device;               /* auto | cpu | cuda */
     int max_attempts;
+    int retry_backoff_ms;       /* first retry delay; doubles per attempt */
     int64_t max_body_bytes;
     int connection_limit;
     int per_ip_connection_limit;

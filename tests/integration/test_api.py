@@ -175,6 +175,10 @@ def test_integration_api__hub_faults():
         ranges = [r for _, p, r, _ in hub.log if p.startswith('/truncate/') and p.endswith('model.safetensors')]
         assert ranges[0] is None and ranges[1] and ranges[1] != 'bytes=0-', ranges
         assert res['err500']['state'] == 'succeeded' and res['err500']['attempts'] == 2
+        ev = d.json('GET', '/v1/jobs/%s/events' % ids['err500'])[1]['events']
+        retry = next(e['at_ms'] for e in ev if e['message'].startswith('queued for retry'))
+        second = next(e['at_ms'] for e in ev if e['message'].startswith('running (attempt 2)'))
+        assert second - retry >= 2000, (retry, second)  # retry-backoff-ms
         assert res['samehost']['state'] == 'succeeded'
         # wrong sha256: every attempt detects it, the job ends failed after 3
         assert res['badsha']['state'] == 'failed' and 'sha256 mismatch' in res['badsha']['error']['message']
