@@ -108,9 +108,12 @@ int model_block_load(struct model *m, int b, struct slm_err *err)
         snprintf(l->name, sizeof l->name, "%s%s", pre, nm->lin[r]);
         int64_t ws[2] = { l->d_out, l->d_in }, bs[1] = { l->d_out };
         snprintf(name, sizeof name, "%s.weight", l->name);
-        if ((rc = load_tensor(m, &l->w, name, 2, ws, true, err))) goto fail;
+        if (m->linear_loader) rc = m->linear_loader(m, b, (enum lin_role)r, l, m->linear_loader_payload, err);
+        else rc = load_tensor(m, &l->w, name, 2, ws, true, err);
+        if (rc) goto fail;
         snprintf(name, sizeof name, "%s.bias", l->name);
         if ((rc = load_tensor(m, &l->b, name, 1, bs, false, err))) goto fail;
+        if (m->linear_loader) continue;   /* adapters come from the loader too */
         /* adapters saved by model_save: lora_left [d_in x r], lora_right [r x d_out] */
         snprintf(name, sizeof name, "%s.lora_left", l->name);
         const struct st_tensor *tl = st_model_find(m->st, name);

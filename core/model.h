@@ -107,6 +107,12 @@ struct model {
     size_t work_n;
     float *head_work;               /* backend workspace for the head in model_forward */
     size_t head_work_n;
+    /* --- added for compressed checkpoints (core/checkpoint.c) --- */
+    /* When set, model_block_load asks it for every linear's weight and adapter (l->w, l->rank,
+    ** l->lora_l, l->lora_r, backend memory owned by the block) instead of reading NAME.weight. */
+    int (*linear_loader)(struct model *m, int block, enum lin_role role, struct linear *l, void *payload,
+                         struct slm_err *err);
+    void *linear_loader_payload;
     /* --- added for SliceGPT --- */
     /* Observer of the residual stream between attention and MLP of sequential blocks (the
     ** input of the second norm) in model_block_forward: i = block index, h backend memory

@@ -5,6 +5,11 @@
 ** data region, no overlap, no hole) before any tensor is handed out, so no caller re-checks
 ** bounds. Ownership: struct safetensors owns the mapping and the names; st_tensor views are
 ** borrowed and die with safetensors_close().
+** Writer: the reference writer's layout (tensors by dtype width descending, then name; header
+** compact, "__metadata__" first, entries in data order, padded with spaces to 8 bytes), so files
+** match what transformers saves byte for byte and every tensor is aligned in a mapping.
+** Model folders: the index is checked entry by entry against the shard it names; tensors a shard
+** holds beyond the index are kept (transformers loads whole shards too).
 */
 #include "safetensors.h"
 
@@ -338,12 +343,16 @@ int st_writer_open(struct st_writer **out, const char *path, struct slm_err *err
     return 0;
 }
 
+/* Validate and append one tensor, copying src (raw bytes of dt, or f32 values when f32 is set,
+** converted to dt). Nothing is added on error. */
 static int writer_push(struct st_writer *w, const char *name, enum dtype dt, int ndim, const int64_t *shape,
-                       struct st_wentry **out, struct slm_err *err)
+                       const void *src, bool f32, struct slm_err *err)
 {
     if (!name || !name[0] || !strcmp(name, "__metadata__"))
         return slm_err_set(err, SLM_EINVAL, "writer: invalid tensor name '%.80s'", name ? name : "(null)");
     if ((unsigned)dt >= DT_COUNT) return slm_err_set(err, SLM_EDTYPE, "writer: tensor '%.80s': dtype %d unknown", name, (int)dt);
+    const struct dtype_traits *tr = dtype_traits(dt);
+    if (f32 && !tr->from_f32) return slm_err_set(err, SLM_EDTYPE, "writer: tensor '%.80s': cannot store floats as %s", name, tr->name);
     if (ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
         return slm_err_set(err, SLM_EINVAL, "writer: tensor '%.80s': %d dims (at most %d)", name, ndim, ST_MAX_DIMS);
     if (json_object_get(w->names, name)) return slm_err_set(err, SLM_ECONFLICT, "writer: tensor '%.80s' added twice", name);
@@ -354,8 +363,9 @@ static int writer_push(struct st_writer *w, const char *name, enum dtype dt, int
             return slm_err_set(err, SLM_EINVAL, "writer: tensor '%.80s': element count overflows", name);
         numel *= (uint64_t)shape[i];
     }
-    size_t esz = dtype_traits(dt)->size;
-    if (numel > (uint64_t)INT64_MAX / esz) return slm_err_set(err, SLM_EINVAL, "writer: tensor '%.80s': byte size overflows", name);
+    if (numel > (uint64_t)INT64_MAX / tr->size) return slm_err_set(err, SLM_EINVAL, "writer: tensor '%.80s': byte size overflows", name);
+    size_t nbytes = (size_t)(numel * tr->size);
+    if (nbytes && !src) return slm_err_set(err, SLM_EINVAL, "writer: tensor '%.80s': no data for %zu bytes", name, nbytes);
     if (w->n == w->cap) {
         size_t nc = w->cap ? w->cap * 2 : 64;
         struct st_wentry *ne = realloc(w->e, nc * sizeof *ne);
@@ -365,44 +375,36 @@ static int writer_push(struct st_writer *w, const char *name, enum dtype dt, int
     }
     struct st_wentry *e = &w->e[w->n];
     memset(e, 0, sizeof *e);
-    e->nbytes = (size_t)(numel * esz);
+    e->nbytes = nbytes;
     e->name = strdup(name);
-    e->data = malloc(e->nbytes ? e->nbytes : 1);
+    e->data = malloc(nbytes ? nbytes : 1);
     /* the name set also rejects names that are not valid UTF-8, which JSON could not hold */
     if (!e->name || !e->data || json_object_set_new(w->names, name, json_true())) {
         int rc = e->name && e->data ? slm_err_set(err, SLM_EINVAL, "writer: tensor name '%.80s' is not valid UTF-8", name)
-                                    : slm_err_set(err, SLM_ENOMEM, "writer: tensor '%.80s': %zu bytes", name, e->nbytes);
+                                    : slm_err_set(err, SLM_ENOMEM, "writer: tensor '%.80s': %zu bytes", name, nbytes);
         free(e->name);
         free(e->data);
         return rc;
     }
+    if (nbytes && f32) tr->from_f32(e->data, src, (size_t)numel);
+    else if (nbytes) memcpy(e->data, src, nbytes);
     e->dt = dt;
     e->ndim = ndim;
     for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
     w->n++;
-    *out = e;
     return 0;
 }
 
 int st_writer_add(struct st_writer *w, const char *name, enum dtype dt, int ndim, const int64_t *shape, const void *data,
                   struct slm_err *err)
 {
-    struct st_wentry *e;
-    int rc = writer_push(w, name, dt, ndim, shape, &e, err);
-    if (!rc && e->nbytes) memcpy(e->data, data, e->nbytes);
-    return rc;
+    return writer_push(w, name, dt, ndim, shape, data, false, err);
 }
 
 int st_writer_add_f32(struct st_writer *w, const char *name, enum dtype dt, int ndim, const int64_t *shape,
                       const float *data, struct slm_err *err)
 {
-    if ((unsigned)dt >= DT_COUNT || !dtype_traits(dt)->from_f32)
-        return slm_err_set(err, SLM_EDTYPE, "writer: tensor '%.80s': cannot store floats as %s", name,
-                           (unsigned)dt < DT_COUNT ? dtype_traits(dt)->name : "an unknown dtype");
-    struct st_wentry *e;
-    int rc = writer_push(w, name, dt, ndim, shape, &e, err);
-    if (!rc && e->nbytes) dtype_traits(dt)->from_f32(e->data, data, e->nbytes / dtype_traits(dt)->size);
-    return rc;
+    return writer_push(w, name, dt, ndim, shape, data, true, err);
 }
 
 int st_writer_set_metadata(struct st_writer *w, const char *key, const char *value, struct slm_err *err)

@@ -394,6 +394,10 @@ static void test_core_safetensors__writer_rejects_bad_tensors(void **state)
     slm_err_clear(&err);
     assert_int_equal(st_writer_set_metadata(w, "k", "\xff", &err), -SLM_EINVAL);
     slm_err_clear(&err);
+    assert_int_equal(st_writer_add(w, "nodata", DT_U8, 1, s1, NULL, &err), -SLM_EINVAL);
+    assert_non_null(strstr(err.msg, "no data for 4 bytes"));
+    slm_err_clear(&err);
+    assert_int_equal(st_writer_add(w, "nodata", DT_U8, 1, s1, b, &err), 0);   /* the failed add left nothing behind */
     st_writer_abort(w);
     assert_int_equal(access(path, F_OK), -1);
     st_writer_abort(NULL);
