@@ -175,6 +175,28 @@ static void test_core_slicegpt__rejects_sparsity_outside_unit_interval(void **st
     model_free(m);
 }
 
+static void test_core_slicegpt__gram_f64_accumulates_upper_triangle(void **state)
+{
+    (void)state;
+    enum { R = 300, N = 7 };   /* more rows than one dsyrk chunk */
+    float *x = malloc(sizeof(float) * R * N);
+    double c[N * N], want[N * N];
+    uint32_t z = 12345;
+    for (int i = 0; i < R * N; i++) {
+        z = z * 1664525u + 1013904223u;
+        x[i] = (float)((z >> 8) * (1.0 / 16777216.0) - 0.5) * 3.0f;
+    }
+    for (int i = 0; i < N * N; i++) c[i] = want[i] = (i % N >= i / N) ? 1.0 : -7.0;   /* accumulates onto what is there */
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++)
+            for (int j = i; j < N; j++) want[i * N + j] += (double)x[r * N + i] * x[r * N + j];
+    struct slm_err err = SLM_ERR_INIT;
+    assert_non_null(kb->iface->gram_f64);
+    assert_int_equal(kb->iface->gram_f64(kb, c, x, R, N, &err), 0);
+    for (int i = 0; i < N * N; i++) assert_true(fabs(c[i] - want[i]) <= 1e-12 * (1 + fabs(want[i])));
+    free(x);
+}
+
 /* ---- exact mode: slicing 0 keeps the function ---- */
 
 static void check_exact_zero(const char *model)
@@ -663,6 +685,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_slicegpt__param_counts_from_configs),
         cmocka_unit_test(test_core_slicegpt__widths_round_down),
+        cmocka_unit_test(test_core_slicegpt__gram_f64_accumulates_upper_triangle),
         cmocka_unit_test(test_core_slicegpt__rejects_sparsity_outside_unit_interval),
         cmocka_unit_test(test_core_slicegpt__exact_zero_keeps_function),
         cmocka_unit_test(test_core_slicegpt__reference_fusion_llama),
