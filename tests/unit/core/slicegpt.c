@@ -6,7 +6,10 @@
 **   code, see tests/data/slicegpt/README.md) at 0/10/25/30%: eigenvalues of every PCA, logits,
 **   per-window NLL, perplexity, parameter counts, and at 25% every tensor after sign alignment;
 ** - parameter counts of OPT-125M, LLaMA-2-7B, Phi-2 from their configs alone;
-** - a sliced checkpoint reloads to identical logits; bad options are rejected.
+** - a sliced checkpoint reloads to identical logits; bad options are rejected;
+** - the job runner's "slicegpt" method: progress per block, memory report, cancel.
+** With SLIM_TEST_DATA pointing at a folder from tools/make-slicegpt-fixtures.py --full, the same
+** checks run on the untrimmed fixture (every tensor at every level, the slim-reference OPT).
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -165,6 +168,20 @@ static void test_core_slicegpt__rejects_sparsity_outside_unit_interval(void **st
         struct model_config c = { 0 };
         slm_err_clear(&err);
         assert_int_equal(slicegpt_param_count(&n, &c, bad[i], 8, &err), -SLM_EINVAL);
+    }
+    /* the job spec: a 400 naming the field */
+    const char *docs[] = { "1.0", "-0.25", "1.5" };
+    for (int i = 0; i < 3; i++) {
+        char doc[512], path[64] = "";
+        snprintf(doc, sizeof doc, "{\"version\":1,\"model\":{\"source\":\"/m\"},\"method\":\"slicegpt\",\"slicegpt\":{\"sparsity\":%s}}",
+                 docs[i]);
+        json_t *j = json_loads(doc, 0, NULL);
+        struct jobspec spec;
+        struct slm_err err = SLM_ERR_INIT;
+        assert_non_null(j);
+        assert_int_equal(jobspec_parse(&spec, j, path, sizeof path, &err), -SLM_EINVAL);
+        assert_string_equal(path, "/slicegpt/sparsity");
+        json_decref(j);
     }
     struct model *m = open_model("tiny-opt");
     struct slicegpt_opts o = SLICEGPT_OPTS_INIT;
