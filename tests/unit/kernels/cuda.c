@@ -79,13 +79,20 @@ static double rel_err(const float *out, const float *ref, size_t n)
     }
     return sqrt(num / (den > 0 ? den : 1));
 }
+/* SLIM_TEST_VERBOSE=1 prints every measured error, not only failing ones */
+static void report(const char *what, double e, double tol)
+{
+    static int verbose = -1;
+    if (verbose < 0) verbose = getenv("SLIM_TEST_VERBOSE") != NULL;
+    if (verbose || !(e <= tol)) print_message("  %-40s rel err %.3g (tol %.3g)\n", what, e, tol);
+}
 /* compare a device result of n floats with the CPU one; prints the error when it fails */
 static void expect_close(struct kbackend *gpu, const float *d_out, const float *cpu_out, size_t n, double tol,
                          const char *what)
 {
     float *g = host_of(gpu, d_out, n);
     double e = rel_err(g, cpu_out, n);
-    if (!(e <= tol)) print_error("%s: rel err %.3g > tol %.3g\n", what, e, tol);
+    report(what, e, tol);
     assert_true(e <= tol);
     free(g);
 }
@@ -165,7 +172,7 @@ static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, in
     char what[96];
     snprintf(what, sizeof what, "gemm m=%d n=%d k=%d b=%d ta=%d tb=%d", m, n, k, batch, ta, tb);
     double e = rel_err(gc, c, nc);
-    if (!(e <= TOL_GEMM)) print_error("%s: rel err %.3g\n", what, e);
+    report(what, e, TOL_GEMM);
     assert_true(e <= TOL_GEMM);
     free(gc);
     kb_release(p->gpu, da); kb_release(p->gpu, db); kb_release(p->gpu, dc);
@@ -204,13 +211,16 @@ static void test_kernels_cuda__norms_match_cpu(void **state)
             float *dy = dev_nan(p->gpu, n);
             assert_int_equal(p->cpu->iface->layernorm(p->cpu, y, x, cw, cb, rows, cols, 1e-5f, &err), 0);
             assert_int_equal(p->gpu->iface->layernorm(p->gpu, dy, dx, gw, gb, rows, cols, 1e-5f, &err), 0);
-            expect_close(p->gpu, dy, y, n, TOL_NORM, "layernorm");
+            char what[64];
+            snprintf(what, sizeof what, "layernorm %dx%d%s", rows, cols, variant ? " no affine" : "");
+            expect_close(p->gpu, dy, y, n, TOL_NORM, what);
             kb_release(p->gpu, dy);
             dy = dev_nan(p->gpu, n);
             float div = variant ? 64.0f : (float)cols; /* SliceGPT's divisor, then the normal one */
             assert_int_equal(p->cpu->iface->rmsnorm(p->cpu, y, x, cw, rows, cols, div, 1e-6f, &err), 0);
             assert_int_equal(p->gpu->iface->rmsnorm(p->gpu, dy, dx, gw, rows, cols, div, 1e-6f, &err), 0);
-            expect_close(p->gpu, dy, y, n, TOL_NORM, "rmsnorm");
+            snprintf(what, sizeof what, "rmsnorm %dx%d div=%g", rows, cols, (double)div);
+            expect_close(p->gpu, dy, y, n, TOL_NORM, what);
             kb_release(p->gpu, dy);
         }
         /* in place (y == x) */
@@ -256,7 +266,9 @@ static void test_kernels_cuda__elementwise_match_cpu(void **state)
             float *dy = dev_nan(p->gpu, n);
             assert_int_equal(p->cpu->iface->act(p->cpu, y, x, n, act, &err), 0);
             assert_int_equal(p->gpu->iface->act(p->gpu, dy, dx, n, act, &err), 0);
-            expect_close(p->gpu, dy, y, n, TOL_ELTWISE, "act");
+            char what[48];
+            snprintf(what, sizeof what, "act %d n=%zu", act, n);
+            expect_close(p->gpu, dy, y, n, TOL_ELTWISE, what);
             kb_release(p->gpu, dy);
         }
         assert_int_equal(p->gpu->iface->act(p->gpu, dx, dx, n, (enum kact)99, &err), -SLM_EINVAL);
@@ -286,7 +298,9 @@ static void rope_case(struct pair *p, int rows, int T, int nh, int hd, int rot, 
     float *dx = dev_f(p->gpu, x, n), *dinv = dev_f(p->gpu, inv, rot / 2);
     assert_int_equal(p->cpu->iface->rope(p->cpu, x, rows, ld, T, nh, hd, rot, inv, &err), 0);
     assert_int_equal(p->gpu->iface->rope(p->gpu, dx, rows, ld, T, nh, hd, rot, dinv, &err), 0);
-    expect_close(p->gpu, dx, x, n, TOL_ROPE, "rope");
+    char what[64];
+    snprintf(what, sizeof what, "rope rows=%d T=%d hd=%d rot=%d", rows, T, hd, rot);
+    expect_close(p->gpu, dx, x, n, TOL_ROPE, what);
     kb_release(p->gpu, dx); kb_release(p->gpu, dinv);
     free(x); free(inv);
 }
@@ -331,8 +345,9 @@ static void attn_case(struct pair *p, int B, int T, int H, int Hkv, int hd, int 
         memcpy(cc + r * H * hd, o + r * os, sizeof(float) * H * hd);
     }
     double e = rel_err(gc, cc, rows * H * hd);
-    if (!(e <= TOL_ATTN))
-        print_error("attention B=%d T=%d H=%d Hkv=%d hd=%d: rel err %.3g\n", B, T, H, Hkv, hd, e);
+    char what[96];
+    snprintf(what, sizeof what, "attention B=%d T=%d H=%d Hkv=%d hd=%d", B, T, H, Hkv, hd);
+    report(what, e, TOL_ATTN);
     assert_true(e <= TOL_ATTN);
     kb_release(p->gpu, dq);
     if (!fused) { kb_release(p->gpu, dk); kb_release(p->gpu, dv); free(k); free(v); }
@@ -370,7 +385,9 @@ static void test_kernels_cuda__cross_entropy_matches_cpu(void **state)
         assert_int_equal(kb_upload(p->gpu, dt, tg, sizeof tg, &err), 0);
         assert_int_equal(p->cpu->iface->cross_entropy(p->cpu, nll, l, tg, rows, V, &err), 0);
         assert_int_equal(p->gpu->iface->cross_entropy(p->gpu, dn, dl, dt, rows, V, &err), 0);
-        expect_close(p->gpu, dn, nll, rows, TOL_XENT, "cross_entropy");
+        char what[48];
+        snprintf(what, sizeof what, "cross_entropy vocab=%d", V);
+        expect_close(p->gpu, dn, nll, rows, TOL_XENT, what);
         float *g = host_of(p->gpu, dn, rows);
         assert_true(g[2] == 0.0f && g[4] == 0.0f); /* ignored targets */
         free(g);
@@ -410,7 +427,9 @@ static void test_kernels_cuda__cholesky_and_inverse_match_cpu(void **state)
         float *da = dev_f(p->gpu, a, nn);
         assert_int_equal(p->cpu->iface->cholesky_upper(p->cpu, c, n, &err), 0);
         assert_int_equal(p->gpu->iface->cholesky_upper(p->gpu, da, n, &err), 0);
-        expect_close(p->gpu, da, c, nn, TOL_CHOL, "cholesky_upper"); /* the factor is unique */
+        char what[48];
+        snprintf(what, sizeof what, "cholesky_upper n=%d", n);
+        expect_close(p->gpu, da, c, nn, TOL_CHOL, what); /* the factor is unique */
         float *g = host_of(p->gpu, da, nn);
         for (int i = 0; i < n; i++)
             for (int j = 0; j < i; j++) assert_true(g[(size_t)i * n + j] == 0.0f);
@@ -421,7 +440,8 @@ static void test_kernels_cuda__cholesky_and_inverse_match_cpu(void **state)
         da = dev_f(p->gpu, a, nn);
         assert_int_equal(p->cpu->iface->spd_inverse(p->cpu, c, n, &err), 0);
         assert_int_equal(p->gpu->iface->spd_inverse(p->gpu, da, n, &err), 0);
-        expect_close(p->gpu, da, c, nn, TOL_INV, "spd_inverse");
+        snprintf(what, sizeof what, "spd_inverse n=%d", n);
+        expect_close(p->gpu, da, c, nn, TOL_INV, what);
         kb_release(p->gpu, da);
         free(a); free(c);
     }
@@ -475,8 +495,13 @@ static void test_kernels_cuda__eigh_satisfies_eigen_equation(void **state)
                 rerr = fmax(rerr, fabs(av - gw[c] * v[(size_t)i * n + c]));
                 oerr = fmax(oerr, fabs(vv - (i == c)));
             }
-        if (!(rerr < TOL_EIG * amax * n && oerr < TOL_EIG * n))
-            print_error("eigh n=%d: residual %.3g orthogonality %.3g\n", n, rerr, oerr);
+        char what[64];
+        snprintf(what, sizeof what, "eigh n=%d eigenvalues", n);
+        report(what, sqrt(werr / wn), TOL_EIG);
+        snprintf(what, sizeof what, "eigh n=%d max|Av-wv|/max|w|/n", n);
+        report(what, rerr / amax / n, TOL_EIG);
+        snprintf(what, sizeof what, "eigh n=%d max|V^TV-I|/n", n);
+        report(what, oerr / n, TOL_EIG);
         assert_true(rerr < TOL_EIG * amax * n);
         assert_true(oerr < TOL_EIG * n);
         kb_release(p->gpu, dv); kb_release(p->gpu, dw);
@@ -510,7 +535,9 @@ static void test_kernels_cuda__svd_reconstructs(void **state)
                 rec[(size_t)i * n + j] = (float)v;
             }
         double e = rel_err(rec, a, (size_t)m * n);
-        if (!(e <= TOL_SVD)) print_error("svd %dx%d: reconstruction %.3g\n", m, n, e);
+        char what[64];
+        snprintf(what, sizeof what, "svd %dx%d reconstruction", m, n);
+        report(what, e, TOL_SVD);
         assert_true(e <= TOL_SVD);
         double oe = 0; /* U^T U = I */
         for (int c1 = 0; c1 < r; c1++)
