@@ -117,6 +117,133 @@ k_attention(struct kattn_args a)
     }
 }
 
+/* The fast variant for hd % 4 == 0: 8 rows per warp, 16-byte shared-memory reads. Scores read
+** K rows (stride hd+4: conflict-free float4 per quarter-warp) against broadcast float4 Q rows;
+** the probabilities go through shared memory so PV reads them four keys at a time. */
+#define AT4_ROWS 8
+
+template <int HDC, int WARPS>
+__global__ static void __launch_bounds__(WARPS * 32)
+k_attention4(struct kattn_args a)
+{
+    extern __shared__ float4 sm4[];
+    const int hd = a.hd, T = a.T, hd4 = hd / 4, kp4 = hd4 + 1;
+    float4 *Ks = sm4;                        /* [BK][hd/4 + 1] */
+    float *Vs = (float *)(Ks + ATT_BK * kp4); /* [BK][hd] */
+    float4 *Qs = (float4 *)(Vs + ATT_BK * hd);/* [BQ][hd/4] */
+    float *Ps = (float *)(Qs + (WARPS * AT4_ROWS) * hd4); /* [WARPS][ROWS][BK] */
+    const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (a.H / a.Hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q0 = qblk * (WARPS * AT4_ROWS);
+    const float *qg = a.q + (size_t)b * T * a.q_stride + (size_t)h * hd;
+    const float *kg = a.k + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+    const float *vg = a.v + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+    float *Pw = Ps + warp * AT4_ROWS * ATT_BK;
+
+    float *Qf = (float *)Qs;
+    for (int i = threadIdx.x; i < (WARPS * AT4_ROWS) * hd; i += blockDim.x) {
+        int r = i / hd, d = i % hd, t = q0 + r;
+        Qf[i] = t < T ? qg[(size_t)t * a.q_stride + d] : 0.0f;
+    }
+    float m[AT4_ROWS], l[AT4_ROWS], acc[AT4_ROWS][HDC];
+#pragma unroll
+    for (int rr = 0; rr < AT4_ROWS; rr++) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) acc[rr][c] = 0.0f;
+    }
+    const int last_row = min(q0 + (WARPS * AT4_ROWS), T) - 1;
+    for (int k0 = 0; k0 <= last_row; k0 += ATT_BK) {
+        __syncthreads();
+        float *Kf = (float *)Ks;
+        for (int i = threadIdx.x; i < ATT_BK * hd; i += blockDim.x) {
+            int j = i / hd, d = i % hd, t = k0 + j;
+            bool ok = t < T;
+            Kf[j * kp4 * 4 + d] = ok ? kg[(size_t)t * a.kv_stride + d] : 0.0f;
+            Vs[j * hd + d] = ok ? vg[(size_t)t * a.kv_stride + d] : 0.0f;
+        }
+        __syncthreads();
+        float s[AT4_ROWS];
+#pragma unroll
+        for (int rr = 0; rr < AT4_ROWS; rr++) s[rr] = 0.0f;
+        const float4 *kr = Ks + lane * kp4;
+        for (int d4 = 0; d4 < hd4; d4++) {
+            float4 kv = kr[d4];
+#pragma unroll
+            for (int rr = 0; rr < AT4_ROWS; rr++) {
+                float4 qv = Qs[(warp + WARPS * rr) * hd4 + d4];
+                s[rr] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+            }
+        }
+        const int key = k0 + lane;
+#pragma unroll
+        for (int rr = 0; rr < AT4_ROWS; rr++) {
+            int t = q0 + warp + WARPS * rr;
+            float sc = key <= t ? s[rr] * a.scale : -INFINITY;
+            float mx = sc;
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mn = fmaxf(m[rr], mx);
+            float pj = mn == -INFINITY ? 0.0f : expf(sc - mn);
+            float corr = m[rr] == -INFINITY ? 0.0f : expf(m[rr] - mn);
+            float ps = pj;
+            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l[rr] = l[rr] * corr + ps;
+            m[rr] = mn;
+#pragma unroll
+            for (int c = 0; c < HDC; c++) acc[rr][c] *= corr;
+            Pw[rr * ATT_BK + lane] = pj;
+        }
+        __syncwarp();
+        for (int j4 = 0; j4 < ATT_BK / 4; j4++) {
+            float4 pv[AT4_ROWS];
+#pragma unroll
+            for (int rr = 0; rr < AT4_ROWS; rr++) pv[rr] = ((const float4 *)(Pw + rr * ATT_BK))[j4];
+#pragma unroll
+            for (int c = 0; c < HDC; c++) {
+                int d = lane + 32 * c;
+                if (d < hd) {
+                    const float *vc = Vs + (4 * j4) * hd + d;
+                    float v0 = vc[0], v1 = vc[hd], v2 = vc[2 * hd], v3 = vc[3 * hd];
+#pragma unroll
+                    for (int rr = 0; rr < AT4_ROWS; rr++)
+                        acc[rr][c] += pv[rr].x * v0 + pv[rr].y * v1 + pv[rr].z * v2 + pv[rr].w * v3;
+                }
+            }
+        }
+        __syncwarp(); /* Pw is rewritten by the next tile */
+    }
+#pragma unroll
+    for (int rr = 0; rr < AT4_ROWS; rr++) {
+        int t = q0 + warp + WARPS * rr;
+        if (t >= T) continue;
+        float inv = 1.0f / l[rr];
+        float *o = a.out + ((size_t)b * T + t) * a.out_stride + (size_t)h * hd;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) {
+            int d = lane + 32 * c;
+            if (d < hd) o[d] = acc[rr][c] * inv;
+        }
+    }
+}
+
+template <int HDC, int WARPS>
+static int launch4(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
+{
+    const int bq = WARPS * AT4_ROWS;
+    size_t smem = (size_t)(ATT_BK * (a->hd + 4) + ATT_BK * a->hd + bq * a->hd + bq * ATT_BK) * sizeof(float);
+    if (smem > (size_t)c->max_smem_optin)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d needs %zu bytes of shared memory, device allows %d",
+                           a->hd, smem, c->max_smem_optin);
+    if (smem > 48 * 1024)
+        CU_TRY((cudaFuncSetAttribute(k_attention4<HDC, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)));
+    dim3 grid((a->T + bq - 1) / bq, a->H, a->B);
+    k_attention4<HDC, WARPS><<<grid, WARPS * 32, smem, c->stream>>>(*a);
+    CU_LAUNCH_TRY("attention kernel");
+    return 0;
+}
+
 template <int HDC>
 static int launch(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
 {
@@ -140,6 +267,16 @@ int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err
     if (a->B < 0 || a->T < 0 || a->hd <= 0 || a->B > 65535 || a->H > 65535)
         return slm_err_set(err, SLM_EINVAL, "attention: bad shape B=%d T=%d H=%d hd=%d", a->B, a->T, a->H, a->hd);
     if (a->B == 0 || a->T == 0 || a->H == 0) return 0;
+    /* 4-warp blocks (32 query rows) give more blocks to balance the causal triangle; 8-warp
+    ** blocks share each K/V tile among more rows. c->attn_warps picks (SLIM_CUDA_ATTN_WARPS). */
+    bool w4 = c->attn_warps == 4;
+    if (a->hd % 4 == 0) switch ((a->hd + 31) / 32) {
+        case 1: return w4 ? launch4<1, 4>(c, a, err) : launch4<1, 8>(c, a, err);
+        case 2: return w4 ? launch4<2, 4>(c, a, err) : launch4<2, 8>(c, a, err);
+        case 3: return w4 ? launch4<3, 4>(c, a, err) : launch4<3, 8>(c, a, err);
+        case 4: return w4 ? launch4<4, 4>(c, a, err) : launch4<4, 8>(c, a, err);
+        default: break; /* wider heads: the scalar kernel */
+    }
     switch ((a->hd + 31) / 32) {
     case 1: return launch<1>(c, a, err);
     case 2: return launch<2>(c, a, err);

@@ -9,7 +9,7 @@
 ** GEMM math: exact FP32 (CUBLAS_DEFAULT_MATH: FP32 products and sums, no TF32, as PyTorch's
 ** default) unless, at open, SLIM_CUDA_TF32=1 allows TF32 tensor cores (about 3e-4 relative
 ** error: above the forward-pass parity tolerance, so opt-in only) or SLIM_CUDA_PEDANTIC=1 asks
-** for CUBLAS_PEDANTIC_MATH (measured 1.3-1.5x slower on an H100, same answers to 1e-6).
+** for CUBLAS_PEDANTIC_MATH (measured at the same speed on an H100, 2026-11-23).
 ** Ownership: the backend owns the context, handles, stream and every pooled block.
 */
 #include "cuda_common.h"
@@ -243,6 +243,8 @@ static int open_ctx(struct cu_ctx *c, int device, struct slm_err *err)
     if (tf32 && strcmp(tf32, "1") == 0) mode = CUBLAS_TF32_TENSOR_OP_MATH;
     else if (ped && strcmp(ped, "1") == 0) mode = CUBLAS_PEDANTIC_MATH;
     CUBLAS_TRY(cublasSetMathMode(c->blas, mode));
+    const char *aw = getenv("SLIM_CUDA_ATTN_WARPS");
+    c->attn_warps = aw && strcmp(aw, "4") == 0 ? 4 : 8;
     CUSOLVER_TRY(cusolverDnCreate(&c->solver));
     CUSOLVER_TRY(cusolverDnSetStream(c->solver, c->stream));
     CU_TRY(cudaMalloc((void **)&c->d_info, sizeof(int)));

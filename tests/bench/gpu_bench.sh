@@ -28,6 +28,6 @@ for M in $MODELS; do
   "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 >>"$TABLE" || exit 1
   SLIM_CUDA_PEDANTIC=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-pedantic /' >>"$TABLE"
   SLIM_CUDA_TF32=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-tf32 /' >>"$TABLE"
-  rm -rf "$D"
+  [ -n "${KEEP:-}" ] || rm -rf "$D"   # KEEP=1 leaves the model folders for further runs
 done
 cat "$TABLE"

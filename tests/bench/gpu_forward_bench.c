@@ -97,6 +97,24 @@ int main(int argc, char **argv)
     fprintf(stderr, "  %s: attention/layer %.3f ms (%.1f TFLOP/s causal), gemm %dx%dx%d %.3f ms (%.1f TFLOP/s)\n",
             kb_name(kb), ta * 1e3, af / ta / 1e12, T, c->ffn, c->hidden, tg * 1e3, 2.0 * T * c->ffn * c->hidden / tg / 1e12);
     kb_release(kb, q); kb_release(kb, o); kb_release(kb, w); kb_release(kb, y);
+    /* the forward pass by stage: embeddings, blocks, final norm + head (logits of every row) */
+    float *x = NULL, *lg = NULL;
+    if (kb_alloc(kb, (void **)&x, (size_t)T * model_max_width(m) * sizeof(float), &err) ||
+        kb_alloc(kb, (void **)&lg, (size_t)T * c->vocab * sizeof(float), &err))
+        goto fail;
+    double ts[4];
+    ts[0] = now_s();
+    if (model_embed(m, x, ids, 1, T, &err) || kb_sync(kb, &err)) goto fail;
+    ts[1] = now_s();
+    for (int b = 0; b < c->n_layers; b++)
+        if (model_block_forward(m, b, x, 1, T, NULL, NULL, &err)) goto fail;
+    if (kb_sync(kb, &err)) goto fail;
+    ts[2] = now_s();
+    if (model_head(m, lg, x, 1, T, &err) || kb_sync(kb, &err)) goto fail;
+    ts[3] = now_s();
+    fprintf(stderr, "  stages: embed %.2f ms, %d blocks %.2f ms, head %.2f ms (forward with loss %.2f ms)\n",
+            (ts[1] - ts[0]) * 1e3, c->n_layers, (ts[2] - ts[1]) * 1e3, (ts[3] - ts[2]) * 1e3, med * 1e3);
+    kb_release(kb, x); kb_release(kb, lg);
     printf("slimd %-28s %10.0f tokens/s  median %.4f s (min %.4f, %d reps)  mean_nll %.6f  load %.1f s\n",
            kb_name(kb), T / med, med, times[0], reps, mean_nll, t_load);
     rc = 0;
