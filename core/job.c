@@ -13,10 +13,13 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "checkpoint.h"
+#include "compress.h"
 #include "eval.h"
 #include "fileio.h"
 #include "model.h"
 #include "safetensors.h"
+#include "slicegpt.h"
 #include "tokenizer.h"
 #include "../kernels/kbackend.h"
 
@@ -97,6 +100,170 @@ static int eval_all(struct job_state *js, struct model *m, struct tokenizer *tok
     return 0;
 }
 
+/* ---- method "slim" (core/compress.h) ---- */
+
+static int compress_progress(const struct compress_progress *p, void *payload)
+{
+    struct job_state *js = payload;
+    char msg[200];
+    if (p->layer) snprintf(msg, sizeof msg, "%s: relative error %.4g", p->layer, p->rel_error);
+    else snprintf(msg, sizeof msg, "%s block %d of %d", p->stage, p->block + 1, p->nblocks);
+    return report(js, p->fraction, p->block, p->nblocks, msg);
+}
+
+/* Calibration text: DATA_DIR/NAME.jsonl (C4's JSON lines), else what dataset_path finds. */
+static int calib_path(char *out, size_t n, const struct job_ctx *ctx, const char *name, struct slm_err *err)
+{
+    struct stat st;
+    if (!strchr(name, '/') && !strstr(name, "..")) {
+        snprintf(out, n, "%s/%s.jsonl", ctx->data_dir ? ctx->data_dir : ".", name);
+        if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) return 0;
+    }
+    return dataset_path(out, n, ctx, name, err);
+}
+
+/* Compress, save the checkpoint when an output folder is given, evaluate the compressed model. */
+static int job_compress_slim(struct job_state *js, struct model *m, struct tokenizer **tok, json_t *out, json_t *timings,
+                             json_t *ppl_after, struct slm_err *err)
+{
+    const struct job_ctx *ctx = js->ctx;
+    char path[4200];
+    json_t *fig = NULL, *mem = NULL;
+    struct compress_result cr = { 0 };
+    struct compress_opts co;
+    int rc;
+    if ((rc = compress_opts_from_spec(&co, js->spec, err))) return rc;
+    if (!*tok && (rc = tokenizer_open(tok, ctx->model_dir, err))) return rc;
+    if ((rc = calib_path(path, sizeof path, ctx, js->spec->calibration.dataset, err))) return rc;
+    js->stage = "compressing";
+    js->stage_lo = 0.25;
+    js->stage_hi = 0.8;
+    double t = now_s();
+    if ((rc = compress_run(m, js->spec, *tok, path, compress_progress, js, ctx->cancel, &cr, &fig, err))) return rc;
+    json_object_set_new(out, "compression", fig);
+    json_object_set_new(timings, "compressing", json_real(now_s() - t));
+    if (ctx->out_dir) {
+        js->stage = "saving";
+        js->stage_lo = js->stage_hi = 0.8;
+        if (report(js, 0, -1, -1, "writing the compressed checkpoint")) rc = slm_err_set(err, SLM_ECANCELLED, "cancelled");
+        t = now_s();
+        if (!rc) rc = checkpoint_save(m, &cr, &co, ctx->out_dir, js->spec->raw, fig, &mem, err);
+        if (!rc) json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
+        json_object_set_new(timings, "saving", json_real(now_s() - t));
+    }
+    compress_result_free(&cr);
+    if (rc) return rc;
+    js->stage = "evaluating";
+    js->stage_lo = 0.8;
+    js->stage_hi = 1.0;
+    t = now_s();
+    if ((rc = eval_all(js, m, *tok, ppl_after, err))) return rc;
+    json_object_set_new(timings, "evaluating", json_real(now_s() - t));
+    return 0;
+}
+
+/* ---- SliceGPT ---- */
+
+/* nsamples windows of seqlen tokens from the calibration dataset, starts drawn uniformly with a
+** seeded generator (splitmix64). A NAME.json dataset holds token ids (eval_load_ids_json); any
+** other is text, tokenized once. *out malloc'd [nsamples x seqlen]. */
+static int calib_ids(struct job_state *js, struct tokenizer *tok, int32_t **out, struct slm_err *err)
+{
+    const struct jobspec *s = js->spec;
+    char path[4200], *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL, *w = NULL;
+    int rc;
+    *out = NULL;
+    const char *name = s->calibration.dataset ? s->calibration.dataset : "wikitext2";
+    if ((rc = dataset_path(path, sizeof path, js->ctx, name, err))) {
+        char alt[4200];
+        struct slm_err e2 = SLM_ERR_INIT;
+        snprintf(alt, sizeof alt, "%s/%s.json", js->ctx->data_dir ? js->ctx->data_dir : ".", name);
+        if (strchr(name, '/') || eval_load_ids_json(alt, &ids, &n, &e2)) return rc;
+        slm_err_clear(err);
+        rc = 0;
+    } else if (strlen(path) > 5 && !strcmp(path + strlen(path) - 5, ".json")) {
+        if ((rc = eval_load_ids_json(path, &ids, &n, err))) return rc;
+    } else {
+        if (!tok) return slm_err_set(err, SLM_ENOTFOUND, "calibration: the model folder has no tokenizer");
+        if ((rc = file_read_all(path, (size_t)1 << 32, &text, &len, err))) return rc;
+        rc = tokenizer_encode(tok, text, len, false, &ids, &n, err);
+        free(text);
+        if (rc) return rc;
+    }
+    size_t T = (size_t)s->calibration.seqlen, N = (size_t)s->calibration.nsamples;
+    if (n < T) {
+        rc = slm_err_set(err, SLM_EINVAL, "/calibration/seqlen: dataset '%s' has %zu tokens, fewer than %zu", name, n, T);
+        goto done;
+    }
+    if (!(w = malloc(N * T * sizeof *w))) { rc = slm_err_set(err, SLM_ENOMEM, "calibration: %zu x %zu ids", N, T); goto done; }
+    uint64_t st = (uint64_t)s->calibration.seed;
+    for (size_t i = 0; i < N; i++) {
+        uint64_t z = (st += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        z ^= z >> 31;
+        size_t start = (size_t)(z % (uint64_t)(n - T + 1));
+        memcpy(w + i * T, ids + start, T * sizeof *w);
+    }
+    *out = w;
+done:
+    free(ids);
+    return rc;
+}
+
+static int sg_progress(int block, int nblocks, void *payload)
+{
+    char msg[64];
+    snprintf(msg, sizeof msg, "block %d of %d rotated and sliced", block, nblocks);
+    return report(payload, (double)block / nblocks, block - 1, nblocks, msg);
+}
+
+/* Compress m in place with SliceGPT and save it to ctx->out_dir; adds "memory" and "artifacts". */
+static int run_slicegpt(struct job_state *js, struct model *m, struct tokenizer *tok, json_t *out, json_t *timings,
+                        struct slm_err *err)
+{
+    const struct jobspec *s = js->spec;
+    int32_t *ids = NULL;
+    int rc;
+    double t = now_s();
+    js->stage = "calibrating";
+    if (report(js, 0, -1, -1, "reading calibration data")) return slm_err_set(err, SLM_ECANCELLED, "cancelled");
+    if ((rc = calib_ids(js, tok, &ids, err))) return rc;
+    struct slicegpt_opts o = SLICEGPT_OPTS_INIT;
+    o.sparsity = s->slicegpt.sparsity;
+    o.round_to = s->slicegpt.round_to;
+    o.reference_compat = s->slicegpt.reference_compat;
+    o.progress = sg_progress;
+    o.payload = js;
+    o.cancel = js->ctx->cancel;
+    int64_t before = slicegpt_model_params(m);
+    uint64_t bytes_before = st_model_nbytes(m->st);
+    js->stage = "compressing";
+    rc = slicegpt_run(m, ids, s->calibration.nsamples, s->calibration.seqlen, &o, err);
+    free(ids);
+    if (rc) return rc;
+    json_object_set_new(timings, "compressing", json_real(now_s() - t));
+    js->stage = "saving";
+    t = now_s();
+    if (report(js, 0, -1, -1, "writing model.safetensors")) return slm_err_set(err, SLM_ECANCELLED, "cancelled");
+    enum dtype dt = st_model_count(m->st) ? st_model_at(m->st, 0)->dtype : DT_F32;
+    if (dt != DT_BF16 && dt != DT_F16) dt = DT_F32;
+    if (!js->ctx->out_dir) return slm_err_set(err, SLM_EINVAL, "job: no output folder for the compressed model");
+    if ((rc = model_save(m, js->ctx->out_dir, dt, err))) return rc;
+    json_object_set_new(timings, "saving", json_real(now_s() - t));
+    char path[4200];
+    struct stat stt;
+    snprintf(path, sizeof path, "%s/model.safetensors", js->ctx->out_dir);
+    int64_t after = slicegpt_model_params(m), bytes_after = stat(path, &stt) == 0 ? (int64_t)stt.st_size : -1;
+    json_object_set_new(out, "memory", json_pack("{s:I,s:I,s:I,s:I,s:i}", "params_before", (json_int_t)before, "params_after",
+                                                 (json_int_t)after, "bytes_before", (json_int_t)bytes_before, "bytes_after",
+                                                 (json_int_t)bytes_after, "kept_width", m->embed_width));
+    json_object_set_new(out, "artifacts", json_pack("[s,s]", "model.safetensors", "config.json"));
+    return 0;
+}
+
 int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metrics, struct slm_err *err)
 {
     struct job_state js = { spec, ctx, 0, 0.05, "loading" };
@@ -114,6 +281,10 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
     if ((rc = kbackend_open(&kb, device, err))) goto done;
     if ((rc = model_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err))) goto done;
     if (spec->eval.n_perplexity > 0 && (rc = tokenizer_open(&tok, ctx->model_dir, err))) goto done;
+    if (!tok && spec->method == JS_METHOD_SLICEGPT && tokenizer_open(&tok, ctx->model_dir, err)) {
+        tok = NULL;          /* calibration from an ids file needs none; calib_ids says so otherwise */
+        slm_err_clear(err);
+    }
     json_object_set_new(out, "device", json_string(kb_name(kb)));
     json_object_set_new(out, "architecture", json_string(m->cfg.model_type));
     json_object_set_new(timings, "loading", json_real(now_s() - t0));
@@ -127,10 +298,18 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
         if ((rc = eval_all(&js, m, tok, ppl_before, err))) goto done;
         json_object_set_new(timings, compress ? "evaluating_baseline" : "evaluating", json_real(now_s() - t));
     }
-    if (compress) {
-        rc = slm_err_set(err, SLM_EUNSUPPORTED, "method '%s' is not available in this build",
-                         spec->method == JS_METHOD_SLIM ? "slim" : "slicegpt");
-        goto done;
+    if (compress && spec->method == JS_METHOD_SLICEGPT) {
+        js.stage_lo = js.stage_hi > 0.05 ? js.stage_hi : 0.05;
+        js.stage_hi = 0.8;
+        if ((rc = run_slicegpt(&js, m, tok, out, timings, err))) goto done;
+        js.stage = "evaluating";
+        js.stage_lo = 0.8;
+        js.stage_hi = 1.0;
+        double t = now_s();
+        if ((rc = eval_all(&js, m, tok, ppl_after, err))) goto done;
+        json_object_set_new(timings, "evaluating", json_real(now_s() - t));
+    } else if (compress) {
+        if ((rc = job_compress_slim(&js, m, &tok, out, timings, ppl_after, err))) goto done;
     }
     json_t *ppl = json_object();
     const char *k;
@@ -143,8 +322,14 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
         json_object_set(e, "windows", json_object_get(v, "windows"));
         json_object_set_new(ppl, k, e);
     }
+    json_object_foreach(ppl_after, k, v) {  /* datasets without a baseline */
+        if (json_object_get(ppl, k)) continue;
+        json_object_set_new(ppl, k, json_pack("{s:O,s:O}", "after", json_object_get(v, "perplexity"), "windows",
+                                              json_object_get(v, "windows")));
+    }
     json_object_set_new(out, "perplexity", ppl);
-    json_object_set_new(out, "memory", json_pack("{s:I}", "dense_bytes", (json_int_t)st_model_nbytes(m->st)));
+    if (!json_object_get(out, "memory"))
+        json_object_set_new(out, "memory", json_pack("{s:I}", "dense_bytes", (json_int_t)st_model_nbytes(m->st)));
     json_object_set_new(timings, "total", json_real(now_s() - t0));
     json_object_set(out, "timings_s", timings);
     *metrics = out;

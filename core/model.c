@@ -17,6 +17,7 @@
 
 #include "arch.h"
 #include "safetensors.h"
+#include "slicegpt.h"
 
 #define HEAD_CHUNK_ROWS 256    /* logits are produced this many rows at a time (bounded memory) */
 
@@ -107,9 +108,12 @@ int model_block_load(struct model *m, int b, struct slm_err *err)
         snprintf(l->name, sizeof l->name, "%s%s", pre, nm->lin[r]);
         int64_t ws[2] = { l->d_out, l->d_in }, bs[1] = { l->d_out };
         snprintf(name, sizeof name, "%s.weight", l->name);
-        if ((rc = load_tensor(m, &l->w, name, 2, ws, true, err))) goto fail;
+        if (m->linear_loader) rc = m->linear_loader(m, b, (enum lin_role)r, l, m->linear_loader_payload, err);
+        else rc = load_tensor(m, &l->w, name, 2, ws, true, err);
+        if (rc) goto fail;
         snprintf(name, sizeof name, "%s.bias", l->name);
         if ((rc = load_tensor(m, &l->b, name, 1, bs, false, err))) goto fail;
+        if (m->linear_loader) continue;   /* adapters come from the loader too */
         /* adapters saved by model_save: lora_left [d_in x r], lora_right [r x d_out] */
         snprintf(name, sizeof name, "%s.lora_left", l->name);
         const struct st_tensor *tl = st_model_find(m->st, name);
@@ -241,12 +245,14 @@ int model_open(struct model **out, const char *dir, struct kbackend *kb, int fla
         m->blocks[b].d_in = m->blocks[b].d_mid = m->blocks[b].d_out = c->hidden;
     }
     m->d_head = c->hidden;
+    if (json_object_get(m->config_json, "slicegpt") && (rc = slicegpt_config_apply(m, m->config_json, err))) goto fail;
     char name[160];
     snprintf(name, sizeof name, "%s.weight", m->arch->embed);
-    if ((rc = load_host(m, &m->embed, name, c->vocab, c->embed_dim, err))) goto fail;
+    if ((rc = load_host(m, &m->embed, name, c->vocab, m->embed_width, err))) goto fail;
     if (m->arch->pos_embed) {
         snprintf(name, sizeof name, "%s.weight", m->arch->pos_embed);
-        if ((rc = load_host(m, &m->pos_embed, name, (int64_t)c->max_pos + 2, c->hidden, err))) goto fail;
+        if ((rc = load_host(m, &m->pos_embed, name, (int64_t)c->max_pos + 2,
+                                 c->embed_dim != c->hidden ? c->hidden : m->embed_width, err))) goto fail;
     }
     if (c->embed_dim != c->hidden) {
         int64_t pin[2] = { c->hidden, c->embed_dim }, pout[2] = { c->embed_dim, c->hidden };
@@ -471,6 +477,8 @@ int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_i
         (rc = residual(m, w.r, x, bl->shortcut_attn, rows, bl->d_in, bl->d_mid, err)) ||
         (rc = kb->iface->add(kb, w.r, w.o, nmid, err)))
         return rc;
+    if (m->mid_cb && !post && m->mid_cb(b, w.r, rows, bl->d_mid, m->mid_payload))
+        return slm_err_set(err, SLM_ECANCELLED, "cancelled in block %d", b);
     if (post && (rc = norm_apply(m, w.r, w.r, bl->norm1_w, bl->norm1_b, rows, bl->d_mid, err))) return rc;
     hin = w.r;
     if (!post) {

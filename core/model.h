@@ -107,6 +107,18 @@ struct model {
     size_t work_n;
     float *head_work;               /* backend workspace for the head in model_forward */
     size_t head_work_n;
+    /* --- added for compressed checkpoints (core/checkpoint.c) --- */
+    /* When set, model_block_load asks it for every linear's weight and adapter (l->w, l->rank,
+    ** l->lora_l, l->lora_r, backend memory owned by the block) instead of reading NAME.weight. */
+    int (*linear_loader)(struct model *m, int block, enum lin_role role, struct linear *l, void *payload,
+                         struct slm_err *err);
+    void *linear_loader_payload;
+    /* --- added for SliceGPT --- */
+    /* Observer of the residual stream between attention and MLP of sequential blocks (the
+    ** input of the second norm) in model_block_forward: i = block index, h backend memory
+    ** [rows x d_mid]. NULL = none; non-zero return cancels. */
+    int (*mid_cb)(int i, const float *h, int rows, int width, void *payload);
+    void *mid_payload;
 };
 
 enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */

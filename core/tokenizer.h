@@ -22,6 +22,12 @@ struct tokenizer;
 /* Open the tokenizer files in dir. -SLM_ENOTFOUND if none is there. *out: tokenizer_free(). */
 int tokenizer_open(struct tokenizer **out, const char *dir, struct slm_err *err);
 void tokenizer_free(struct tokenizer *t);
+/* Open from explicit files: tokenizer_json, or vocab_json + merges_txt (GPT-2 layout; the other of the
+** two forms NULL). config_json (tokenizer_config.json) and special_map_json (special_tokens_map.json)
+** are optional and may be NULL or name absent files. *out: tokenizer_free(). */
+int tokenizer_open_files(struct tokenizer **out, const char *tokenizer_json, const char *vocab_json,
+                         const char *merges_txt, const char *config_json, const char *special_map_json,
+                         struct slm_err *err);
 
 /* Encode len bytes of UTF-8 text. add_special: add BOS/EOS as the model's tokenizer does by
 ** default. *ids is malloc'd (free()). */

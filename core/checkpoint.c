@@ -1,0 +1,516 @@
+/*
+** core/checkpoint.c: compressed checkpoint writer and loader (see checkpoint.h).
+** DESIGN: the writer reads the compression results (masks, integer codes, scale grids) that
+** compress_model() kept, never re-derives them from floats, so what is stored is what was
+** computed. The loader plugs into model_block_load through model.linear_loader and rebuilds each
+** weight with quant_dequant_host() -- the same arithmetic the quantizers used -- so evaluation of
+** a reloaded model reproduces the in-memory compressed model's logits bit for bit.
+*/
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dtype.h"
+#include "fileio.h"
+#include "memreport.h"
+#include "safetensors.h"
+
+#define SLIMD_TOOL "slimd 0.1.0"
+
+/* ---- bit packing ---- */
+
+static int index_bits(int m)
+{
+    int b = 0;
+    while ((1 << b) < m) b++;
+    return b ? b : 1;
+}
+
+static void bits_put(uint8_t *dst, size_t i, int nbits, unsigned v)
+{
+    size_t bit = i * (size_t)nbits;
+    for (int k = 0; k < nbits; k++, bit++)
+        if (v >> k & 1) dst[bit / 8] |= (uint8_t)(1u << (bit % 8));
+}
+
+static unsigned bits_get(const uint8_t *src, size_t i, int nbits)
+{
+    size_t bit = i * (size_t)nbits;
+    unsigned v = 0;
+    for (int k = 0; k < nbits; k++, bit++) v |= (unsigned)(src[bit / 8] >> (bit % 8) & 1) << k;
+    return v;
+}
+
+/* codes -> U8 stream of 4-bit (code + 8) or 8-bit (two's complement) values */
+static size_t codes_bytes(size_t n, int bits) { return bits <= 4 ? (n + 1) / 2 : n; }
+
+static void codes_pack(uint8_t *dst, const int8_t *c, size_t n, int bits)
+{
+    memset(dst, 0, codes_bytes(n, bits));
+    for (size_t i = 0; i < n; i++) {
+        if (bits <= 4) dst[i / 2] |= (uint8_t)(((c[i] + 8) & 0xF) << (4 * (i & 1)));
+        else dst[i] = (uint8_t)c[i];
+    }
+}
+
+static int8_t code_at(const uint8_t *src, size_t i, int bits)
+{
+    if (bits <= 4) return (int8_t)(((src[i / 2] >> (4 * (i & 1))) & 0xF) - 8);
+    return (int8_t)src[i];
+}
+
+/* ---- writer ---- */
+
+struct ckw {
+    struct st_writer *w;
+    struct memreport mr;
+    struct slm_err *err;
+};
+
+static int put(struct ckw *c, enum mem_cat cat, const char *pre, const char *suffix, enum dtype dt, int64_t d0, int64_t d1,
+               const void *data)
+{
+    char name[160];
+    int64_t shape[2] = { d0, d1 };
+    snprintf(name, sizeof name, "%s.%s", pre, suffix);
+    c->mr.bytes[cat] += (uint64_t)(d0 * d1) * dtype_traits(dt)->size;
+    return st_writer_add(c->w, name, dt, 2, shape, data, c->err);
+}
+
+static json_t *params_json(const struct quant_params *p)
+{
+    static const char *const kinds[] = { "sf", "alpha", "step" };
+    return json_pack("{s:s,s:i,s:i,s:i,s:i,s:i,s:b}", "kind", kinds[p->kind], "bits", p->bits, "rows", p->rows,
+                     "cols", p->cols, "group_rows", p->group_rows, "group_cols", p->group_cols, "bf16", p->bf16);
+}
+
+static bool all_bf16(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bf16_round(v[i]) != v[i]) return false;
+    return true;
+}
+
+static bool nm_exact(const uint8_t *mask, int d_out, int d_in, int n, int m)
+{
+    if (!mask || m <= 0 || d_in % m) return false;
+    for (int r = 0; r < d_out; r++)
+        for (int g = 0; g < d_in; g += m) {
+            int kept = 0;
+            for (int k = 0; k < m; k++) kept += !mask[(size_t)r * d_in + g + k];
+            if (kept != n) return false;
+        }
+    return true;
+}
+
+/* Adapters: F32, or packed codes + scales when res quantized them. */
+static int save_adapter(struct ckw *c, struct linear *l, const struct quant_params *qp, const char *which, json_t *desc,
+                        struct kbackend *kb)
+{
+    bool left = !strcmp(which, "lora_left");
+    int rows = left ? l->d_in : l->rank, cols = left ? l->rank : l->d_out, rc;
+    size_t n = (size_t)rows * cols;
+    float *h = malloc(sizeof *h * n);
+    int8_t *codes = NULL;
+    uint8_t *pk = NULL;
+    char sfx[32];
+    if (!h) return slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory");
+    if ((rc = kb_download(kb, h, left ? l->lora_l : l->lora_r, sizeof *h * n, c->err))) goto done;
+    if (!qp->scale) {
+        rc = put(c, MEM_ADAPTERS, l->name, which, DT_F32, rows, cols, h);
+        goto done;
+    }
+    /* codes of the stored L' = L sqrt(r): recover them from the grid (exact: values are on it) */
+    codes = malloc(n);
+    pk = malloc(codes_bytes(n, qp->bits));
+    if (!codes || !pk) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    float sr = sqrtf((float)l->rank);
+    int max_q = quant_max_q(qp->bits);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            float a = qp->scale[(size_t)(i / qp->group_rows) * qp->cols + j / qp->group_cols];
+            float v = h[(size_t)i * cols + j] * sr;
+            codes[(size_t)i * cols + j] = (int8_t)(a > 0 ? nearbyintf(v / a * (float)max_q) : 0);
+        }
+    /* verify the round trip before trusting it; fall back to F32 otherwise */
+    float *chk = malloc(sizeof *chk * n);
+    if (!chk) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    rc = quant_dequant_host(chk, codes, rows, cols, qp, NULL, c->err);
+    bool same = !rc;
+    for (size_t i = 0; same && i < n; i++) same = chk[i] / sr == h[i];
+    free(chk);
+    if (rc) goto done;
+    if (!same) {
+        rc = put(c, MEM_ADAPTERS, l->name, which, DT_F32, rows, cols, h);
+        goto done;
+    }
+    codes_pack(pk, codes, n, qp->bits);
+    snprintf(sfx, sizeof sfx, "%s.q", which);
+    if ((rc = put(c, MEM_ADAPTERS, l->name, sfx, DT_U8, 1, (int64_t)codes_bytes(n, qp->bits), pk))) goto done;
+    snprintf(sfx, sizeof sfx, "%s.scale", which);
+    if ((rc = put(c, MEM_SCALES, l->name, sfx, DT_F32, qp->rows, qp->cols, qp->scale))) goto done;
+    json_object_set_new(desc, which, params_json(qp));
+done:
+    free(h);
+    free(codes);
+    free(pk);
+    return rc;
+}
+
+static int save_linear(struct ckw *c, struct model *m, struct linear *l, const struct compressed_linear *cl,
+                       const struct compress_opts *o, json_t *layers)
+{
+    int d_out = l->d_out, d_in = l->d_in, rc;
+    size_t n = (size_t)d_out * d_in;
+    float *w = malloc(sizeof *w * n);
+    uint8_t *pk = NULL, *idx = NULL;
+    int8_t *kc = NULL;
+    float *kv = NULL;
+    json_t *desc = json_object();
+    if (!w || !desc) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    if ((rc = kb_download(m->kb, w, l->w, sizeof *w * n, c->err))) goto done;
+    bool merged = l->rank == 0 && o->lowrank.method != LOWRANK_NONE && !o->separate_lora;
+    bool q = cl->codes && cl->qp.scale && !merged;
+    bool nm = !merged && nm_exact(cl->mask, d_out, d_in, o->prune.n, o->prune.m);
+    int N = o->prune.n, M = o->prune.m;
+    size_t nk = nm ? n / M * N : n;     /* stored entries */
+    if (q) {
+        /* the codes must rebuild the in-memory weight exactly; else store values */
+        float *chk = malloc(sizeof *chk * n);
+        if (!chk) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+        rc = quant_dequant_host(chk, cl->codes, d_out, d_in, &cl->qp, cl->col_scale, c->err);
+        for (size_t i = 0; !rc && q && i < n; i++) q = chk[i] == w[i];
+        free(chk);
+        if (rc) goto done;
+    }
+    if (nm) {
+        int ib = index_bits(M);
+        idx = calloc((nk * (size_t)ib + 7) / 8, 1);
+        kc = q ? malloc(nk) : NULL;
+        kv = q ? NULL : malloc(sizeof *kv * nk);
+        if (!idx || (q && !kc) || (!q && !kv)) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (cl->mask[i]) continue;
+            bits_put(idx, k, ib, (unsigned)(i % (size_t)M));
+            if (q) kc[k] = cl->codes[i];
+            else kv[k] = w[i];
+            k++;
+        }
+        if ((rc = put(c, MEM_SPARSITY, l->name, "idx", DT_U8, 1, (int64_t)((nk * (size_t)ib + 7) / 8), idx))) goto done;
+        json_object_set_new(desc, "n", json_integer(N));
+        json_object_set_new(desc, "m", json_integer(M));
+    }
+    if (q) {
+        const int8_t *codes = nm ? kc : cl->codes;
+        if (!(pk = malloc(codes_bytes(nk, cl->qp.bits)))) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+        codes_pack(pk, codes, nk, cl->qp.bits);
+        if ((rc = put(c, MEM_WEIGHTS, l->name, "q", DT_U8, 1, (int64_t)codes_bytes(nk, cl->qp.bits), pk))) goto done;
+        if ((rc = put(c, MEM_SCALES, l->name, "scale", DT_F32, cl->qp.rows, cl->qp.cols, cl->qp.scale))) goto done;
+        if (cl->col_scale && (rc = put(c, MEM_SCALES, l->name, "colscale", DT_F32, 1, d_in, cl->col_scale))) goto done;
+        json_object_set_new(desc, "quant", params_json(&cl->qp));
+        json_object_set_new(desc, "colscale", json_boolean(cl->col_scale != NULL));
+    } else {
+        const float *v = nm ? kv : w;
+        bool b16 = all_bf16(v, nk);
+        char name[160];
+        int64_t shape[2] = { 1, (int64_t)nk };
+        snprintf(name, sizeof name, "%s.v", l->name);
+        c->mr.bytes[MEM_WEIGHTS] += nk * (b16 ? 2 : 4);
+        if ((rc = st_writer_add_f32(c->w, name, b16 ? DT_BF16 : DT_F32, 2, shape, v, c->err))) goto done;
+    }
+    json_object_set_new(desc, "enc", json_string(nm ? (q ? "nm_q" : "nm_v") : (q ? "dense_q" : "dense_v")));
+    json_object_set_new(desc, "rank", json_integer(l->rank));
+    if (l->rank && ((rc = save_adapter(c, l, &cl->qpl, "lora_left", desc, m->kb)) ||
+                    (rc = save_adapter(c, l, &cl->qpr, "lora_right", desc, m->kb))))
+        goto done;
+    json_object_set_new(layers, l->name, desc);
+    desc = NULL;
+done:
+    json_decref(desc);
+    free(w);
+    free(pk);
+    free(idx);
+    free(kc);
+    free(kv);
+    return rc;
+}
+
+/* Is name the weight or adapter of a linear that the checkpoint stores in its own encoding? */
+static bool replaced(const struct model *m, const char *name)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || (strcmp(dot, ".weight") && strcmp(dot, ".lora_left") && strcmp(dot, ".lora_right"))) return false;
+    size_t pl = (size_t)(dot - name);
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        for (int r = 0; r < LIN_COUNT; r++) {
+            const char *ln = m->blocks[b].lin[r].name;
+            if (m->blocks[b].lin[r].w && strlen(ln) == pl && !strncmp(ln, name, pl)) return true;
+        }
+    return false;
+}
+
+static int write_json(const char *dir, const char *file, const json_t *j, struct slm_err *err)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    if (json_dump_file(j, p, JSON_INDENT(2) | JSON_SORT_KEYS)) return slm_err_set(err, SLM_EIO, "%s: cannot write", p);
+    return 0;
+}
+
+int checkpoint_save(struct model *m, const struct compress_result *res, const struct compress_opts *o,
+                    const char *dir, const json_t *spec_raw, const json_t *figures, json_t **memory,
+                    struct slm_err *err)
+{
+    struct ckw c = { NULL, { 0 }, err };
+    json_t *layers = json_object(), *cfg = NULL, *mem = NULL;
+    char p[4200];
+    int rc = 0;
+    if (memory) *memory = NULL;
+    if (!m->st || !res || !res->lin || res->nblocks != m->cfg.n_layers)
+        return slm_err_set(err, SLM_EINVAL, "checkpoint: needs the source weights and the compression results");
+    if (!layers) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    if (mkdir(dir, 0755) && errno != EEXIST) { rc = slm_err_set(err, SLM_EIO, "%s: %s", dir, strerror(errno)); goto done; }
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    if ((rc = st_writer_open(&c.w, p, err))) goto done;
+    c.mr.dense_bytes = st_model_nbytes(m->st);
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        if (!m->blocks[b].loaded) { rc = slm_err_set(err, SLM_EINVAL, "checkpoint: block %d is not loaded", b); goto done; }
+    for (size_t i = 0; i < st_model_count(m->st); i++) {
+        const struct st_tensor *t = st_model_at(m->st, i);
+        if (replaced(m, t->name)) continue;
+        c.mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
+        if ((rc = st_writer_add(c.w, t->name, t->dtype, t->ndim, t->shape, t->data, err))) goto done;
+    }
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        for (int r = 0; r < LIN_COUNT; r++)
+            if (m->blocks[b].lin[r].w && (rc = save_linear(&c, m, &m->blocks[b].lin[r], &res->lin[b][r], o, layers))) goto done;
+    rc = st_writer_set_metadata(c.w, "format", "pt", err);
+    if (!rc) rc = st_writer_finish(c.w, err);
+    c.w = NULL;
+    if (rc) goto done;
+    if (m->config_json) {
+        json_t *cj = json_copy(m->config_json);   /* without the encodings a reloaded checkpoint carries */
+        if (!cj) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+        json_object_del(cj, "slim_layers");
+        rc = write_json(dir, "config.json", cj, err);
+        json_decref(cj);
+        if (rc) goto done;
+    }
+    const struct model_config *mc = &m->cfg;
+    double rr = o->lowrank.method != LOWRANK_NONE ? o->lowrank.rank_ratio : 0;
+    int abits = o->lowrank.quantize ? o->lowrank.bits : 16, wbits = o->quant.method != QUANT_NONE ? o->quant.bits : 16;
+    double sp = o->prune.method != PRUNE_NONE ? o->prune.sparsity : 0;
+    mem = memreport_json(&c.mr, memreport_theoretical(mc->n_layers, mc->hidden, mc->ffn, mc->vocab, sp, wbits, rr, abits));
+    cfg = json_pack("{s:s,s:s,s:O,s:O,s:O,s:O}", "format", CHECKPOINT_FORMAT, "tool", SLIMD_TOOL,
+                    "spec", spec_raw ? spec_raw : json_null(), "figures", figures ? figures : json_null(),
+                    "memory", mem ? mem : json_null(), "layers", layers);
+    if (!cfg || !mem) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    if ((rc = write_json(dir, "slim_config.json", cfg, err))) goto done;
+    if (memory) { *memory = mem; mem = NULL; }
+done:
+    st_writer_abort(c.w);
+    json_decref(layers);
+    json_decref(cfg);
+    json_decref(mem);
+    return rc;
+}
+
+/* ---- loader ---- */
+
+static int params_from(struct quant_params *p, const json_t *j, struct slm_err *err)
+{
+    const char *k = json_string_value(json_object_get(j, "kind"));
+    memset(p, 0, sizeof *p);
+    if (!k) return slm_err_set(err, SLM_EFORMAT, "slim_config.json: quantizer without kind");
+    p->kind = !strcmp(k, "sf") ? QK_SF : !strcmp(k, "alpha") ? QK_ALPHA : QK_STEP;
+    p->bits = (int)json_integer_value(json_object_get(j, "bits"));
+    p->rows = (int)json_integer_value(json_object_get(j, "rows"));
+    p->cols = (int)json_integer_value(json_object_get(j, "cols"));
+    p->group_rows = (int)json_integer_value(json_object_get(j, "group_rows"));
+    p->group_cols = (int)json_integer_value(json_object_get(j, "group_cols"));
+    p->bf16 = json_is_true(json_object_get(j, "bf16"));
+    if (p->bits < 2 || p->bits > 8 || p->rows < 1 || p->cols < 1 || p->group_rows < 1 || p->group_cols < 1)
+        return slm_err_set(err, SLM_EFORMAT, "slim_config.json: bad quantizer description");
+    return 0;
+}
+
+/* A stored tensor as f32 host data (caller frees), checking its element count. */
+static int tensor_f32(float **out, const struct st_model *st, const char *pre, const char *sfx, size_t want,
+                      struct slm_err *err)
+{
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", pre, sfx);
+    const struct st_tensor *t = st_model_find(st, name);
+    *out = NULL;
+    if (!t) return slm_err_set(err, SLM_ENOTFOUND, "checkpoint: tensor %s missing", name);
+    if ((size_t)t->numel != want) return slm_err_set(err, SLM_ESHAPE, "checkpoint: %s has %lld values, expected %zu", name, (long long)t->numel, want);
+    if (!(*out = malloc(sizeof **out * (want ? want : 1)))) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    int rc = st_tensor_to_f32(*out, t, err);
+    if (rc) { free(*out); *out = NULL; }
+    return rc;
+}
+
+static const uint8_t *tensor_u8(const struct st_model *st, const char *pre, const char *sfx, size_t want, struct slm_err *err)
+{
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", pre, sfx);
+    const struct st_tensor *t = st_model_find(st, name);
+    if (!t || t->dtype != DT_U8 || t->nbytes != want) {
+        slm_err_set(err, t ? SLM_ESHAPE : SLM_ENOTFOUND, "checkpoint: tensor %s missing or of the wrong size", name);
+        return NULL;
+    }
+    return t->data;
+}
+
+static int upload_new(struct kbackend *kb, float **dst, const float *h, size_t n, struct slm_err *err)
+{
+    int rc = kb_alloc(kb, (void **)dst, sizeof *h * n, err);
+    if (!rc && (rc = kb_upload(kb, *dst, h, sizeof *h * n, err))) { kb_release(kb, *dst); *dst = NULL; }
+    return rc;
+}
+
+static int load_adapter(struct model *m, struct linear *l, const json_t *desc, const char *which, float **dst,
+                        struct slm_err *err)
+{
+    bool left = !strcmp(which, "lora_left");
+    int rows = left ? l->d_in : l->rank, cols = left ? l->rank : l->d_out, rc;
+    size_t n = (size_t)rows * cols;
+    json_t *qj = json_object_get(desc, which);
+    float *h = NULL, *scale = NULL;
+    if (!qj) {
+        if ((rc = tensor_f32(&h, m->st, l->name, which, n, err))) return rc;
+    } else {
+        struct quant_params p;
+        char sfx[32];
+        int8_t *codes = malloc(n);
+        if ((rc = params_from(&p, qj, err))) { free(codes); return rc; }
+        snprintf(sfx, sizeof sfx, "%s.scale", which);
+        rc = tensor_f32(&scale, m->st, l->name, sfx, (size_t)p.rows * p.cols, err);
+        snprintf(sfx, sizeof sfx, "%s.q", which);
+        const uint8_t *pk = rc ? NULL : tensor_u8(m->st, l->name, sfx, codes_bytes(n, p.bits), err);
+        h = malloc(sizeof *h * n);
+        if (!rc && (!pk || !codes || !h)) rc = pk ? slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory") : -SLM_EFORMAT;
+        if (!rc) {
+            for (size_t i = 0; i < n; i++) codes[i] = code_at(pk, i, p.bits);
+            p.scale = scale;
+            rc = quant_dequant_host(h, codes, rows, cols, &p, NULL, err);
+            float sr = sqrtf((float)l->rank);
+            for (size_t i = 0; !rc && i < n; i++) h[i] = h[i] / sr;
+        }
+        free(codes);
+        free(scale);
+    }
+    if (!rc) rc = upload_new(m->kb, dst, h, n, err);
+    free(h);
+    return rc;
+}
+
+static int ckpt_linear(struct model *m, int block, enum lin_role role, struct linear *l, void *payload, struct slm_err *err)
+{
+    const json_t *layers = payload;
+    const json_t *desc = json_object_get(layers, l->name);
+    (void)block;
+    (void)role;
+    if (!desc) return slm_err_set(err, SLM_ENOTFOUND, "checkpoint: no encoding for %s", l->name);
+    const char *enc = json_string_value(json_object_get(desc, "enc"));
+    int d_out = l->d_out, d_in = l->d_in, rc = 0;
+    int N = (int)json_integer_value(json_object_get(desc, "n")), M = (int)json_integer_value(json_object_get(desc, "m"));
+    size_t n = (size_t)d_out * d_in;
+    bool nm = enc && !strncmp(enc, "nm_", 3), q = enc && (!strcmp(enc, "nm_q") || !strcmp(enc, "dense_q"));
+    if (!enc || (nm && (M < 2 || N < 1 || N >= M || d_in % M)))
+        return slm_err_set(err, SLM_EFORMAT, "checkpoint: bad encoding for %s", l->name);
+    size_t nk = nm ? n / M * N : n;
+    float *w = calloc(n, sizeof *w), *vals = NULL, *scale = NULL, *cs = NULL;
+    int8_t *codes = q ? calloc(n, 1) : NULL;
+    size_t *pos = nm ? malloc(sizeof *pos * nk) : NULL;
+    if (!w || (q && !codes) || (nm && !pos)) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    if (nm) {
+        int ib = index_bits(M);
+        const uint8_t *idx = tensor_u8(m->st, l->name, "idx", (nk * (size_t)ib + 7) / 8, err);
+        if (!idx) { rc = -SLM_EFORMAT; goto done; }
+        for (size_t k = 0; k < nk; k++) {
+            size_t row = k / ((size_t)d_in / M * N), g = (k % ((size_t)d_in / M * N)) / N;
+            unsigned off = bits_get(idx, k, ib);
+            if (off >= (unsigned)M) { rc = slm_err_set(err, SLM_EFORMAT, "checkpoint: %s: N:M index out of range", l->name); goto done; }
+            pos[k] = row * d_in + g * M + off;
+        }
+    }
+    if (q) {
+        struct quant_params p;
+        if ((rc = params_from(&p, json_object_get(desc, "quant"), err))) goto done;
+        const uint8_t *pk = tensor_u8(m->st, l->name, "q", codes_bytes(nk, p.bits), err);
+        if (!pk) { rc = -SLM_EFORMAT; goto done; }
+        for (size_t k = 0; k < nk; k++) codes[nm ? pos[k] : k] = code_at(pk, k, p.bits);
+        if ((rc = tensor_f32(&scale, m->st, l->name, "scale", (size_t)p.rows * p.cols, err))) goto done;
+        if (json_is_true(json_object_get(desc, "colscale")) && (rc = tensor_f32(&cs, m->st, l->name, "colscale", (size_t)d_in, err)))
+            goto done;
+        p.scale = scale;
+        if ((rc = quant_dequant_host(w, codes, d_out, d_in, &p, cs, err))) goto done;
+    } else {
+        if ((rc = tensor_f32(&vals, m->st, l->name, "v", nk, err))) goto done;
+        for (size_t k = 0; k < nk; k++) w[nm ? pos[k] : k] = vals[k];
+    }
+    if ((rc = upload_new(m->kb, &l->w, w, n, err))) goto done;
+    l->rank = (int)json_integer_value(json_object_get(desc, "rank"));
+    if (l->rank < 0 || l->rank > (d_out < d_in ? d_out : d_in)) { rc = slm_err_set(err, SLM_EFORMAT, "checkpoint: %s: rank", l->name); goto done; }
+    if (l->rank && ((rc = load_adapter(m, l, desc, "lora_left", &l->lora_l, err)) ||
+                    (rc = load_adapter(m, l, desc, "lora_right", &l->lora_r, err))))
+        goto done;
+done:
+    free(w);
+    free(vals);
+    free(scale);
+    free(cs);
+    free(codes);
+    free(pos);
+    return rc;
+}
+
+bool checkpoint_is(const char *dir)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/slim_config.json", dir);
+    json_t *j = json_load_file(p, 0, NULL);
+    bool ok = j && !strcmp(json_string_value(json_object_get(j, "format")) ? json_string_value(json_object_get(j, "format")) : "", CHECKPOINT_FORMAT);
+    json_decref(j);
+    return ok;
+}
+
+int checkpoint_open(struct model **out, const char *dir, struct kbackend *kb, int flags, struct slm_err *err)
+{
+    char p[4200];
+    json_error_t je;
+    struct model *m = NULL;
+    int rc;
+    *out = NULL;
+    snprintf(p, sizeof p, "%s/slim_config.json", dir);
+    json_t *cfg = json_load_file(p, 0, &je);
+    if (!cfg) return slm_err_set(err, SLM_EFORMAT, "%s:%d: %s", p, je.line, je.text);
+    const char *fmt = json_string_value(json_object_get(cfg, "format"));
+    json_t *layers = json_object_get(cfg, "layers");
+    if (!fmt || strcmp(fmt, CHECKPOINT_FORMAT) || !json_is_object(layers)) {
+        json_decref(cfg);
+        return slm_err_set(err, SLM_EFORMAT, "%s: not a %s checkpoint", p, CHECKPOINT_FORMAT);
+    }
+    if ((rc = model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, err))) { json_decref(cfg); return rc; }
+    /* keep the encodings alive with the model: store them inside its config JSON */
+    if (!m->config_json || json_object_set(m->config_json, "slim_layers", layers)) {
+        json_decref(cfg);
+        model_free(m);
+        return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    }
+    json_decref(cfg);
+    m->linear_loader = ckpt_linear;
+    m->linear_loader_payload = json_object_get(m->config_json, "slim_layers");
+    if (!(flags & MODEL_LAZY_BLOCKS))
+        for (int b = 0; b < m->cfg.n_layers; b++)
+            if ((rc = model_block_load(m, b, err))) { model_free(m); return rc; }
+    *out = m;
+    return 0;
+}

@@ -1,0 +1,608 @@
+/*
+** core/compress.c: the layer-wise SLiM pipeline (see compress.h, ALGORITHMS.md §1, §3.8, §4.8).
+** DESIGN: statistics are gathered one calibration sequence at a time (B = 1), so the reference's
+** running recurrences over sequences (§1.5) are reproduced exactly: Wanda's scaler_row in f32 on
+** the host, the Hessian scaled and accumulated with a backend gemm. Linears that read the same
+** input (q/k/v, gate/up) share one statistics slot. The Hessian is gathered for every method: it
+** gives each layer's reconstruction error without keeping the activations,
+** ||X D^T||^2 / ||X W^T||^2 = tr(D H D^T) / tr(W H W^T) with D = W - W'.
+*/
+#include "compress.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dtype.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- options from the job spec ---- */
+
+int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, struct slm_err *err)
+{
+    struct compress_opts d = COMPRESS_OPTS_INIT;
+    *o = d;
+    if (s->method != JS_METHOD_SLIM) return slm_err_set(err, SLM_EINVAL, "compress: the spec's method is not \"slim\"");
+    static const enum prune_method pm[] = { PRUNE_NONE, PRUNE_MAGNITUDE, PRUNE_WANDA, PRUNE_SPARSEGPT };
+    static const enum quant_method qm[] = { QUANT_NONE, QUANT_ABSMAX, QUANT_SLIM, QUANT_OPTQ };
+    static const enum lowrank_method lm[] = { LOWRANK_NONE, LOWRANK_NAIVE, LOWRANK_SLIM, LOWRANK_L2QER };
+    o->prune.method = pm[s->pruning.method];
+    o->prune.sparsity = s->pruning.sparsity;
+    o->prune.n = s->pruning.n;
+    o->prune.m = s->pruning.m;
+    o->prune.damp = s->pruning.damp;
+    o->prune.blocksize = s->pruning.blocksize;
+    o->shift_zero_metrics = s->pruning.shift_zero_metrics;
+    o->quant.method = qm[s->quantization.method];
+    o->quant.bits = s->quantization.bits;
+    o->quant.group_size = s->quantization.group_size;
+    o->quant.column_wise = s->quantization.column_wise_grouping;
+    o->scale_important_weights = s->quantization.scale_important_weights;
+    if (o->quant.method == QUANT_OPTQ) {
+        o->prune.optq_bits = s->quantization.bits;
+        o->prune.optq_group = s->quantization.group_size;
+    }
+    o->lowrank.method = lm[s->lowrank.method];
+    o->lowrank.rank_ratio = s->lowrank.rank_ratio;
+    o->lowrank.tile = s->lowrank.tile;
+    o->lowrank.pad = s->lowrank.pad;
+    o->lowrank.quantize = s->lowrank.quantize;
+    o->lowrank.column_wise = s->quantization.column_wise_grouping;
+    o->lowrank.bits = s->quantization.bits;
+    o->separate_lora = s->lowrank.separate;
+    if (s->quantization.joint)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
+    if (s->lowrank.prune)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "/lowrank/prune: prune_lora is not implemented in this build");
+    return 0;
+}
+
+void compress_result_free(struct compress_result *r)
+{
+    if (!r || !r->lin) return;
+    for (int b = 0; b < r->nblocks; b++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            struct compressed_linear *c = &r->lin[b][k];
+            free(c->mask);
+            free(c->codes);
+            free(c->col_scale);
+            quant_params_free(&c->qp);
+            quant_params_free(&c->qpl);
+            quant_params_free(&c->qpr);
+        }
+    free(r->lin);
+    r->lin = NULL;
+}
+
+/* ---- statistics (§1.5) ---- */
+
+struct stat_slot {
+    int d_in;
+    int nseq;              /* sequences accumulated so far (n of the recurrence) */
+    float *scaler;         /* host [d_in] Wanda scaler_row */
+    double *abssum;        /* host [d_in] sum |x| (L2QER) */
+    int64_t ntok;
+    float *H;              /* backend [d_in x d_in] */
+};
+
+struct block_stats {
+    struct model *m;
+    struct stat_slot slot[LIN_COUNT];
+    int slot_of[LIN_COUNT];    /* role -> slot index, -1 none */
+    const float *last_x;       /* input of the previous callback in this forward */
+    int last_slot;
+    float *hx;                 /* host scratch [rows x max d_in] */
+    size_t hx_n;
+    volatile sig_atomic_t *cancel;
+    struct slm_err *err;
+    int rc;
+};
+
+static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x, int rows)
+{
+    struct kbackend *kb = bs->m->kb;
+    size_t n = (size_t)rows * s->d_in;
+    int rc;
+    if (!s->H) {
+        s->scaler = calloc((size_t)s->d_in, sizeof *s->scaler);
+        s->abssum = calloc((size_t)s->d_in, sizeof *s->abssum);
+        if (!s->scaler || !s->abssum) return slm_err_set(bs->err, SLM_ENOMEM, "calibration statistics: out of memory");
+        if ((rc = kb_alloc(kb, (void **)&s->H, sizeof(float) * (size_t)s->d_in * s->d_in, bs->err))) return rc;
+    }
+    if (bs->hx_n < n) {
+        free(bs->hx);
+        bs->hx_n = 0;
+        if (!(bs->hx = malloc(sizeof *bs->hx * n))) return slm_err_set(bs->err, SLM_ENOMEM, "calibration: out of memory");
+        bs->hx_n = n;
+    }
+    if ((rc = kb_download(kb, bs->hx, x, sizeof *bs->hx * n, bs->err))) return rc;
+    float nn = (float)s->nseq;
+    for (int j = 0; j < s->d_in; j++) {
+        float sq = 0;
+        for (int t = 0; t < rows; t++) {
+            float v = bs->hx[(size_t)t * s->d_in + j];
+            sq += v * v;
+            s->abssum[j] += fabsf(v);
+        }
+        s->scaler[j] = s->scaler[j] * nn / (nn + 1) + sq / (nn + 1);
+    }
+    s->ntok += rows;
+    /* H <- H n/(n+1) + (2/(n+1)) x^T x */
+    if (s->nseq > 0 && (rc = kb->iface->scale(kb, s->H, nn / (nn + 1), (size_t)s->d_in * s->d_in, bs->err))) return rc;
+    struct kgemm_args g = { .ta = KB_T, .tb = KB_N, .m = s->d_in, .n = s->d_in, .k = rows, .alpha = 2.0f / (nn + 1),
+                            .beta = s->nseq > 0 ? 1.0f : 0.0f, .a = x, .lda = s->d_in, .b = x, .ldb = s->d_in,
+                            .c = s->H, .ldc = s->d_in, .batch = 1 };
+    if ((rc = kb->iface->gemm(kb, &g, bs->err))) return rc;
+    s->nseq++;
+    return 0;
+}
+
+static int stats_cb(int block, enum lin_role role, const struct linear *lin, const float *x, int rows, void *payload)
+{
+    struct block_stats *bs = payload;
+    (void)block;
+    (void)lin;
+    if (bs->cancel && *bs->cancel) {
+        bs->rc = slm_err_set(bs->err, SLM_ECANCELLED, "cancelled");
+        return 1;
+    }
+    if (x == bs->last_x && bs->last_slot >= 0 && bs->slot[bs->last_slot].d_in == lin->d_in) {
+        bs->slot_of[role] = bs->last_slot;   /* same input as the previous linear: share */
+        return 0;
+    }
+    int k = bs->slot_of[role];
+    if ((bs->rc = stats_add(bs, &bs->slot[k], x, rows))) return 1;
+    bs->last_x = x;
+    bs->last_slot = k;
+    return 0;
+}
+
+static void stats_free(struct block_stats *bs)
+{
+    for (int k = 0; k < LIN_COUNT; k++) {
+        free(bs->slot[k].scaler);
+        free(bs->slot[k].abssum);
+        kb_release(bs->m->kb, bs->slot[k].H);
+        memset(&bs->slot[k], 0, sizeof bs->slot[k]);
+    }
+    free(bs->hx);
+    bs->hx = NULL;
+    bs->hx_n = 0;
+}
+
+static void stats_init(struct block_stats *bs, struct block *bl)
+{
+    for (int r = 0; r < LIN_COUNT; r++) {
+        struct linear *l = &bl->lin[r];
+        struct stat_slot *s = &bs->slot[r];
+        bs->slot_of[r] = l->w ? r : -1;
+        if (!l->w) continue;
+        s->d_in = l->d_in;   /* buffers come with the first input (shared inputs never allocate) */
+    }
+}
+
+/* ---- one linear (§3.8, §4.8) ---- */
+
+struct lin_work {
+    float *W;      /* dense weight (host) */
+    float *Wc;     /* compressed weight (host) */
+    float *E;      /* scratch [d_out x d_in] */
+    float *s;      /* saliency [d_in] (shifted scaler) */
+    float *L, *R;  /* adapters */
+    int rank;
+};
+
+static void lin_work_free(struct lin_work *w)
+{
+    free(w->W);
+    free(w->Wc);
+    free(w->E);
+    free(w->s);
+    free(w->L);
+    free(w->R);
+    memset(w, 0, sizeof *w);
+}
+
+/* rel. error tr(D H D^T) / tr(W H W^T), D = W - W_eff; H backend [d_in x d_in]. */
+static int rel_error(struct kbackend *kb, double *out, const float *W, const float *Weff, const float *H,
+                     int d_out, int d_in, struct slm_err *err)
+{
+    size_t n = (size_t)d_out * d_in;
+    float *bd = NULL, *bp = NULL, *h = malloc(sizeof *h * n * 2);
+    int rc;
+    double num = 0, den = 0;
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "layer error: out of memory");
+    if ((rc = kb_alloc(kb, (void **)&bd, sizeof *h * n * 2, err)) || (rc = kb_alloc(kb, (void **)&bp, sizeof *h * n * 2, err)))
+        goto done;
+    for (size_t i = 0; i < n; i++) { h[i] = W[i] - Weff[i]; h[n + i] = W[i]; }
+    if ((rc = kb_upload(kb, bd, h, sizeof *h * n * 2, err))) goto done;
+    /* [D; W] H, both stacked as 2 d_out rows */
+    struct kgemm_args g = { .ta = KB_N, .tb = KB_N, .m = 2 * d_out, .n = d_in, .k = d_in, .alpha = 1, .beta = 0,
+                            .a = bd, .lda = d_in, .b = H, .ldb = d_in, .c = bp, .ldc = d_in, .batch = 1 };
+    float *p = malloc(sizeof *p * n * 2);
+    if (!p) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
+    if (!(rc = kb->iface->gemm(kb, &g, err)) && !(rc = kb_download(kb, p, bp, sizeof *p * n * 2, err))) {
+        for (size_t i = 0; i < n; i++) { num += (double)p[i] * h[i]; den += (double)p[n + i] * h[n + i]; }
+        *out = den > 0 ? sqrt(fmax(num, 0) / den) : 0;
+    }
+    free(p);
+done:
+    kb_release(kb, bd);
+    kb_release(kb, bp);
+    free(h);
+    return rc;
+}
+
+static int keep_mask(struct compressed_linear *cl, const uint8_t *mask, size_t n, struct slm_err *err)
+{
+    if (!mask) return 0;
+    if (!(cl->mask = malloc(n))) return slm_err_set(err, SLM_ENOMEM, "compress: out of memory");
+    memcpy(cl->mask, mask, n);
+    return 0;
+}
+
+/* Attach host adapters to the linear as backend buffers. */
+static int attach_adapters(struct kbackend *kb, struct linear *l, const float *L, const float *R, int r, struct slm_err *err)
+{
+    int rc;
+    kb_release(kb, l->lora_l);
+    kb_release(kb, l->lora_r);
+    l->lora_l = l->lora_r = NULL;
+    l->rank = 0;
+    if (r == 0) return 0;
+    if ((rc = kb_alloc(kb, (void **)&l->lora_l, sizeof *L * (size_t)l->d_in * r, err)) ||
+        (rc = kb_alloc(kb, (void **)&l->lora_r, sizeof *R * (size_t)r * l->d_out, err)) ||
+        (rc = kb_upload(kb, l->lora_l, L, sizeof *L * (size_t)l->d_in * r, err)) ||
+        (rc = kb_upload(kb, l->lora_r, R, sizeof *R * (size_t)r * l->d_out, err)))
+        return rc;
+    l->rank = r;
+    return 0;
+}
+
+static int compress_linear(struct model *m, struct linear *l, struct stat_slot *st, const struct compress_opts *o,
+                           struct compressed_linear *cl, struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    int d_out = l->d_out, d_in = l->d_in, rc = 0;
+    size_t n = (size_t)d_out * d_in;
+    struct lin_work w = { 0 };
+    uint8_t *mask = NULL;
+    int8_t *codes = NULL;
+    float *Hc = NULL, *cs = NULL;
+    struct quant_params qp = { 0 };
+    bool pruned = o->prune.method != PRUNE_NONE, quant = o->quant.method != QUANT_NONE;
+    bool lora = o->lowrank.method != LOWRANK_NONE;
+    w.W = malloc(sizeof *w.W * n);
+    w.Wc = malloc(sizeof *w.Wc * n);
+    w.s = malloc(sizeof *w.s * (size_t)d_in);
+    mask = pruned ? calloc(n, 1) : NULL;
+    codes = quant && o->keep_codes ? malloc(n) : NULL;
+    if (!w.W || !w.Wc || !w.s || (pruned && !mask) || (quant && o->keep_codes && !codes)) {
+        rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name);
+        goto done;
+    }
+    if ((rc = kb_download(kb, w.W, l->w, sizeof *w.W * n, err))) goto done;
+    if (o->bf16)
+        for (size_t i = 0; i < n; i++) w.W[i] = bf16_round(w.W[i]);
+    memcpy(w.s, st->scaler, sizeof *w.s * (size_t)d_in);
+    if (o->shift_zero_metrics) prune_shift_scaler(w.s, d_in);
+    if (o->scale_important_weights) {
+        if (!(cs = malloc(sizeof *cs * (size_t)d_in))) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
+        if ((rc = quant_important_columns(cs, w.W, d_out, d_in, w.s, err))) goto done;
+    }
+
+    if (o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ) {
+        /* SparseGPT (+ OPTQ inside the OBS loop), or OPTQ alone: the backend weight is updated */
+        struct prune_opts po = o->prune;
+        if (o->prune.method != PRUNE_SPARSEGPT) { po.sparsity = 0; po.n = po.m = 0; }
+        if ((rc = kb_alloc(kb, (void **)&Hc, sizeof(float) * (size_t)d_in * d_in, err)) ||
+            (rc = kb->iface->copy(kb, Hc, st->H, sizeof(float) * (size_t)d_in * d_in, err)))
+            goto done;
+        if (o->bf16 && (rc = kb_upload(kb, l->w, w.W, sizeof *w.W * n, err))) goto done;
+        if ((rc = prune_sparsegpt(kb, l->w, Hc, d_out, d_in, &po, mask, codes, &qp, err))) goto done;
+        if ((rc = kb_download(kb, w.Wc, l->w, sizeof *w.Wc * n, err))) goto done;
+        if (o->bf16)
+            for (size_t i = 0; i < n; i++) w.Wc[i] = bf16_round(w.Wc[i]);
+    } else {
+        if (pruned && (rc = prune_mask_host(mask, w.W, o->prune.method == PRUNE_WANDA ? w.s : NULL, d_out, d_in, &o->prune, err)))
+            goto done;
+        memcpy(w.Wc, w.W, sizeof *w.W * n);
+        if (o->prune.method == PRUNE_MAGNITUDE) {
+            /* magnitude: prune, then quantize the sparse matrix */
+            for (size_t i = 0; i < n; i++) if (mask[i]) w.Wc[i] = 0;
+            if (quant && (rc = quant_weight_host(w.Wc, d_out, d_in, &o->quant, cs, codes, &qp, err))) goto done;
+        } else {
+            /* Wanda path, quantize_first: Q(W dense), then zero the pruned entries */
+            if (quant && (rc = quant_weight_host(w.Wc, d_out, d_in, &o->quant, cs, lora ? NULL : codes, &qp, err))) goto done;
+            for (size_t i = 0; mask && i < n; i++)
+                if (mask[i]) {
+                    w.Wc[i] = 0;
+                    if (codes && !lora) codes[i] = 0;
+                }
+            if (lora) {
+                const float *d = NULL;
+                w.rank = lowrank_rank(d_out, d_in, &o->lowrank);
+                w.E = malloc(sizeof *w.E * n);
+                w.L = malloc(sizeof *w.L * (size_t)d_in * (w.rank ? w.rank : 1));
+                w.R = malloc(sizeof *w.R * (size_t)(w.rank ? w.rank : 1) * d_out);
+                if (!w.E || !w.L || !w.R) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
+                float *dd = (float *)w.s;   /* reuse: becomes the column scaling of the error */
+                if (o->lowrank.method == LOWRANK_SLIM) {
+                    bool ok = true;
+                    for (int j = 0; j < d_in; j++) ok &= w.s[j] > 0;
+                    for (int j = 0; ok && j < d_in; j++) dd[j] = o->bf16 ? bf16_round(sqrtf(w.s[j])) : sqrtf(w.s[j]);
+                    d = ok ? dd : NULL;   /* a zero saliency falls back to Naive-LoRA, as the reference */
+                } else if (o->lowrank.method == LOWRANK_L2QER) {
+                    double mx = 0;
+                    for (int j = 0; j < d_in; j++) mx = fmax(mx, st->abssum[j]);
+                    for (int j = 0; j < d_in; j++)
+                        dd[j] = (float)(st->abssum[j] > 0 ? st->abssum[j] / (mx > 0 ? mx : 1) : 1e-6);
+                    d = dd;
+                }
+                for (size_t i = 0; i < n; i++) w.E[i] = w.W[i] - w.Wc[i];
+                if ((rc = lowrank_fit(kb, w.L, w.R, w.E, d, d_out, d_in, w.rank, o->bf16, err))) goto done;
+                if ((rc = lowrank_product(kb, w.E, w.L, w.R, d_out, d_in, w.rank, o->bf16, err))) goto done;
+                /* final weight Q(M . (W - L R)) with a fresh scale */
+                for (size_t i = 0; i < n; i++) w.Wc[i] = mask && mask[i] ? 0 : (o->bf16 ? bf16_round(w.W[i] - w.E[i]) : w.W[i] - w.E[i]);
+                quant_params_free(&qp);
+                if (quant && (rc = quant_weight_host(w.Wc, d_out, d_in, &o->quant, cs, codes, &qp, err))) goto done;
+                if (!o->separate_lora) {
+                    for (size_t i = 0; i < n; i++) w.Wc[i] += w.E[i];
+                    w.rank = 0;
+                }
+            }
+        }
+        if ((rc = kb_upload(kb, l->w, w.Wc, sizeof *w.Wc * n, err))) goto done;
+    }
+    if ((rc = attach_adapters(kb, l, w.L, w.R, w.rank, err))) goto done;
+    /* effective weight for the error figure: W' + (L R)^T */
+    if (w.rank && w.E)
+        for (size_t i = 0; i < n; i++) w.E[i] += w.Wc[i];
+    if ((rc = rel_error(kb, &cl->rel_error, w.W, w.rank && w.E ? w.E : w.Wc, st->H, d_out, d_in, err))) goto done;
+    if (o->keep_codes) {
+        if ((rc = keep_mask(cl, mask, n, err))) goto done;
+        cl->codes = codes;
+        codes = NULL;
+        cl->qp = qp;
+        qp.scale = NULL;
+        cl->col_scale = cs;
+        cs = NULL;
+    }
+done:
+    kb_release(kb, Hc);
+    free(mask);
+    free(codes);
+    free(cs);
+    quant_params_free(&qp);
+    lin_work_free(&w);
+    return rc;
+}
+
+/* ---- the block loop (§1.4) ---- */
+
+static int report(const struct compress_opts *o, const char *stage, int b, int nb, const char *layer, double e,
+                  double frac, struct slm_err *err)
+{
+    if (o->cancel && *o->cancel) return slm_err_set(err, SLM_ECANCELLED, "cancelled");
+    if (!o->progress) return 0;
+    struct compress_progress p = { stage, b, nb, layer, e, frac };
+    return o->progress(&p, o->payload) ? slm_err_set(err, SLM_ECANCELLED, "cancelled") : 0;
+}
+
+static int check_supported(const struct model *m, const struct compress_opts *o, struct slm_err *err)
+{
+    if (o->version != COMPRESS_OPTS_VERSION) return slm_err_set(err, SLM_EINVAL, "compress_opts: version %d", o->version);
+    if (o->lowrank.method != LOWRANK_NONE && (o->prune.method == PRUNE_MAGNITUDE || o->prune.method == PRUNE_SPARSEGPT ||
+                                              o->quant.method == QUANT_OPTQ))
+        return slm_err_set(err, SLM_EUNSUPPORTED, "adapters need wanda pruning (or none) and absmax / slim-quant");
+    if (m->block_kind != BLOCK_SEQ && m->block_kind != BLOCK_PARALLEL && m->block_kind != BLOCK_SEQ_POSTNORM)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "compress: unknown block layout");
+    return 0;
+}
+
+/* Adapter quantization happens after every block is done (§4.6): later blocks calibrate with
+** full-precision adapters. */
+static int quantize_all_adapters(struct model *m, const struct compress_opts *o, struct compress_result *res,
+                                 struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    int rc = 0;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        for (int r = 0; r < LIN_COUNT; r++) {
+            struct linear *l = &m->blocks[b].lin[r];
+            if (!l->rank) continue;
+            size_t nl = (size_t)l->d_in * l->rank, nr = (size_t)l->rank * l->d_out;
+            float *L = malloc(sizeof *L * nl), *R = malloc(sizeof *R * nr);
+            struct quant_params pl = { 0 }, pr = { 0 };
+            if (!L || !R) rc = slm_err_set(err, SLM_ENOMEM, "adapter quantization: out of memory");
+            if (!rc) rc = kb_download(kb, L, l->lora_l, sizeof *L * nl, err);
+            if (!rc) rc = kb_download(kb, R, l->lora_r, sizeof *R * nr, err);
+            if (!rc) rc = lowrank_quantize(L, R, l->d_out, l->d_in, l->rank, &o->lowrank, &pl, &pr, err);
+            if (!rc) rc = kb_upload(kb, l->lora_l, L, sizeof *L * nl, err);
+            if (!rc) rc = kb_upload(kb, l->lora_r, R, sizeof *R * nr, err);
+            if (!rc && res && res->lin) {
+                res->lin[b][r].qpl = pl;
+                res->lin[b][r].qpr = pr;
+                pl.scale = pr.scale = NULL;
+            }
+            quant_params_free(&pl);
+            quant_params_free(&pr);
+            free(L);
+            free(R);
+            if (rc) return rc;
+        }
+    return 0;
+}
+
+int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
+                   struct compress_result *res, struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    int nb = m->cfg.n_layers, width = model_max_width(m), rc;
+    size_t per = (size_t)seqlen * width;
+    float *inps = NULL, *x = NULL;
+    struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err };
+    double t0 = now_s();
+    if ((rc = check_supported(m, o, err))) return rc;
+    if (nsamples < 1 || seqlen < 2) return slm_err_set(err, SLM_EINVAL, "compress: %d calibration windows of %d tokens", nsamples, seqlen);
+    if (res) {
+        memset(res, 0, sizeof *res);
+        if (!(res->lin = calloc((size_t)nb, sizeof *res->lin))) return slm_err_set(err, SLM_ENOMEM, "compress: out of memory");
+        res->nblocks = nb;
+        for (int b = 0; b < nb; b++) for (int r = 0; r < LIN_COUNT; r++) res->lin[b][r].role = (enum lin_role)r;
+    }
+    struct compress_opts oo = *o;
+    oo.keep_codes = o->keep_codes && res;
+    if ((rc = kb_alloc(kb, (void **)&inps, sizeof *inps * per * nsamples, err)) || (rc = kb_alloc(kb, (void **)&x, sizeof *x * per, err)))
+        goto done;
+    /* inputs of block 0 */
+    for (int s = 0; s < nsamples; s++) {
+        if ((rc = report(o, "calibrating", -1, nb, NULL, -1, 0, err))) goto done;
+        if ((rc = model_embed(m, x, ids + (size_t)s * seqlen, 1, seqlen, err))) goto done;
+        if ((rc = kb->iface->copy(kb, inps + (size_t)s * per, x, sizeof *x * per, err))) goto done;
+    }
+    for (int b = 0; b < nb; b++) {
+        struct block *bl = &m->blocks[b];
+        if ((rc = model_block_load(m, b, err))) goto done;
+        stats_init(&bs, bl);
+        /* pass 1: the dense block, hooks gather statistics */
+        for (int s = 0; s < nsamples; s++) {
+            if ((rc = report(o, "calibrating", b, nb, NULL, -1, (b + 0.3 * s / nsamples) / nb, err))) goto done;
+            if ((rc = kb->iface->copy(kb, x, inps + (size_t)s * per, sizeof *x * per, err))) goto done;
+            bs.last_x = NULL;
+            bs.last_slot = -1;
+            bs.rc = 0;
+            rc = model_block_forward(m, b, x, 1, seqlen, stats_cb, &bs, err);
+            if (bs.rc) rc = bs.rc;
+            if (rc) goto done;
+        }
+        for (int r = 0; r < LIN_COUNT; r++) {
+            struct linear *l = &bl->lin[r];
+            if (!l->w) continue;
+            struct compressed_linear scratch = { 0 }, *cl = res ? &res->lin[b][r] : &scratch;
+            if (bs.slot_of[r] < 0) { rc = slm_err_set(err, SLM_EINTERNAL, "%s: no calibration input seen", l->name); goto done; }
+            rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
+            if (!rc) rc = report(o, "compressing", b, nb, l->name, cl->rel_error, (b + 0.3 + 0.4 * (r + 1) / LIN_COUNT) / nb, err);
+            if (rc) goto done;
+        }
+        stats_free(&bs);
+        /* pass 2: recompute the outputs with the compressed block (adapters included) */
+        for (int s = 0; s < nsamples; s++) {
+            if ((rc = report(o, "compressing", b, nb, NULL, -1, (b + 0.7 + 0.3 * s / nsamples) / nb, err))) goto done;
+            float *xs = inps + (size_t)s * per;
+            if ((rc = kb->iface->copy(kb, x, xs, sizeof *x * per, err))) goto done;
+            if ((rc = model_block_forward(m, b, x, 1, seqlen, NULL, NULL, err))) goto done;
+            if ((rc = kb->iface->copy(kb, xs, x, sizeof *x * per, err))) goto done;
+        }
+    }
+    if (o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora) {
+        if ((rc = report(o, "adapters", nb, nb, NULL, -1, 1, err))) goto done;
+        if ((rc = quantize_all_adapters(m, o, res, err))) goto done;
+    }
+    if (res) res->seconds = now_s() - t0;
+done:
+    stats_free(&bs);
+    kb_release(kb, inps);
+    kb_release(kb, x);
+    if (rc && res) compress_result_free(res);
+    return rc;
+}
+
+/* ---- calibration sampler (§1.2): CPython's random ---- */
+
+static void mt_init(struct pyrandom *r, uint32_t s)
+{
+    r->mt[0] = s;
+    for (int i = 1; i < 624; i++) r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->mti = 624;
+}
+
+void pyrandom_seed(struct pyrandom *r, uint64_t seed)
+{
+    /* random.seed(int): init_by_array with the 32-bit words of |seed|, least significant first */
+    uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) };
+    int klen = key[1] ? 2 : 1;
+    mt_init(r, 19650218u);
+    int i = 1, j = 0;
+    for (int k = 624 > klen ? 624 : klen; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1664525u)) + key[j] + (uint32_t)j;
+        i++; j++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+        if (j >= klen) j = 0;
+    }
+    for (int k = 623; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1566083941u)) - (uint32_t)i;
+        i++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+    }
+    r->mt[0] = 0x80000000u;
+}
+
+uint32_t pyrandom_u32(struct pyrandom *r)
+{
+    static const uint32_t mag01[2] = { 0, 0x9908b0dfu };
+    uint32_t y;
+    if (r->mti >= 624) {
+        int k;
+        for (k = 0; k < 624 - 397; k++) {
+            y = (r->mt[k] & 0x80000000u) | (r->mt[k + 1] & 0x7fffffffu);
+            r->mt[k] = r->mt[k + 397] ^ (y >> 1) ^ mag01[y & 1];
+        }
+        for (; k < 623; k++) {
+            y = (r->mt[k] & 0x80000000u) | (r->mt[k + 1] & 0x7fffffffu);
+            r->mt[k] = r->mt[k + (397 - 624)] ^ (y >> 1) ^ mag01[y & 1];
+        }
+        y = (r->mt[623] & 0x80000000u) | (r->mt[0] & 0x7fffffffu);
+        r->mt[623] = r->mt[396] ^ (y >> 1) ^ mag01[y & 1];
+        r->mti = 0;
+    }
+    y = r->mt[r->mti++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    return y;
+}
+
+int64_t pyrandom_randint(struct pyrandom *r, int64_t a, int64_t b)
+{
+    uint64_t n = (uint64_t)(b - a + 1);
+    int k = 0;
+    while (k < 64 && (n >> k)) k++;       /* bit_length(n) */
+    if (k > 32) k = 32;                   /* windows and document counts stay below 2^32 */
+    uint32_t v;
+    do v = pyrandom_u32(r) >> (32 - k); while (v >= n);
+    return a + v;
+}
+
+int calib_sample(int32_t **out, const struct calib_docs *docs, int nsamples, int seqlen, int seed, struct slm_err *err)
+{
+    struct pyrandom r;
+    *out = NULL;
+    if (docs->ndocs < 1) return slm_err_set(err, SLM_EINVAL, "calibration: no documents");
+    int32_t *ids = malloc(sizeof *ids * (size_t)nsamples * seqlen);
+    if (!ids) return slm_err_set(err, SLM_ENOMEM, "calibration: out of memory");
+    pyrandom_seed(&r, (uint64_t)seed);
+    for (int s = 0; s < nsamples; s++) {
+        int64_t i = 0;
+        int tries = 0;
+        do {
+            if (++tries > 100000) {
+                free(ids);
+                return slm_err_set(err, SLM_EINVAL, "calibration: no document longer than %d tokens in 100000 draws", seqlen);
+            }
+            i = pyrandom_randint(&r, 0, docs->ndocs - 1);
+        } while (docs->len[i] <= (size_t)seqlen);
+        int64_t j = pyrandom_randint(&r, 0, (int64_t)docs->len[i] - seqlen - 1);
+        memcpy(ids + (size_t)s * seqlen, docs->ids[i] + j, sizeof *ids * (size_t)seqlen);
+    }
+    *out = ids;
+    return 0;
+}

@@ -1,0 +1,131 @@
+/*
+** core/compress.h: the SLiM layer-wise compression pipeline (ALGORITHMS.md §1, §4.8).
+** Calibration windows (from token ids, or drawn from documents with the reference's sampler),
+** then block by block: gather per-linear statistics on the DENSE block through the
+** linear_input_cb hook, compress every linear (prune / quantize / adapters), recompute the block's
+** outputs with the compressed weights and feed them to the next block. Progress goes out per
+** layer and per block (with the layer's reconstruction error ||X W^T - X W'^T|| / ||X W^T||); the
+** cancel flag is checked between samples and layers.
+** Ownership: the model is borrowed and modified in place (compressed weights and adapters replace
+** the dense ones in its blocks); struct compress_result is the caller's (compress_result_free).
+*/
+#ifndef SLM_COMPRESS_H
+#define SLM_COMPRESS_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "jobspec.h"
+#include "lowrank.h"
+#include "model.h"
+#include "prune.h"
+#include "quant.h"
+#include "tokenizer.h"
+
+#define COMPRESS_OPTS_VERSION 1
+
+struct compress_progress {
+    const char *stage;        /* "calibrating", "compressing", "adapters" */
+    int block, nblocks;
+    const char *layer;        /* HF name of the linear just compressed, or NULL */
+    double rel_error;         /* ||X W^T - X W'^T|| / ||X W^T|| of that layer, or -1 */
+    double fraction;          /* of the whole compression, [0, 1] */
+};
+
+/* Return non-zero to cancel. */
+typedef int (*compress_progress_cb)(const struct compress_progress *p, void *payload);
+
+/* Called once a block is final (adapters of earlier blocks may still be quantized later, see
+** compress_opts.unload_blocks); the block is loaded. Non-zero return cancels. */
+typedef int (*compress_block_cb)(struct model *m, int block, void *payload, struct slm_err *err);
+
+/* What the checkpoint needs to store one compressed linear compactly. */
+struct compressed_linear {
+    enum lin_role role;
+    uint8_t *mask;                 /* host [d_out x d_in], 1 = pruned; NULL when not pruned */
+    int8_t *codes;                 /* host [d_out x d_in] integer codes; NULL when not quantized */
+    struct quant_params qp;        /* scales of codes (scale NULL when not quantized) */
+    float *col_scale;              /* host [d_in] AWQ-like factors, or NULL */
+    struct quant_params qpl, qpr;  /* adapter scales (scale NULL unless quantized adapters) */
+    double rel_error;
+};
+
+struct compress_result {
+    int nblocks;
+    struct compressed_linear (*lin)[LIN_COUNT];   /* [nblocks][LIN_COUNT]; role absent: all NULL */
+    double seconds;
+};
+
+struct compress_opts {
+    int version;
+    struct prune_opts prune;       /* method PRUNE_NONE: no pruning */
+    struct quant_opts quant;       /* method QUANT_NONE: no weight quantization */
+    struct lowrank_opts lowrank;   /* method LOWRANK_NONE: no adapters */
+    bool shift_zero_metrics;
+    bool scale_important_weights;
+    bool separate_lora;            /* false: merge L R into a dense weight */
+    bool bf16;                     /* round weights to bf16 first and emulate the reference's bf16 steps */
+    bool keep_codes;               /* fill compress_result with masks / codes / scales */
+    compress_progress_cb progress;
+    void *payload;
+    volatile sig_atomic_t *cancel;
+};
+#define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
+                             false, false, true, false, false, NULL, NULL, NULL }
+
+/* Map a validated job spec (method "slim") to options. */
+int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);
+
+/* Compress m in place with calibration windows ids [nsamples x seqlen] (host). The model may be
+** opened with MODEL_LAZY_BLOCKS: each block is loaded when reached and stays loaded (it holds
+** the compressed weights). res may be NULL. */
+int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
+                   struct compress_result *res, struct slm_err *err);
+
+void compress_result_free(struct compress_result *r);
+
+/* ---- calibration windows (§1.2) ---- */
+
+/* CPython's random module: MT19937 seeded like random.seed(int), randint(a, b). */
+struct pyrandom { uint32_t mt[624]; int mti; };
+void pyrandom_seed(struct pyrandom *r, uint64_t seed);
+uint32_t pyrandom_u32(struct pyrandom *r);
+int64_t pyrandom_randint(struct pyrandom *r, int64_t a, int64_t b);
+
+/* Tokenized documents in file order. */
+struct calib_docs {
+    int ndocs;
+    int32_t **ids;                 /* [ndocs], each with BOS as the tokenizer adds it */
+    size_t *len;
+};
+
+/* The reference's sampler: for each sample draw documents until one is strictly longer than
+** seqlen, then a window start. out: malloc'd [nsamples x seqlen]. -SLM_EINVAL when no document
+** is long enough (after 100000 draws). */
+int calib_sample(int32_t **out, const struct calib_docs *docs, int nsamples, int seqlen, int seed, struct slm_err *err);
+
+/* Split text into documents and tokenize each (BOS as the tokenizer adds it): JSON lines with a
+** "text" field when the text starts with '{' (C4's format), else paragraphs separated by blank
+** lines. Documents keep file order. */
+int calib_docs_from_text(struct calib_docs *out, struct tokenizer *tok, const char *text, size_t len,
+                         struct slm_err *err);
+void calib_docs_free(struct calib_docs *d);
+
+/* ---- one call for job_run and `slim compress` ---- */
+
+/* Compress m (method "slim" spec) with calibration windows drawn from the text file calib_path
+** by the §1.2 sampler (spec->calibration). *figures (new reference, may be NULL) gets
+** {"seconds", "calibration": {...}, "layers": [{"name", "rel_error"}...], "sparsity", ...}.
+** res (may be NULL) keeps codes and masks for the checkpoint writer. */
+int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *tok, const char *calib_path,
+                 compress_progress_cb progress, void *payload, volatile sig_atomic_t *cancel,
+                 struct compress_result *res, json_t **figures, struct slm_err *err);
+
+/* Measured fraction of exact zeros in the compressed linears of the loaded blocks. */
+int compress_measured_sparsity(struct model *m, double *out, struct slm_err *err);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+** core/lowrank.c: Naive-LoRA, SLiM-LoRA and L2QER adapters (see lowrank.h, ALGORITHMS.md §4).
+*/
+#include "lowrank.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+
+static inline float rb(float x, bool bf16) { return bf16 ? bf16_round(x) : x; }
+
+int lowrank_rank(int d_out, int d_in, const struct lowrank_opts *o)
+{
+    int mn = d_out < d_in ? d_out : d_in;
+    int r = (int)floor(o->rank_ratio * mn);
+    if ((o->pad || o->quantize) && o->tile > 0 && r % o->tile) r += o->tile - r % o->tile;
+    return r < mn ? r : mn;
+}
+
+int lowrank_fit(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
+                int d_out, int d_in, int r, bool bf16, struct slm_err *err)
+{
+    int k = d_out < d_in ? d_out : d_in, rc;
+    size_t ne = (size_t)d_out * d_in;
+    float *h = malloc(sizeof *h * (ne + (size_t)d_out * k + k + (size_t)k * d_in));
+    float *be = NULL, *bu = NULL, *bs = NULL, *bv = NULL;
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "low-rank %dx%d: out of memory", d_out, d_in);
+    if (r < 0 || r > k) { rc = slm_err_set(err, SLM_EINVAL, "low-rank: rank %d for %dx%d", r, d_out, d_in); goto done; }
+    if (!kb->iface->svd) { rc = slm_err_set(err, SLM_EUNSUPPORTED, "backend %s has no SVD", kb_name(kb)); goto done; }
+    float *U = h + ne, *S = U + (size_t)d_out * k, *Vt = S + k;
+    for (int i = 0; i < d_out; i++)
+        for (int j = 0; j < d_in; j++) h[(size_t)i * d_in + j] = d ? E[(size_t)i * d_in + j] * d[j] : E[(size_t)i * d_in + j];
+    if ((rc = kb_alloc(kb, (void **)&be, sizeof *h * ne, err)) ||
+        (rc = kb_alloc(kb, (void **)&bu, sizeof *h * (size_t)d_out * k, err)) ||
+        (rc = kb_alloc(kb, (void **)&bs, sizeof *h * (size_t)k, err)) ||
+        (rc = kb_alloc(kb, (void **)&bv, sizeof *h * (size_t)k * d_in, err)))
+        goto done;
+    if ((rc = kb_upload(kb, be, h, sizeof *h * ne, err))) goto done;
+    if ((rc = kb->iface->svd(kb, be, d_out, d_in, bu, bs, bv, err))) goto done;
+    if ((rc = kb_download(kb, U, bu, sizeof *h * (size_t)d_out * k, err)) ||
+        (rc = kb_download(kb, S, bs, sizeof *h * (size_t)k, err)) ||
+        (rc = kb_download(kb, Vt, bv, sizeof *h * (size_t)k * d_in, err)))
+        goto done;
+    /* L = D^-1 V_r S_r (bf16(S) x bf16(V), then / bf16(sqrt s)), R = U_r^T */
+    for (int j = 0; j < d_in; j++) {
+        float dj = d ? rb(d[j], bf16) : 1.0f;
+        for (int c = 0; c < r; c++) {
+            float v = rb(rb(S[c], bf16) * rb(Vt[(size_t)c * d_in + j], bf16), bf16);
+            L[(size_t)j * r + c] = d ? rb(v / dj, bf16) : v;
+        }
+    }
+    for (int c = 0; c < r; c++)
+        for (int i = 0; i < d_out; i++) R[(size_t)c * d_out + i] = rb(U[(size_t)i * k + c], bf16);
+done:
+    kb_release(kb, be);
+    kb_release(kb, bu);
+    kb_release(kb, bs);
+    kb_release(kb, bv);
+    free(h);
+    return rc;
+}
+
+int lowrank_product(struct kbackend *kb, float *out, const float *L, const float *R, int d_out, int d_in, int r,
+                    bool bf16, struct slm_err *err)
+{
+    size_t no = (size_t)d_out * d_in;
+    float *bl = NULL, *br = NULL, *bo = NULL;
+    int rc;
+    if (r == 0) { memset(out, 0, sizeof *out * no); return 0; }
+    if ((rc = kb_alloc(kb, (void **)&bl, sizeof *L * (size_t)d_in * r, err)) ||
+        (rc = kb_alloc(kb, (void **)&br, sizeof *R * (size_t)r * d_out, err)) ||
+        (rc = kb_alloc(kb, (void **)&bo, sizeof *out * no, err)))
+        goto done;
+    if ((rc = kb_upload(kb, bl, L, sizeof *L * (size_t)d_in * r, err)) ||
+        (rc = kb_upload(kb, br, R, sizeof *R * (size_t)r * d_out, err)))
+        goto done;
+    struct kgemm_args g = { .ta = KB_T, .tb = KB_T, .m = d_out, .n = d_in, .k = r, .alpha = 1, .beta = 0,
+                            .a = br, .lda = d_out, .b = bl, .ldb = r, .c = bo, .ldc = d_in, .batch = 1 };
+    if ((rc = kb->iface->gemm(kb, &g, err)) || (rc = kb_download(kb, out, bo, sizeof *out * no, err))) goto done;
+    if (bf16)
+        for (size_t i = 0; i < no; i++) out[i] = bf16_round(out[i]);
+done:
+    kb_release(kb, bl);
+    kb_release(kb, br);
+    kb_release(kb, bo);
+    return rc;
+}
+
+/* Scale by sqrt(r), group-quantize as a [rows x cols] matrix, scale back. */
+static int quant_stored(float *a, int rows, int cols, int r, const struct lowrank_opts *o,
+                        struct quant_params *p, struct slm_err *err)
+{
+    struct quant_opts q = QUANT_OPTS_INIT;
+    float sr = sqrtf((float)r);
+    q.method = QUANT_ABSMAX;
+    q.bits = o->bits;
+    q.group_size = o->tile;
+    q.column_wise = o->column_wise;
+    q.bf16 = o->bf16;
+    size_t n = (size_t)rows * cols;
+    for (size_t i = 0; i < n; i++) a[i] = rb(a[i] * sr, o->bf16);
+    int rc = quant_weight_host(a, rows, cols, &q, NULL, NULL, p, err);
+    for (size_t i = 0; i < n; i++) a[i] = a[i] / sr;
+    return rc;
+}
+
+int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struct lowrank_opts *o,
+                     struct quant_params *pl, struct quant_params *pr, struct slm_err *err)
+{
+    int rc;
+    if (r == 0) return 0;
+    if ((rc = quant_stored(L, d_in, r, r, o, pl, err))) return rc;
+    return quant_stored(R, r, d_out, r, o, pr, err);
+}

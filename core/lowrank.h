@@ -1,0 +1,55 @@
+/*
+** core/lowrank.h: low-rank adapters that absorb compression error (ALGORITHMS.md §4):
+** Naive-LoRA (plain SVD of the error), SLiM-LoRA (SVD of the error with input columns scaled by
+** the activation norm sqrt(s_j), undone on L) and L2QER (the same with the mean |activation|).
+** Orientation as in the model: y += (x L) R, L [d_in x r], R [r x d_out], so L R ~= E^T for the
+** error E = W - W_compressed [d_out x d_in].
+** The SVD runs on the backend (kb->iface->svd); the rest are host loops on the caller's host
+** copies. Ownership: outputs are caller-allocated.
+*/
+#ifndef SLM_LOWRANK_H
+#define SLM_LOWRANK_H
+
+#include <stdbool.h>
+
+#include "err.h"
+#include "quant.h"
+#include "../kernels/kbackend.h"
+
+#define LOWRANK_OPTS_VERSION 1
+
+enum lowrank_method { LOWRANK_NONE = 0, LOWRANK_NAIVE, LOWRANK_SLIM, LOWRANK_L2QER };
+
+struct lowrank_opts {
+    int version;
+    enum lowrank_method method;
+    double rank_ratio;        /* r = floor(rank_ratio * min(d_out, d_in)) */
+    int tile;                 /* rank rounded up to a multiple of tile when pad or quantize */
+    bool pad;
+    bool quantize;            /* group AbsMax of the adapters, groups of tile (§4.6) */
+    bool column_wise;         /* adapter groups along columns (follows the weight's flag) */
+    int bits;                 /* adapter bit width (= weight bits) */
+    bool bf16;                /* emulate the reference's bf16 roundings */
+};
+#define LOWRANK_OPTS_INIT { LOWRANK_OPTS_VERSION, LOWRANK_SLIM, 0.1, 128, true, false, false, 4, false }
+
+/* The rank of §4.1 (never above min(d_out, d_in)). */
+int lowrank_rank(int d_out, int d_in, const struct lowrank_opts *o);
+
+/* Best rank-r factors of E D (D = diag(d), d host [d_in], NULL = identity), then L = D^-1 V S.
+** E: host [d_out x d_in]; L: host [d_in x r]; R: host [r x d_out]. With d, the pair minimises
+** ||(E - (L R)^T) D||_F over rank r (Eckart-Young in the scaled norm). */
+int lowrank_fit(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
+                int d_out, int d_in, int r, bool bf16, struct slm_err *err);
+
+/* (L R)^T = R^T L^T [d_out x d_in] into out (host; a backend gemm), rounded to bf16 when bf16. */
+int lowrank_product(struct kbackend *kb, float *out, const float *L, const float *R, int d_out, int d_in, int r,
+                    bool bf16, struct slm_err *err);
+
+/* §4.6: fake-quantize the stored adapters L' = L sqrt(r), R' = R sqrt(r) with group AbsMax of
+** o->tile rows (or columns), then divide by sqrt(r) again so that (x L) R keeps its meaning.
+** pl / pr (may be NULL) get the scale grids of L' and R'. */
+int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struct lowrank_opts *o,
+                     struct quant_params *pl, struct quant_params *pr, struct slm_err *err);
+
+#endif

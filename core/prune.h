@@ -1,0 +1,56 @@
+/*
+** core/prune.h: pruning of one linear layer (ALGORITHMS.md §2): magnitude, Wanda and SparseGPT
+** (with OPTQ/GPTQ quantization inside the OBS loop, §3.5), unstructured or N:M.
+** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
+** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
+** Weights, statistics and Hessians live in backend memory; the scalar loops run on host copies
+** (kb_download / kb_upload), and SparseGPT's factorizations and lazy block updates run on the
+** backend (cholesky_upper, spd_inverse, gemm).
+*/
+#ifndef SLM_PRUNE_H
+#define SLM_PRUNE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "quant.h"
+#include "../kernels/kbackend.h"
+
+#define PRUNE_OPTS_VERSION 1
+
+enum prune_method { PRUNE_NONE = 0, PRUNE_MAGNITUDE, PRUNE_WANDA, PRUNE_SPARSEGPT };
+
+struct prune_opts {
+    int version;
+    enum prune_method method;
+    double sparsity;          /* fraction pruned; for N:M it must be (M-N)/M */
+    int n, m;                 /* keep n of m; 0:0 = unstructured */
+    double damp;              /* SparseGPT percdamp */
+    int blocksize;            /* SparseGPT / OPTQ column block */
+    /* OPTQ inside SparseGPT (or alone with sparsity 0): bits 0 = off */
+    int optq_bits;
+    int optq_group;           /* 0 one step per tensor, -1 per row, > 0 refit every G columns */
+};
+#define PRUNE_OPTS_INIT { PRUNE_OPTS_VERSION, PRUNE_WANDA, 0.5, 0, 0, 0.01, 128, 0, 0 }
+
+/* Wanda's shift_zero_metrics (§2.2) in place on host s [n]: s += min(s with zeros -> 1). */
+void prune_shift_scaler(float *s, int n);
+
+/* Mask of magnitude (s NULL) or Wanda (s = host scaler_row [d_in]) pruning of host w. */
+int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, int d_in,
+                    const struct prune_opts *o, struct slm_err *err);
+
+/* Magnitude / Wanda on backend w: compute the mask (mask may be NULL) and zero the pruned
+** entries. s: host [d_in] or NULL for magnitude. */
+int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
+                 const struct prune_opts *o, uint8_t *mask, struct slm_err *err);
+
+/* SparseGPT (`fasterprune`) on backend w [d_out x d_in] with backend Hessian H [d_in x d_in]
+** (clobbered: it holds the upper Cholesky factor of H^-1 on return). mask (host, may be NULL)
+** gets the pruned entries. With o->optq_bits, the kept weights are quantized inside the loop;
+** codes (host [d_out x d_in], may be NULL) and params (may be NULL; kind QK_STEP) describe them. */
+int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in, const struct prune_opts *o,
+                    uint8_t *mask, int8_t *codes, struct quant_params *params, struct slm_err *err);
+
+#endif

@@ -1,0 +1,109 @@
+/*
+** tests/bench/compress_bench.c: wall time of the SLiM compression methods on an OPT-125M-shaped
+** random model on the CPU backend with 8 x 512 calibration tokens, beside the time of one dense
+** forward pass over the same tokens measured in the same run. Not a test.
+** usage: compress-bench [--layers N] [--nsamples S] [--seqlen T] [--dir TMPDIR] [--only NAME]
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench_opt.h"
+#include "core/compress.h"
+#include "core/model.h"
+#include "kernels/kbackend.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+struct bcfg {
+    const char *name;
+    enum prune_method pm;
+    int n, m;
+    enum quant_method qm;
+    int group;
+    enum lowrank_method lm;
+    bool qlora;
+};
+
+static const struct bcfg cfgs[] = {
+    { "magnitude 2:4 + absmax-4", PRUNE_MAGNITUDE, 2, 4, QUANT_ABSMAX, 0, LOWRANK_NONE, false },
+    { "wanda 2:4", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false },
+    { "wanda 50%", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false },
+    { "wanda 2:4 + group absmax-4", PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 128, LOWRANK_NONE, false },
+    { "wanda 2:4 + slim-quant-4", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false },
+    { "wanda 2:4 + slim-quant + naive-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false },
+    { "wanda 2:4 + slim-quant + slim-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false },
+    { "wanda 2:4 + slim-quant + slim-lora^Q", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true },
+    { "sparsegpt 2:4", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false },
+    { "sparsegpt 50% + optq-4", PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, 0, LOWRANK_NONE, false },
+};
+
+int main(int argc, char **argv)
+{
+    int layers = 12, S = 8, T = 512;
+    const char *dir = "/tmp/slim-bench-opt125m", *only = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--nsamples")) S = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seqlen")) T = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--only")) only = argv[i + 1];
+    }
+    struct slm_err err = SLM_ERR_INIT;
+    struct kbackend *kb;
+    struct model *m = NULL;
+    if (kbackend_open(&kb, "cpu", &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    fprintf(stderr, "cpu: %s\n", kbackend_cpu_info());
+    char cfg[600];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (access(cfg, R_OK) && make_opt125m(dir, layers, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    int32_t *ids = malloc(sizeof *ids * (size_t)S * T);
+    if (!ids) return 1;
+    for (int i = 0; i < S * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % 50272);
+
+    /* dense forward over the calibration tokens, same run */
+    if (model_open(&m, dir, kb, 0, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    double t0 = now_s();
+    for (int s = 0; s < S; s++)
+        if (model_forward(m, ids + (size_t)s * T, 1, T, NULL, NULL, NULL, NULL, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    double t_fwd = now_s() - t0;
+    layers = m->cfg.n_layers;
+    model_free(m);
+    m = NULL;
+    printf("compress-bench (cpu, OPT-125M-shaped, %d layers, %d x %d calibration tokens)\n", layers, S, T);
+    printf("  %-40s %9.2f s\n", "dense forward over the calibration set", t_fwd);
+    for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
+        const struct bcfg *c = &cfgs[k];
+        if (only && !strstr(c->name, only)) continue;
+        struct compress_opts o = COMPRESS_OPTS_INIT;
+        o.prune.method = c->pm;
+        o.prune.n = c->n;
+        o.prune.m = c->m;
+        o.prune.sparsity = 0.5;
+        o.quant.method = c->qm;
+        o.quant.group_size = c->group;
+        if (c->qm == QUANT_OPTQ) o.prune.optq_bits = 4;
+        o.lowrank.method = c->lm;
+        o.lowrank.quantize = c->qlora;
+        o.shift_zero_metrics = true;
+        if (model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+        t0 = now_s();
+        int rc = compress_model(m, ids, S, T, &o, NULL, &err);
+        double dt = now_s() - t0;
+        model_free(m);
+        m = NULL;
+        if (rc) { printf("  %-40s failed: %s\n", c->name, err.msg); slm_err_clear(&err); continue; }
+        printf("  %-40s %9.2f s  (%.1fx the forward pass)\n", c->name, dt, dt / t_fwd);
+        fflush(stdout);
+    }
+    free(ids);
+    kbackend_free(kb);
+    return 0;
+}

@@ -1,0 +1,128 @@
+/* tests/unit/core/lowrank.c: adapters are optimal for the (scaled) error: the residual equals the
+** Eckart-Young bound computed with a double-precision SVD; rank rounding; adapter quantization. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/lowrank.h"
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static double urand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
+
+static struct kbackend *kb;
+static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, "cpu", &e); }
+static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
+
+static void test_core_lowrank__rank_rounding(void **state)
+{
+    (void)state;
+    struct lowrank_opts o = LOWRANK_OPTS_INIT;
+    assert_int_equal(lowrank_rank(768, 768, &o), 128);      /* OPT-125M: floor(76.8) padded to 128 */
+    assert_int_equal(lowrank_rank(4096, 11008, &o), 512);
+    assert_int_equal(lowrank_rank(2560, 10240, &o), 256);
+    o.pad = false;
+    assert_int_equal(lowrank_rank(768, 3072, &o), 76);
+    assert_int_equal(lowrank_rank(64, 172, &o), 6);
+    assert_int_equal(lowrank_rank(32, 64, &o), 3);
+    o.quantize = true;                                       /* quantized adapters pad too */
+    assert_int_equal(lowrank_rank(768, 3072, &o), 128);
+    assert_int_equal(lowrank_rank(64, 172, &o), 64);         /* never above min(d_out, d_in) */
+}
+
+/* sum of squared singular values of A [m x n] beyond the first r, in double */
+static double tail_energy(const double *A, int m, int n, int r)
+{
+    int k = m < n ? m : n;
+    double *a = malloc(sizeof *a * m * n), *s = malloc(sizeof *s * k), *sup = malloc(sizeof *sup * k);
+    memcpy(a, A, sizeof *a * m * n);
+    assert_int_equal(LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'N', 'N', m, n, a, n, s, NULL, 1, NULL, 1, sup), 0);
+    double t = 0;
+    for (int i = r; i < k; i++) t += s[i] * s[i];
+    free(a); free(s); free(sup);
+    return t;
+}
+
+static void eckart_young(bool scaled)
+{
+    enum { R = 20, C = 30, RK = 5 };
+    float E[R * C], d[C], L[C * RK], Rm[RK * R], P[R * C];
+    double Ad[R * C];
+    for (int i = 0; i < R * C; i++) E[i] = nrand();
+    for (int j = 0; j < C; j++) d[j] = (float)(0.2 + 3 * urand());
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(lowrank_fit(kb, L, Rm, E, scaled ? d : NULL, R, C, RK, false, &err), 0);
+    assert_int_equal(lowrank_product(kb, P, L, Rm, R, C, RK, false, &err), 0);
+    double res = 0;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) {
+            double dj = scaled ? d[j] : 1;
+            double diff = ((double)E[i * C + j] - P[i * C + j]) * dj;
+            res += diff * diff;
+            Ad[i * C + j] = E[i * C + j] * dj;
+        }
+    double bound = tail_energy(Ad, R, C, RK);
+    assert_true(fabs(res - bound) <= 1e-4 * bound);
+    /* the pair really is L [d_in x r] and R [r x d_out]: x L R ~= x E^T on a probe */
+    double y1 = 0, y2 = 0;
+    for (int i = 0; i < R; i++) {
+        double a = 0, b = 0;
+        for (int j = 0; j < C; j++) {
+            a += (double)P[i * C + j] * (j + 1);
+            for (int c = 0; c < RK; c++) b += (double)(j + 1) * L[j * RK + c] * Rm[c * R + i];
+        }
+        y1 += a; y2 += b;
+    }
+    assert_true(fabs(y1 - y2) < 1e-3 * (fabs(y1) + 1));
+}
+
+static void test_core_lowrank__naive_is_optimal(void **state) { (void)state; eckart_young(false); }
+static void test_core_lowrank__slim_optimal_in_scaled_norm(void **state) { (void)state; eckart_young(true); }
+
+static void test_core_lowrank__quantized_adapters_on_grid(void **state)
+{
+    (void)state;
+    enum { DO = 8, DI = 16, RK = 4 };
+    float L[DI * RK], Rm[RK * DO];
+    for (int i = 0; i < DI * RK; i++) L[i] = nrand();
+    for (int i = 0; i < RK * DO; i++) Rm[i] = nrand();
+    struct lowrank_opts o = LOWRANK_OPTS_INIT;
+    o.tile = 4;
+    o.quantize = true;
+    struct quant_params pl = { 0 }, pr = { 0 };
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(lowrank_quantize(L, Rm, DO, DI, RK, &o, &pl, &pr, &err), 0);
+    /* stored L' = L * sqrt(r) sits on its group grid: groups of 4 rows of one column */
+    assert_int_equal(pl.rows, DI / 4);
+    assert_int_equal(pl.cols, RK);
+    for (int j = 0; j < DI; j++)
+        for (int c = 0; c < RK; c++) {
+            double k = L[j * RK + c] * 2.0 / pl.scale[(j / 4) * RK + c] * 7;
+            assert_true(fabs(k - nearbyint(k)) < 0.03);   /* bf16 storage of the grid values */
+        }
+    assert_int_equal(pr.rows, RK / 4);
+    assert_int_equal(pr.cols, DO);
+    quant_params_free(&pl);
+    quant_params_free(&pr);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_core_lowrank__rank_rounding),
+        cmocka_unit_test(test_core_lowrank__naive_is_optimal),
+        cmocka_unit_test(test_core_lowrank__slim_optimal_in_scaled_norm),
+        cmocka_unit_test(test_core_lowrank__quantized_adapters_on_grid),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

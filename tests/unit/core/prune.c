@@ -1,0 +1,292 @@
+/* tests/unit/core/prune.c: magnitude, Wanda and SparseGPT against straightforward double-precision
+** formulations: exact N:M patterns, exact sparsity, the OBS updates of a plain reference loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/prune.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static double urand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
+
+static struct kbackend *kb;
+static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, "cpu", &e); }
+static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
+
+static void test_core_prune__magnitude_2of4_keeps_largest(void **state)
+{
+    (void)state;
+    enum { R = 8, C = 32 };
+    float w[R * C], o[R * C];
+    uint8_t mask[R * C];
+    for (int i = 0; i < R * C; i++) o[i] = w[i] = nrand();
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.method = PRUNE_MAGNITUDE;
+    po.n = 2; po.m = 4;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(prune_weight(kb, w, NULL, R, C, &po, mask, &err), 0);
+    for (int r = 0; r < R; r++)
+        for (int g = 0; g < C; g += 4) {
+            int pruned = 0;
+            for (int k = 0; k < 4; k++) {
+                int i = r * C + g + k;
+                pruned += mask[i];
+                assert_true(mask[i] ? w[i] == 0 : w[i] == o[i]);
+                /* every kept entry is at least as large as every pruned one of its group */
+                for (int k2 = 0; k2 < 4; k2++)
+                    if (!mask[i] && mask[r * C + g + k2]) assert_true(fabsf(o[i]) >= fabsf(o[r * C + g + k2]));
+            }
+            assert_int_equal(pruned, 2);
+        }
+}
+
+static void test_core_prune__magnitude_unstructured_one_threshold(void **state)
+{
+    (void)state;
+    enum { R = 10, C = 30 };
+    float w[R * C], o[R * C];
+    uint8_t mask[R * C];
+    for (int i = 0; i < R * C; i++) o[i] = w[i] = nrand();
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.method = PRUNE_MAGNITUDE;
+    po.sparsity = 0.3;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(prune_weight(kb, w, NULL, R, C, &po, mask, &err), 0);
+    int n = 0;
+    float maxp = 0, mink = INFINITY;
+    for (int i = 0; i < R * C; i++) {
+        n += mask[i];
+        if (mask[i]) maxp = fmaxf(maxp, fabsf(o[i]));
+        else mink = fminf(mink, fabsf(o[i]));
+    }
+    assert_int_equal(n, 90 + 1);   /* |W| <= sorted[floor(numel*s)]: floor(300*0.3)+1 with distinct values */
+    assert_true(maxp < mink);
+}
+
+static void test_core_prune__wanda_rows_exact(void **state)
+{
+    (void)state;
+    enum { R = 6, C = 40 };
+    float w[R * C], o[R * C], s[C];
+    uint8_t mask[R * C];
+    for (int i = 0; i < R * C; i++) o[i] = w[i] = nrand();
+    for (int j = 0; j < C; j++) s[j] = (float)(urand() * 4);
+    s[3] = 0;
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.sparsity = 0.55;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), 0);
+    for (int r = 0; r < R; r++) {
+        int n = 0;
+        double maxp = 0, mink = INFINITY;
+        for (int c = 0; c < C; c++) {
+            double m = fabs(o[r * C + c]) * sqrt(s[c]);
+            n += mask[r * C + c];
+            if (mask[r * C + c]) maxp = fmax(maxp, m); else mink = fmin(mink, m);
+        }
+        assert_int_equal(n, 22);           /* floor(40 * 0.55) in every row */
+        assert_true(maxp <= mink);
+        assert_int_equal(mask[r * C + 3], 1);   /* zero activation energy: metric 0 */
+    }
+    /* 4:8 is a pattern too */
+    memcpy(w, o, sizeof w);
+    po.n = 4; po.m = 8; po.sparsity = 0.5;
+    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), 0);
+    for (int r = 0; r < R; r++)
+        for (int g = 0; g < C; g += 8) {
+            int n = 0;
+            for (int k = 0; k < 8; k++) n += mask[r * C + g + k];
+            assert_int_equal(n, 4);
+        }
+    po.m = 16; po.n = 8;   /* 40 columns are not groups of 16 */
+    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), -SLM_ESHAPE);
+}
+
+static void test_core_prune__shift_zero_metrics(void **state)
+{
+    (void)state;
+    float s[4] = { 0, 0.25f, 3, 0 };
+    prune_shift_scaler(s, 4);
+    assert_true(s[0] == 0.25f && s[1] == 0.5f && s[2] == 3.25f && s[3] == 0.25f);
+    float t[2] = { 0, 0 };
+    prune_shift_scaler(t, 2);   /* all zero: the replaced minimum is 1 */
+    assert_true(t[0] == 1 && t[1] == 1);
+}
+
+/* ---- SparseGPT reference in double precision (§2.3 written out) ---- */
+
+static void ref_sparsegpt(double *W, const double *H0, int R, int C, double p, int n, int m, int B, int bits)
+{
+    double *H = malloc(sizeof *H * C * C), *U = calloc((size_t)C * C, sizeof *U), *Hi = calloc((size_t)C * C, sizeof *Hi);
+    memcpy(H, H0, sizeof *H * C * C);
+    double mean = 0, step = 0;
+    if (bits) {
+        double amax = 0;
+        for (int i = 0; i < R * C; i++) amax = fmax(amax, fabs(W[i]));
+        step = 2 * amax / ((1 << bits) - 1);
+    }
+    for (int j = 0; j < C; j++) mean += H[j * C + j];
+    for (int j = 0; j < C; j++) H[j * C + j] += 0.01 * mean / C;
+    /* H^-1 by Gauss-Jordan, then its upper Cholesky factor U (H^-1 = U^T U) */
+    double *A = malloc(sizeof *A * C * 2 * C);
+    for (int i = 0; i < C; i++) for (int j = 0; j < 2 * C; j++) A[i * 2 * C + j] = j < C ? H[i * C + j] : (j - C == i);
+    for (int c = 0; c < C; c++) {
+        double d = A[c * 2 * C + c];
+        for (int j = 0; j < 2 * C; j++) A[c * 2 * C + j] /= d;
+        for (int i = 0; i < C; i++) if (i != c) {
+            double f = A[i * 2 * C + c];
+            for (int j = 0; j < 2 * C; j++) A[i * 2 * C + j] -= f * A[c * 2 * C + j];
+        }
+    }
+    for (int i = 0; i < C; i++) for (int j = 0; j < C; j++) Hi[i * C + j] = A[i * 2 * C + C + j];
+    for (int i = 0; i < C; i++)
+        for (int j = i; j < C; j++) {
+            double s = Hi[i * C + j];
+            for (int k = 0; k < i; k++) s -= U[k * C + i] * U[k * C + j];
+            U[i * C + j] = i == j ? sqrt(s) : s / U[i * C + i];
+        }
+    /* column by column with immediate updates (blocking only changes rounding, except the
+    ** unstructured threshold, which is per block) */
+    unsigned char *mk = calloc((size_t)R * C, 1);
+    for (int i1 = 0; i1 < C; i1 += B) {
+        int i2 = i1 + B < C ? i1 + B : C;
+        if (!n && p > 0) {
+            int cnt = (i2 - i1) * R;
+            double *T = malloc(sizeof *T * cnt), *S = malloc(sizeof *S * cnt);
+            for (int r = 0; r < R; r++) for (int c = i1; c < i2; c++) T[r * (i2 - i1) + c - i1] = S[r * (i2 - i1) + c - i1] = W[r * C + c] * W[r * C + c] / (U[c * C + c] * U[c * C + c]);
+            for (int a = 0; a < cnt; a++) for (int b = a + 1; b < cnt; b++) if (S[b] < S[a]) { double t = S[a]; S[a] = S[b]; S[b] = t; }
+            double thr = S[(int)floor(cnt * p)];
+            for (int r = 0; r < R; r++) for (int c = i1; c < i2; c++) mk[r * C + c] = T[r * (i2 - i1) + c - i1] <= thr;
+            free(T); free(S);
+        }
+        for (int c = i1; c < i2; c++) {
+            if (n && (c - i1) % m == 0)
+                for (int r = 0; r < R; r++) {
+                    for (int k = 0; k < m - n; k++) {   /* drop m-n smallest, lower index first on ties */
+                        int best = -1;
+                        double bv = INFINITY;
+                        for (int j = c; j < c + m; j++) {
+                            double t = W[r * C + j] * W[r * C + j] / (U[j * C + j] * U[j * C + j]);
+                            if (!mk[r * C + j] && t < bv) { bv = t; best = j; }
+                        }
+                        mk[r * C + best] = 1;
+                    }
+                }
+            for (int r = 0; r < R; r++) {
+                double w = W[r * C + c], q = mk[r * C + c] ? 0 : w;
+                if (bits && q != 0) {
+                    double k = nearbyint(q / step) + 8;
+                    k = k < 0 ? 0 : k > 15 ? 15 : k;
+                    q = step * (k - 8);
+                }
+                double e = (w - q) / U[c * C + c];
+                W[r * C + c] = q;
+                for (int j = c + 1; j < C; j++) W[r * C + j] -= e * U[c * C + j];
+            }
+        }
+    }
+    free(mk); free(A); free(H); free(U); free(Hi);
+}
+
+static void sparsegpt_case(int n, int m, double p, int bits)
+{
+    enum { R = 12, C = 32, T = 64 };
+    float *X = malloc(sizeof *X * T * C), *w = malloc(sizeof *w * R * C), *H = malloc(sizeof *H * C * C);
+    double *Wd = malloc(sizeof *Wd * R * C), *Hd = malloc(sizeof *Hd * C * C);
+    uint8_t *mask = malloc(R * C);
+    for (int i = 0; i < T * C; i++) X[i] = nrand();
+    for (int i = 0; i < R * C; i++) Wd[i] = w[i] = nrand();
+    for (int a = 0; a < C; a++)
+        for (int b = 0; b < C; b++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += (double)X[t * C + a] * X[t * C + b];
+            Hd[a * C + b] = 2 * s / T;
+            H[a * C + b] = (float)Hd[a * C + b];
+        }
+    for (int a = 0; a < C; a++) for (int b = 0; b < C; b++) Hd[a * C + b] = H[a * C + b];
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.method = PRUNE_SPARSEGPT;
+    po.n = n; po.m = m; po.sparsity = p;
+    po.blocksize = 16;
+    po.optq_bits = bits;
+    struct slm_err err = SLM_ERR_INIT;
+    int8_t codes[R * C];
+    struct quant_params qp = { 0 };
+    assert_int_equal(prune_sparsegpt(kb, w, H, R, C, &po, mask, bits ? codes : NULL, bits ? &qp : NULL, &err), 0);
+    ref_sparsegpt(Wd, Hd, R, C, p, n ? m - n : 0, m, 16, bits);
+    int npruned = 0;
+    double num = 0, den = 0;
+    for (int i = 0; i < R * C; i++) {
+        npruned += mask[i];
+        if (!bits) assert_int_equal(mask[i], Wd[i] == 0);   /* quantization may also round a kept weight to 0 */
+        else if (mask[i]) assert_true(Wd[i] == 0);
+        if (!n && p == 0) assert_int_equal(mask[i], 0);
+        if (mask[i]) assert_true(w[i] == 0);
+        num += (w[i] - Wd[i]) * (w[i] - Wd[i]);
+        den += Wd[i] * Wd[i];
+        if (bits) assert_true(w[i] == qp.scale[0] * codes[i]);
+    }
+    assert_true(sqrt(num / den) < 1e-4);
+    if (n) {
+        assert_int_equal(npruned, R * C * (m - n) / m);
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < C; g += m) {
+                int k = 0;
+                for (int j = 0; j < m; j++) k += mask[r * C + g + j];
+                assert_int_equal(k, m - n);
+            }
+    } else if (p > 0) {
+        assert_true(npruned >= (int)(R * C * p) && npruned <= (int)(R * C * p) + 2);
+    }
+    quant_params_free(&qp);
+    free(X); free(w); free(H); free(Wd); free(Hd); free(mask);
+}
+
+static void test_core_prune__sparsegpt_2of4_matches_reference(void **state) { (void)state; sparsegpt_case(2, 4, 0.5, 0); }
+static void test_core_prune__sparsegpt_unstructured_matches_reference(void **state) { (void)state; sparsegpt_case(0, 0, 0.5, 0); }
+static void test_core_prune__sparsegpt_optq_joint_on_grid(void **state) { (void)state; sparsegpt_case(2, 4, 0.5, 4); }
+static void test_core_prune__optq_alone(void **state) { (void)state; sparsegpt_case(0, 0, 0.0, 4); }
+
+static void test_core_prune__sparsegpt_dense_is_identity(void **state)
+{
+    (void)state;
+    enum { R = 4, C = 8 };
+    float w[R * C], o[R * C], H[C * C];
+    for (int i = 0; i < R * C; i++) o[i] = w[i] = nrand();
+    for (int i = 0; i < C * C; i++) H[i] = (i % (C + 1) == 0) ? 2.0f : 0.1f;
+    H[2 * C + 2] = 0;   /* a dead input: its column is zeroed */
+    for (int j = 0; j < C; j++) H[2 * C + j] = H[j * C + 2] = 0;
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.method = PRUNE_SPARSEGPT;
+    po.sparsity = 0;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(prune_sparsegpt(kb, w, H, R, C, &po, NULL, NULL, NULL, &err), 0);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) assert_true(c == 2 ? w[r * C + c] == 0 : w[r * C + c] == o[r * C + c]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_core_prune__magnitude_2of4_keeps_largest),
+        cmocka_unit_test(test_core_prune__magnitude_unstructured_one_threshold),
+        cmocka_unit_test(test_core_prune__wanda_rows_exact),
+        cmocka_unit_test(test_core_prune__shift_zero_metrics),
+        cmocka_unit_test(test_core_prune__sparsegpt_2of4_matches_reference),
+        cmocka_unit_test(test_core_prune__sparsegpt_unstructured_matches_reference),
+        cmocka_unit_test(test_core_prune__sparsegpt_optq_joint_on_grid),
+        cmocka_unit_test(test_core_prune__optq_alone),
+        cmocka_unit_test(test_core_prune__sparsegpt_dense_is_identity),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
