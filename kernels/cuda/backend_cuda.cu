@@ -243,8 +243,6 @@ static int open_ctx(struct cu_ctx *c, int device, struct slm_err *err)
     if (tf32 && strcmp(tf32, "1") == 0) mode = CUBLAS_TF32_TENSOR_OP_MATH;
     else if (ped && strcmp(ped, "1") == 0) mode = CUBLAS_PEDANTIC_MATH;
     CUBLAS_TRY(cublasSetMathMode(c->blas, mode));
-    const char *aw = getenv("SLIM_CUDA_ATTN_WARPS");
-    c->attn_warps = aw && strcmp(aw, "4") == 0 ? 4 : 8;
     CUSOLVER_TRY(cusolverDnCreate(&c->solver));
     CUSOLVER_TRY(cusolverDnSetStream(c->solver, c->stream));
     CU_TRY(cudaMalloc((void **)&c->d_info, sizeof(int)));

@@ -39,7 +39,6 @@ struct cu_ctx {
     struct cu_pool pool;
     int *d_info;         /* cuSOLVER info word */
     int max_smem_optin;  /* bytes of dynamic shared memory a block may opt into */
-    int attn_warps;      /* warps per attention block: 8 (default) or 4 */
 };
 
 static inline struct cu_ctx *cu_ctx(struct kbackend *kb) { return (struct cu_ctx *)kb->ctx; }

@@ -365,17 +365,6 @@ static void test_kernels_cuda__attention_matches_cpu(void **state)
     attn_case(p, 1, 70, 2, 2, 256, 1);   /* wide heads and ... */
     attn_case(p, 2, 100, 3, 1, 30, 0);   /* ... head dims not a multiple of 4 take the scalar kernel */
     attn_case(p, 1, 2048, 2, 2, 64, 0);  /* OPT's head dim at the evaluation length */
-    /* the 4-warp block variant */
-    struct pair p4 = { p->cpu, NULL };
-    struct slm_err err = SLM_ERR_INIT;
-    setenv("SLIM_CUDA_ATTN_WARPS", "4", 1);
-    int rc = kbackend_open(&p4.gpu, "cuda", &err);
-    unsetenv("SLIM_CUDA_ATTN_WARPS");
-    assert_int_equal(rc, 0);
-    attn_case(&p4, 2, 300, 4, 2, 64, 0);
-    attn_case(&p4, 1, 257, 6, 6, 80, 1);
-    attn_case(&p4, 1, 1000, 8, 1, 128, 0);
-    kbackend_free(p4.gpu);
 }
 
 /* ---- cross-entropy ---- */
