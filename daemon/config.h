@@ -23,11 +23,11 @@ struct slimd_config {
     int workers;                /* 0 = one per GPU, else one CPU worker */
     char *device;               /* auto | cpu | cuda */
     int max_attempts;
+    int retry_backoff_ms;       /* first retry delay; doubles per attempt */
     int64_t max_body_bytes;
     int connection_limit;
     int per_ip_connection_limit;
     int connection_timeout_s;
-    int http_threads;
     char *api_tokens_file;      /* lines "SCOPE SHA256HEX"; empty = no auth */
     char *hub_endpoint;
     char *hub_token;            /* sensitive */
@@ -39,6 +39,7 @@ struct slimd_config {
     int64_t max_download_bytes;
     int cancel_grace_ms;
     int drain_timeout_s;
+    int job_timeout_s;          /* wall clock of one attempt; then stopped and failed */
     int queue_limit;            /* queued jobs before 503 */
     char *log_level;
 };

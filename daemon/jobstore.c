@@ -61,14 +61,14 @@ static const char *const stmt_sql[S_NSTMT] = {
     [S_SEQ] = "SELECT seq FROM jobs WHERE id = ?1",
     [S_CLAIM] = "UPDATE jobs SET state = 'running', worker = ?1, attempts = attempts + 1, started_at = ?2, "
                 "updated_at = ?2, stage = NULL, progress = 0 "
-                "WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1) "
+                "WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' AND wake_at <= ?2 ORDER BY seq LIMIT 1) "
                 "RETURNING id, attempts, spec, seq",
     [S_PROGRESS] = "UPDATE jobs SET stage = ?2, progress = ?3, updated_at = ?4 WHERE seq = ?1 AND state = 'running'",
     [S_EVENT_ADD] = "INSERT INTO events (job_seq, n, at, kind, stage, progress, message) VALUES (?1, " NEXT_N ", ?2, ?3, ?4, ?5, ?6)",
     [S_FINISH] = "UPDATE jobs SET state = ?3, error_rc = ?4, error_msg = ?5, metrics = ?6, finished_at = ?7, "
                  "updated_at = ?7, progress = CASE WHEN ?3 = 'succeeded' THEN 1 ELSE progress END "
                  "WHERE seq = ?1 AND state = 'running' AND attempts = ?2",
-    [S_REQUEUE] = "UPDATE jobs SET state = 'queued', worker = NULL, stage = NULL, progress = 0, updated_at = ?4, "
+    [S_REQUEUE] = "UPDATE jobs SET state = 'queued', worker = NULL, stage = NULL, progress = 0, updated_at = ?4, wake_at = ?7, "
                   "attempts = attempts - ?3, error_rc = ?5, error_msg = ?6 "
                   "WHERE seq = ?1 AND state = 'running' AND attempts = ?2 AND (?3 = 1 OR attempts < max_attempts)",
     [S_REQUEUE_FAIL] = "UPDATE jobs SET state = 'failed', error_rc = ?3, error_msg = ?4, finished_at = ?5, updated_at = ?5 "
@@ -104,7 +104,8 @@ struct jobstore {
     struct sub_req *gc_queue;
     bool gc_leader;
     int max_attempts;
-    int64_t nqueued, queue_limit;   /* queued rows, kept in step with every transition */
+    int64_t nqueued, queue_limit;
+    int64_t retry_backoff_ms;   /* queued rows, kept in step with every transition */
     sqlite3_stmt *st[S_NSTMT];
 };
 
@@ -260,6 +261,7 @@ int jobstore_open(struct jobstore **out, const char *path, int max_attempts, str
         (rc = migrate(js, err)) || (rc = pragma_int(&js->nqueued, js, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", err)))
         goto done;
     js->queue_limit = INT64_MAX;
+    js->retry_backoff_ms = 0;
     if (strcmp(path, ":memory:") && (js->path = strdup(path)) && pthread_key_create(&js->key, reader_release_thread) == 0)
         js->readers_on = true;
     *out = js;
@@ -710,6 +712,8 @@ int jobstore_requeue(bool *requeued, struct jobstore *js, const char *id, int at
     sqlite3_bind_int64(s, 4, now_ms);
     if (!refund) sqlite3_bind_int(s, 5, code);
     if (!refund && msg) sqlite3_bind_text(s, 6, msg, -1, SQLITE_STATIC);
+    /* retry backoff: base * 2^(attempt-1), at most 64 * base; a refunded attempt is due at once */
+    sqlite3_bind_int64(s, 7, refund ? now_ms : now_ms + (js->retry_backoff_ms << (attempt > 7 ? 6 : attempt - 1)));
     if ((rc = step_done(js, s, err))) goto end;
     *requeued = sqlite3_changes(js->db) == 1;
     if (!*requeued) { /* attempts exhausted (or a stale attempt: then nothing changes) */
@@ -866,5 +870,12 @@ void jobstore_set_queue_limit(struct jobstore *js, int64_t limit)
 {
     pthread_mutex_lock(&js->mu);
     js->queue_limit = limit > 0 ? limit : INT64_MAX;
+    pthread_mutex_unlock(&js->mu);
+}
+
+void jobstore_set_retry_backoff(struct jobstore *js, int64_t base_ms)
+{
+    pthread_mutex_lock(&js->mu);
+    js->retry_backoff_ms = base_ms > 0 ? base_ms : 0;
     pthread_mutex_unlock(&js->mu);
 }

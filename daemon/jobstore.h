@@ -97,6 +97,10 @@ int jobstore_delete(struct jobstore *js, const char *id, struct slm_err *err);
 /* Submissions beyond limit queued jobs get SLM_EBUSY (<= 0: no limit). */
 void jobstore_set_queue_limit(struct jobstore *js, int64_t limit);
 
+/* A job requeued after a failed attempt becomes claimable base_ms * 2^(attempt-1) later (capped at
+** 64 * base_ms); 0 (the default) = at once. */
+void jobstore_set_retry_backoff(struct jobstore *js, int64_t base_ms);
+
 /* Number of jobs per state (counts[JOB_NSTATES]). */
 int jobstore_counts(int64_t counts[JOB_NSTATES], struct jobstore *js, struct slm_err *err);
 

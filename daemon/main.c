@@ -98,6 +98,7 @@ int main(int argc, char **argv)
         goto done;
     }
     jobstore_set_queue_limit(js, cfg.queue_limit);
+    jobstore_set_retry_backoff(js, cfg.retry_backoff_ms);
     ctx->js = js;
     int n;
     if (jobstore_recover(&n, js, (int64_t)time(NULL) * 1000, &err)) { slog(LOG_WARNING, "%s", err.msg); goto done; }

@@ -27,6 +27,7 @@ struct slot {
     struct job_claim job;
     int64_t started_ms, cancel_sent_ms;
     bool killed_for_drain;
+    bool timed_out;            /* stopped for exceeding job-timeout-s */
     char *buf;                 /* partial line */
     size_t len, cap;
     json_t *done;              /* the {"t":"done"} line */
@@ -144,6 +145,7 @@ static int spawn(struct supervisor *s, struct slot *sl, struct slm_err *err)
     sl->started_ms = now_ms();
     sl->cancel_sent_ms = 0;
     sl->killed_for_drain = false;
+    sl->timed_out = false;
     sl->len = 0;
     slog(LOG_NOTICE, "job %s: attempt %d started in pid %d on %s", sl->job.id, sl->job.attempt, (int)pid, sl->device);
     return 0;
@@ -219,6 +221,9 @@ static void finish(struct supervisor *s, struct slot *sl, int status)
     char why[160];
     if (sl->killed_for_drain && code != 0) {
         rc = jobstore_requeue(&requeued, s->ctx->js, id, sl->job.attempt, true, 0, "slimd is shutting down", t, &err);
+    } else if (sl->timed_out && code != 0) {
+        snprintf(why, sizeof why, "job exceeded job-timeout-s (%d s)", s->ctx->cfg->job_timeout_s);
+        rc = jobstore_finish(s->ctx->js, id, sl->job.attempt, JOB_FAILED, SLM_ETOOLATE, why, NULL, t, &err);
     } else if (code == 0) {
         char *m = json_dumps(json_object_get(sl->done, "metrics"), JSON_COMPACT);
         rc = jobstore_finish(s->ctx->js, id, sl->job.attempt, JOB_SUCCEEDED, 0, NULL, m, t, &err);
@@ -264,7 +269,9 @@ static void check_cancels(struct supervisor *s, int64_t t)
         if (!sl->cancel_sent_ms) {
             bool want = false;
             struct slm_err err = SLM_ERR_INIT;
-            if (jobstore_cancel_requested(&want, s->ctx->js, sl->job.id, &err) == 0 && want) {
+            if (t - sl->started_ms > (int64_t)s->ctx->cfg->job_timeout_s * 1000) sl->timed_out = want = true;
+            else if (jobstore_cancel_requested(&want, s->ctx->js, sl->job.id, &err)) want = false;
+            if (want) {
                 kill(sl->pid, SIGUSR1);
                 sl->cancel_sent_ms = t;
                 slog(LOG_NOTICE, "job %s: cancel sent to pid %d", sl->job.id, (int)sl->pid);

@@ -13,6 +13,7 @@ CREATE TABLE jobs (
     max_attempts     INTEGER NOT NULL DEFAULT 3,
     recoveries       INTEGER NOT NULL DEFAULT 0, -- requeued because the daemon itself died
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    wake_at          INTEGER NOT NULL DEFAULT 0, -- unix ms; a queued job is claimable from then (retry backoff)
     worker           TEXT,                      -- boot id + slot of the claiming process
     created_at       INTEGER NOT NULL,          -- unix ms
     updated_at       INTEGER NOT NULL,

@@ -175,6 +175,10 @@ def test_integration_api__hub_faults():
         ranges = [r for _, p, r, _ in hub.log if p.startswith('/truncate/') and p.endswith('model.safetensors')]
         assert ranges[0] is None and ranges[1] and ranges[1] != 'bytes=0-', ranges
         assert res['err500']['state'] == 'succeeded' and res['err500']['attempts'] == 2
+        ev = d.json('GET', '/v1/jobs/%s/events' % ids['err500'])[1]['events']
+        retry = next(e['at_ms'] for e in ev if e['message'].startswith('queued for retry'))
+        second = next(e['at_ms'] for e in ev if e['message'].startswith('running (attempt 2)'))
+        assert second - retry >= 2000, (retry, second)  # retry-backoff-ms
         assert res['samehost']['state'] == 'succeeded'
         # wrong sha256: every attempt detects it, the job ends failed after 3
         assert res['badsha']['state'] == 'failed' and 'sha256 mismatch' in res['badsha']['error']['message']
@@ -208,6 +212,71 @@ def test_integration_api__cancel_running_and_queued():
     finally:
         d.cleanup()
         hub.close()
+
+
+def test_integration_api__event_stream_follows_a_running_job():
+    import http.client
+    import threading
+    hub = Hub()
+    d = Slimd('--hub-endpoint', hub.url, '--workers', '1').start()
+    try:
+        jid = d.submit(hub_spec('stall'))[1]['id']
+        c = http.client.HTTPConnection('127.0.0.1', d.port, timeout=20)
+        c.request('GET', '/v1/jobs/%s/events' % jid, headers={'Accept': 'text/event-stream'})
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader('Content-Type').startswith('text/event-stream')
+        seen = []
+
+        def read():
+            for line in r:
+                seen.append(line.decode())
+        t = threading.Thread(target=read)
+        t.start()
+        wait_for(lambda: any('downloading' in x for x in seen), 10000, 'the stream to show the download')
+        assert d.json('POST', '/v1/jobs/%s/cancel' % jid)[0] == 202
+        t.join(15)
+        assert not t.is_alive(), 'stream did not end with the job'
+        data = [x for x in seen if x.startswith('data: ')]
+        assert json.loads(data[-1][6:])['message'].startswith('cancelled'), data[-1]
+        ids = [int(x[4:]) for x in seen if x.startswith('id: ')]
+        assert ids == sorted(ids) and len(ids) == len(set(ids))
+        c.close()
+    finally:
+        d.cleanup()
+        hub.close()
+
+
+def test_integration_api__job_timeout_fails_without_retry():
+    hub = Hub()
+    d = Slimd('--hub-endpoint', hub.url, '--job-timeout-s', '1', '--cancel-grace-ms', '500').start()
+    try:
+        j = d.wait_state(d.submit(hub_spec('stall'))[1]['id'], ms=15000)
+        assert j['state'] == 'failed' and j['attempts'] == 1 and j['error']['code'] == 11, j
+        assert 'job-timeout-s' in j['error']['message']
+    finally:
+        d.cleanup()
+        hub.close()
+
+
+def test_integration_api__check_db():
+    d = Slimd().start()
+    try:
+        d.wait_state(d.submit(local_spec())[1]['id'])
+        d.stop()
+        r = subprocess.run([os.environ.get('SLIMD', 'build/daemon/slimd'), '--data-dir', d.dir, '--check-db'],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and 'integrity_check ok' in r.stdout, (r.stdout, r.stderr)
+        # a database from a newer slimd is refused, not touched
+        import sqlite3
+        db = sqlite3.connect(os.path.join(d.dir, 'slimd.db'))
+        db.execute('PRAGMA user_version = 99')
+        db.commit()
+        db.close()
+        r = subprocess.run([os.environ.get('SLIMD', 'build/daemon/slimd'), '--data-dir', d.dir, '--check-db'],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and 'newer than this slimd' in r.stderr, (r.stdout, r.stderr)
+    finally:
+        d.cleanup()
 
 
 def test_integration_api__child_crash_spends_attempts_then_fails():

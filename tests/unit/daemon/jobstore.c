@@ -64,18 +64,18 @@ static void test_daemon_jobstore__claim_counts_attempts_and_fails_after_three(vo
     submit(js, id, NULL);
     for (int a = 1; a <= 3; a++) {
         struct job_claim c;
-        assert_int_equal(jobstore_claim(&c, js, "w0", 2000, &err), 0);
+        assert_int_equal(jobstore_claim(&c, js, "w0", 2000 + 10000 * a, &err), 0);
         assert_string_equal(c.id, id);
         assert_int_equal(c.attempt, a);
         assert_int_equal(state_of(js, id), JOB_RUNNING);
         free(c.spec);
         bool requeued;
-        assert_int_equal(jobstore_requeue(&requeued, js, id, a, false, SLM_EINTERNAL, "worker exited: signal 9", 3000, &err), 0);
+        assert_int_equal(jobstore_requeue(&requeued, js, id, a, false, SLM_EINTERNAL, "worker exited: signal 9", 3000 + 10000 * a, &err), 0);
         assert_int_equal(requeued, a < 3);
     }
     assert_int_equal(state_of(js, id), JOB_FAILED);
     struct job_claim c;
-    assert_int_equal(jobstore_claim(&c, js, "w0", 4000, &err), -SLM_ENOTFOUND);
+    assert_int_equal(jobstore_claim(&c, js, "w0", 99000, &err), -SLM_ENOTFOUND);
     json_t *j;
     assert_int_equal(jobstore_get(&j, js, id, &err), 0);
     assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "worker exited: signal 9");
@@ -230,6 +230,35 @@ static void test_daemon_jobstore__refuses_newer_schema(void **state)
     unlink(aux);
 }
 
+static void test_daemon_jobstore__retry_waits_for_backoff(void **state)
+{
+    (void)state;
+    struct jobstore *js = open_mem();
+    char id[JOBSTORE_ID_LEN + 1];
+    struct slm_err err = SLM_ERR_INIT;
+    struct job_claim c;
+    bool requeued;
+    jobstore_set_retry_backoff(js, 1000);
+    submit(js, id, NULL);
+    assert_int_equal(jobstore_claim(&c, js, "w0", 10000, &err), 0);
+    free(c.spec);
+    assert_int_equal(jobstore_requeue(&requeued, js, id, 1, false, SLM_EIO, "HTTP 500", 10000, &err), 0);
+    assert_int_equal(jobstore_claim(&c, js, "w0", 10999, &err), -SLM_ENOTFOUND);   /* 1 s after attempt 1 */
+    assert_int_equal(jobstore_claim(&c, js, "w0", 11000, &err), 0);
+    free(c.spec);
+    assert_int_equal(jobstore_requeue(&requeued, js, id, 2, false, SLM_EIO, "HTTP 500", 20000, &err), 0);
+    assert_int_equal(jobstore_claim(&c, js, "w0", 21999, &err), -SLM_ENOTFOUND);   /* 2 s after attempt 2 */
+    assert_int_equal(jobstore_claim(&c, js, "w0", 22000, &err), 0);
+    assert_int_equal(c.attempt, 3);
+    free(c.spec);
+    /* a refunded attempt (shutdown) is due at once */
+    assert_int_equal(jobstore_requeue(&requeued, js, id, 3, true, 0, "shutdown", 30000, &err), 0);
+    assert_int_equal(jobstore_claim(&c, js, "w0", 30000, &err), 0);
+    assert_int_equal(c.attempt, 3);
+    free(c.spec);
+    jobstore_close(js);
+}
+
 struct submitter { struct jobstore *js; int t; int created; };
 
 static void *submit_many(void *v)
@@ -298,6 +327,7 @@ int main(void)
         cmocka_unit_test(test_daemon_jobstore__list_pages_with_cursor_and_filter),
         cmocka_unit_test(test_daemon_jobstore__refuses_newer_schema),
         cmocka_unit_test(test_daemon_jobstore__concurrent_submits_group_commit),
+        cmocka_unit_test(test_daemon_jobstore__retry_waits_for_backoff),
     };
     return cmocka_run_group_tests_name("daemon/jobstore", tests, NULL, NULL);
 }
