@@ -26,7 +26,7 @@ static int setup(void **state)
     struct slm_err e = SLM_ERR_INIT;
     const char *d = getenv("SLIM_TEST_DATA");
     snprintf(data_dir, sizeof data_dir, "%s", d ? d : "tests/data");
-    return kbackend_open(&kb, "cpu", &e);
+    return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
