@@ -100,6 +100,68 @@ static int eval_all(struct job_state *js, struct model *m, struct tokenizer *tok
     return 0;
 }
 
+/* ---- method "slim" (core/compress.h) ---- */
+
+static int compress_progress(const struct compress_progress *p, void *payload)
+{
+    struct job_state *js = payload;
+    char msg[200];
+    if (p->layer) snprintf(msg, sizeof msg, "%s: relative error %.4g", p->layer, p->rel_error);
+    else snprintf(msg, sizeof msg, "%s block %d of %d", p->stage, p->block + 1, p->nblocks);
+    return report(js, p->fraction, p->block, p->nblocks, msg);
+}
+
+/* Calibration text: DATA_DIR/NAME.jsonl (C4's JSON lines), else what dataset_path finds. */
+static int calib_path(char *out, size_t n, const struct job_ctx *ctx, const char *name, struct slm_err *err)
+{
+    struct stat st;
+    if (!strchr(name, '/') && !strstr(name, "..")) {
+        snprintf(out, n, "%s/%s.jsonl", ctx->data_dir ? ctx->data_dir : ".", name);
+        if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) return 0;
+    }
+    return dataset_path(out, n, ctx, name, err);
+}
+
+/* Compress, save the checkpoint when an output folder is given, evaluate the compressed model. */
+static int job_compress_slim(struct job_state *js, struct model *m, struct tokenizer **tok, json_t *out, json_t *timings,
+                             json_t *ppl_after, struct slm_err *err)
+{
+    const struct job_ctx *ctx = js->ctx;
+    char path[4200];
+    json_t *fig = NULL, *mem = NULL;
+    struct compress_result cr = { 0 };
+    struct compress_opts co;
+    int rc;
+    if ((rc = compress_opts_from_spec(&co, js->spec, err))) return rc;
+    if (!*tok && (rc = tokenizer_open(tok, ctx->model_dir, err))) return rc;
+    if ((rc = calib_path(path, sizeof path, ctx, js->spec->calibration.dataset, err))) return rc;
+    js->stage = "compressing";
+    js->stage_lo = 0.25;
+    js->stage_hi = 0.8;
+    double t = now_s();
+    if ((rc = compress_run(m, js->spec, *tok, path, compress_progress, js, ctx->cancel, &cr, &fig, err))) return rc;
+    json_object_set_new(out, "compression", fig);
+    json_object_set_new(timings, "compressing", json_real(now_s() - t));
+    if (ctx->out_dir) {
+        js->stage = "saving";
+        js->stage_lo = js->stage_hi = 0.8;
+        if (report(js, 0, -1, -1, "writing the compressed checkpoint")) rc = slm_err_set(err, SLM_ECANCELLED, "cancelled");
+        t = now_s();
+        if (!rc) rc = checkpoint_save(m, &cr, &co, ctx->out_dir, js->spec->raw, fig, &mem, err);
+        if (!rc) json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
+        json_object_set_new(timings, "saving", json_real(now_s() - t));
+    }
+    compress_result_free(&cr);
+    if (rc) return rc;
+    js->stage = "evaluating";
+    js->stage_lo = 0.8;
+    js->stage_hi = 1.0;
+    t = now_s();
+    if ((rc = eval_all(js, m, *tok, ppl_after, err))) return rc;
+    json_object_set_new(timings, "evaluating", json_real(now_s() - t));
+    return 0;
+}
+
 /* ---- SliceGPT ---- */
 
 /* nsamples windows of seqlen tokens from the calibration dataset, starts drawn uniformly with a
@@ -199,68 +261,6 @@ static int run_slicegpt(struct job_state *js, struct model *m, struct tokenizer 
                                                  (json_int_t)after, "bytes_before", (json_int_t)bytes_before, "bytes_after",
                                                  (json_int_t)bytes_after, "kept_width", m->embed_width));
     json_object_set_new(out, "artifacts", json_pack("[s,s]", "model.safetensors", "config.json"));
-    return 0;
-}
-
-/* ---- method "slim" (core/compress.h) ---- */
-
-static int compress_progress(const struct compress_progress *p, void *payload)
-{
-    struct job_state *js = payload;
-    char msg[200];
-    if (p->layer) snprintf(msg, sizeof msg, "%s: relative error %.4g", p->layer, p->rel_error);
-    else snprintf(msg, sizeof msg, "%s block %d of %d", p->stage, p->block + 1, p->nblocks);
-    return report(js, p->fraction, p->block, p->nblocks, msg);
-}
-
-/* Calibration text: DATA_DIR/NAME.jsonl (C4's JSON lines), else what dataset_path finds. */
-static int calib_path(char *out, size_t n, const struct job_ctx *ctx, const char *name, struct slm_err *err)
-{
-    struct stat st;
-    if (!strchr(name, '/') && !strstr(name, "..")) {
-        snprintf(out, n, "%s/%s.jsonl", ctx->data_dir ? ctx->data_dir : ".", name);
-        if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) return 0;
-    }
-    return dataset_path(out, n, ctx, name, err);
-}
-
-/* Compress, save the checkpoint when an output folder is given, evaluate the compressed model. */
-static int job_compress_slim(struct job_state *js, struct model *m, struct tokenizer **tok, json_t *out, json_t *timings,
-                             json_t *ppl_after, struct slm_err *err)
-{
-    const struct job_ctx *ctx = js->ctx;
-    char path[4200];
-    json_t *fig = NULL, *mem = NULL;
-    struct compress_result cr = { 0 };
-    struct compress_opts co;
-    int rc;
-    if ((rc = compress_opts_from_spec(&co, js->spec, err))) return rc;
-    if (!*tok && (rc = tokenizer_open(tok, ctx->model_dir, err))) return rc;
-    if ((rc = calib_path(path, sizeof path, ctx, js->spec->calibration.dataset, err))) return rc;
-    js->stage = "compressing";
-    js->stage_lo = 0.25;
-    js->stage_hi = 0.8;
-    double t = now_s();
-    if ((rc = compress_run(m, js->spec, *tok, path, compress_progress, js, ctx->cancel, &cr, &fig, err))) return rc;
-    json_object_set_new(out, "compression", fig);
-    json_object_set_new(timings, "compressing", json_real(now_s() - t));
-    if (ctx->out_dir) {
-        js->stage = "saving";
-        js->stage_lo = js->stage_hi = 0.8;
-        if (report(js, 0, -1, -1, "writing the compressed checkpoint")) rc = slm_err_set(err, SLM_ECANCELLED, "cancelled");
-        t = now_s();
-        if (!rc) rc = checkpoint_save(m, &cr, &co, ctx->out_dir, js->spec->raw, fig, &mem, err);
-        if (!rc) json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
-        json_object_set_new(timings, "saving", json_real(now_s() - t));
-    }
-    compress_result_free(&cr);
-    if (rc) return rc;
-    js->stage = "evaluating";
-    js->stage_lo = 0.8;
-    js->stage_hi = 1.0;
-    t = now_s();
-    if ((rc = eval_all(js, m, *tok, ppl_after, err))) return rc;
-    json_object_set_new(timings, "evaluating", json_real(now_s() - t));
     return 0;
 }
 

@@ -186,6 +186,9 @@ static int cpu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int 
 ** single-threaded sgemm: one parallel region per call, because alternating OpenMP regions with
 ** OpenBLAS's own threads makes each wait on the other's spinning workers. */
 #define ATTN_CHUNK 256
+/* Below this many multiply-adds a parallel region costs more (idle workers spin, competing with
+** OpenBLAS's threads) than it saves: small models run these ops on one thread. */
+#define KCPU_PAR_MIN (1 << 24)
 
 static void attn_head(const struct kattn_args *a, int b, int h, float *S, float *inv)
 {
@@ -223,7 +226,7 @@ static int cpu_attention(struct kbackend *kb, const struct kattn_args *a, struct
         return slm_err_set(err, SLM_EINVAL, "attention: %d heads not a multiple of %d kv heads", a->H, a->Hkv);
     int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, nthr = 1;
 #ifdef _OPENMP
-    nthr = omp_get_max_threads();
+    if ((double)a->B * a->H * T * T * a->hd >= KCPU_PAR_MIN) nthr = omp_get_max_threads();
 #endif
     size_t per = (size_t)chunk * T + ATTN_CHUNK, need = per * nthr;  /* scores + row scales */
     if (c->scratch_n < need) {
@@ -251,7 +254,7 @@ static int cpu_cross_entropy(struct kbackend *kb, float *nll, const float *logit
                              int rows, int vocab, struct slm_err *err)
 {
     (void)kb; (void)err;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((double)rows * vocab >= KCPU_PAR_MIN)
     for (int r = 0; r < rows; r++) {
         const float *l = logits + (size_t)r * vocab;
         int t = targets[r];
