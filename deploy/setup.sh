@@ -11,7 +11,7 @@ pkgs=(
   build-essential pkg-config meson ninja-build git ca-certificates
   libopenblas-dev liblapacke-dev
   libjansson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libcurl4-openssl-dev
-  libcmocka-dev
+  libcmocka-dev libssl-dev
   clang
   curl wrk
 )
