@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/checkpoint.h"
 #include "core/eval.h"
 #include "core/fileio.h"
 #include "core/model.h"
@@ -122,7 +123,10 @@ static int cmd_eval(int argc, char **argv)
             tokenizer_encode(tok, buf, len, true, &ids, &n, &err))
             goto done;
     }
-    if (slim_open_backend(&kb, device, &err) || model_open(&m, dir, kb, 0, &err)) goto done;
+    /* a folder written by `slim compress` (method slim) is a checkpoint: codes, masks, adapters */
+    if (slim_open_backend(&kb, device, &err) ||
+        (checkpoint_is(dir) ? checkpoint_open(&m, dir, kb, 0, &err) : model_open(&m, dir, kb, 0, &err)))
+        goto done;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     double t0 = ts.tv_sec + ts.tv_nsec * 1e-9;
