@@ -292,16 +292,32 @@ struct sg {
     int d, N, T, nseq, batch;
     float *X;              /* host [N x d] signal in the original basis */
     float *hx;             /* host scratch [batch*T x d] */
-    double *C, *chunk;     /* [d x d], [64 x d] */
+    double *C, *chunk;     /* [d x d] (upper triangle accumulated), [64 x d] */
+    double *Cdev;          /* backend copy of C when the backend has gram_f64, else NULL */
     double *Q, *eig;       /* current basis */
     float *qf;             /* backend f32 copy of Q [d x d] */
     float *xin, *xb;       /* backend [batch*T x d], [batch*T x max width] */
 };
 
+/* C += x^T x for x backend [rows x d]; xh: the same rows on the host, or NULL. */
+static int gram_add(struct sg *s, const float *x, const float *xh, int rows, struct slm_err *err)
+{
+    struct kbackend *kb = s->m->kb;
+    if (s->Cdev) return kb->iface->gram_f64(kb, s->Cdev, x, rows, s->d, err);
+    if (!xh) {
+        int rc = kb_download(kb, s->hx, x, (size_t)rows * s->d * sizeof(float), err);
+        if (rc) return rc;
+        xh = s->hx;
+    }
+    gram_acc(s->C, xh, (size_t)rows, s->d, s->chunk);
+    return 0;
+}
+
 static int pca(struct sg *s, const char *stage, struct slm_err *err)
 {
     int d = s->d, rc;
     double *a = NULL, *w = NULL, *ah = s->C, tr = 0;
+    if (s->Cdev && (rc = kb_download(s->m->kb, ah, s->Cdev, (size_t)d * d * sizeof(double), err))) return rc;
     for (int i = 0; i < d; i++)
         for (int j = 0; j < i; j++) ah[(size_t)i * d + j] = ah[(size_t)j * d + i];
     for (int i = 0; i < d; i++) tr += ah[(size_t)i * d + i];
@@ -331,6 +347,7 @@ static int pca(struct sg *s, const char *stage, struct slm_err *err)
     if (!rc && s->o->on_pca && s->o->on_pca(stage, s->eig, d, s->o->payload))
         rc = slm_err_set(err, SLM_ECANCELLED, "SliceGPT cancelled");
     memset(s->C, 0, (size_t)d * d * sizeof(double));
+    if (!rc && s->Cdev) rc = kb_upload(s->m->kb, s->Cdev, s->C, (size_t)d * d * sizeof(double), err);
 done:
     kb_release(s->m->kb, a);
     kb_release(s->m->kb, w);
@@ -423,9 +440,7 @@ static int on_mid(int i, const float *h, int rows, int width, void *payload)
     struct sg *s = payload;
     struct slm_err e = SLM_ERR_INIT;
     (void)i;
-    if (width != s->d || kb_download(s->m->kb, s->hx, h, (size_t)rows * width * sizeof(float), &e)) return 1;
-    gram_acc(s->C, s->hx, (size_t)rows, s->d, s->chunk);
-    return 0;
+    return width != s->d || gram_add(s, h, NULL, rows, &e);
 }
 
 static bool cancelled(const struct sg *s) { return s->o->cancel && *s->o->cancel; }
@@ -447,8 +462,9 @@ static int block_pass(struct sg *s, int b, int r_in, bool mid, bool out, struct 
             (rc = model_block_forward(m, b, s->xb, nb, s->T, NULL, NULL, err)))
             break;
         if (!out) continue;
-        if ((rc = kb_download(m->kb, xh, s->xb, (size_t)rows * d * sizeof(float), err))) break;
-        gram_acc(s->C, xh, (size_t)rows, d, s->chunk);
+        if ((rc = kb_download(m->kb, xh, s->xb, (size_t)rows * d * sizeof(float), err)) ||
+            (rc = gram_add(s, s->xb, xh, rows, err)))
+            break;
     }
     m->mid_cb = NULL;
     m->mid_payload = NULL;
@@ -522,6 +538,7 @@ static void sg_free(struct sg *s)
         kb_release(s->m->kb, s->qf);
         kb_release(s->m->kb, s->xin);
         kb_release(s->m->kb, s->xb);
+        kb_release(s->m->kb, s->Cdev);
     }
     free(s->X);
     free(s->hx);
@@ -578,6 +595,10 @@ int slicegpt_run(struct model *m, const int32_t *ids, int nseq, int seqlen, cons
         goto done;
     }
     if ((rc = slicegpt_fuse(m, o->reference_compat, err))) goto done;
+    if (m->kb->iface->gram_f64 &&
+        ((rc = kb_alloc(m->kb, (void **)&s.Cdev, d * d * sizeof(double), err)) ||
+         (rc = kb_upload(m->kb, s.Cdev, s.C, d * d * sizeof(double), err))))
+        goto done;
     if ((rc = kb_alloc(m->kb, (void **)&s.xin, brows * d * sizeof(float), err)) ||
         (rc = kb_alloc(m->kb, (void **)&s.xb, brows * model_max_width(m) * sizeof(float), err)))
         goto done;
@@ -586,9 +607,9 @@ int slicegpt_run(struct model *m, const int32_t *ids, int nseq, int seqlen, cons
         int nb = nseq - s0 < s.batch ? nseq - s0 : s.batch;
         float *xh = s.X + (size_t)s0 * seqlen * d;
         if ((rc = model_embed(m, s.xb, ids + (size_t)s0 * seqlen, nb, seqlen, err)) ||
-            (rc = kb_download(m->kb, xh, s.xb, (size_t)nb * seqlen * d * sizeof(float), err)))
+            (rc = kb_download(m->kb, xh, s.xb, (size_t)nb * seqlen * d * sizeof(float), err)) ||
+            (rc = gram_add(&s, s.xb, xh, nb * seqlen, err)))
             goto done;
-        gram_acc(s.C, xh, (size_t)nb * seqlen, s.d, s.chunk);
     }
     if ((rc = pca(&s, "embed", err))) goto done;
     int r = slicegpt_width(s.d, o->sparsity, o->round_to);

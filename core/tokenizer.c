@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "fileio.h"
 #include "tokenizer_impl.h"
 
 /* The pre-tokenizer regexes we implement by hand (tokenizer_pretok.c), as tokenizer.json spells them. */
@@ -27,6 +28,7 @@ static const char LLAMA3_REGEX[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const char METASPACE[] = "\xe2\x96\x81";   /* U+2581 */
+#define MAX_MERGES_BYTES ((size_t)256 << 20)          /* GPT-2's merges.txt is 456 KB */
 
 /* ---- small helpers ---- */
 
@@ -165,7 +167,7 @@ static int parse_model(struct tokenizer *t, const json_t *model, const char *pat
             return slm_err_set(err, SLM_EFORMAT, "%s: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", path, i);
         }
         if (i > INT32_MAX) return slm_err_set(err, SLM_EFORMAT, "%s: too many merges", path);
-        if ((rc = tok_add_merge(t, a, alen, b, blen, (int32_t)i, err))) return rc;
+        if ((rc = tok_add_merge(t, a, alen, b, blen, (int32_t)i, path, err))) return rc;
     }
     t->byte_fallback = get_bool(model, "byte_fallback", false);
     t->ignore_merges = get_bool(model, "ignore_merges", false);
@@ -446,24 +448,6 @@ done:
     return rc;
 }
 
-static int read_file(char **out, size_t *len, const char *path, struct slm_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return slm_err_set(err, SLM_EIO, "%s: %s", path, strerror(errno));
-    struct tok_str b = {0};
-    char chunk[65536];
-    size_t n;
-    int rc = 0;
-    while (!rc && (n = fread(chunk, 1, sizeof chunk, f)) > 0) rc = tok_str_append(&b, chunk, n, err);
-    if (!rc && ferror(f)) rc = slm_err_set(err, SLM_EIO, "%s: read error", path);
-    fclose(f);
-    if (!rc && !b.s) rc = tok_str_append(&b, "", 0, err);
-    if (rc) { free(b.s); return rc; }
-    *out = b.s;
-    *len = b.n;
-    return 0;
-}
-
 static int open_vocab_merges(struct tokenizer *t, const char *vocab_path, const char *merges_path,
                              struct slm_err *err)
 {
@@ -483,7 +467,7 @@ static int open_vocab_merges(struct tokenizer *t, const char *vocab_path, const 
         }
         if ((rc = tok_add_token(t, key, strlen(key), (int32_t)id, err))) goto done;
     }
-    if ((rc = read_file(&text, &len, merges_path, err))) goto done;
+    if ((rc = file_read_all(merges_path, MAX_MERGES_BYTES, &text, &len, err))) goto done;
     if ((rc = tok_merges_init(&t->merges, len / 8 + 16, err))) goto done;
     int32_t rank = 0;
     size_t lineno = 0;
@@ -500,7 +484,7 @@ static int open_vocab_merges(struct tokenizer *t, const char *vocab_path, const 
                 goto done;
             }
             if ((rc = tok_add_merge(t, text + i, (size_t)(sp - (text + i)), sp + 1, (size_t)(text + end - sp - 1),
-                                    rank++, err)))
+                                    rank++, merges_path, err)))
                 goto done;
         }
         i = e + 1;

@@ -185,21 +185,22 @@ static bool byte_is_printable(unsigned b)
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 other bytes, in order, get 256 + n: 0x00-0x20 (n 0-32), 0x7F-0xA0 (n 33-66), 0xAD (n 67). */
 uint32_t tok_byte_to_cp(unsigned char b)
 {
     if (byte_is_printable(b)) return b;
-    uint32_t n = 0;   /* the others get 256, 257, ... in byte order */
-    for (unsigned i = 0; i < b; i++) n += !byte_is_printable(i);
-    return 256 + n;
+    if (b <= 0x20) return 256u + b;
+    if (b == 0xAD) return 256u + 67;
+    return 256u + 33 + (b - 0x7Fu);
 }
 
 int tok_cp_to_byte(uint32_t cp)
 {
     if (cp < 256) return byte_is_printable(cp) ? (int)cp : -1;
     uint32_t n = cp - 256;
-    for (unsigned b = 0; b < 256; b++)
-        if (!byte_is_printable(b) && n-- == 0) return (int)b;
-    return -1;
+    if (n <= 32) return (int)n;
+    if (n <= 66) return (int)(0x7F + n - 33);
+    return n == 67 ? 0xAD : -1;
 }
 
 /* ---- vocabulary ---- */
@@ -248,11 +249,11 @@ void tok_index_bytes(struct tokenizer *t)
 }
 
 int tok_add_merge(struct tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
-                  int32_t rank, struct slm_err *err)
+                  int32_t rank, const char *where, struct slm_err *err)
 {
     int32_t ia = tok_map_get(&t->vocab, a, alen), ib = tok_map_get(&t->vocab, b, blen);
     if (ia < 0 || ib < 0)
-        return slm_err_set(err, SLM_EFORMAT, "merge %d: \"%.*s\" is not in the vocabulary", rank,
+        return slm_err_set(err, SLM_EFORMAT, "%s: merge %d: \"%.*s\" is not in the vocabulary", where, rank,
                            (int)(ia < 0 ? alen : blen), ia < 0 ? a : b);
     char stackbuf[256];
     char *cat = alen + blen <= sizeof stackbuf ? stackbuf : malloc(alen + blen);
@@ -262,7 +263,7 @@ int tok_add_merge(struct tokenizer *t, const char *a, size_t alen, const char *b
     int32_t id = tok_map_get(&t->vocab, cat, alen + blen);
     int rc = 0;
     if (id < 0)
-        rc = slm_err_set(err, SLM_EFORMAT, "merge %d: \"%.*s\" is not in the vocabulary", rank,
+        rc = slm_err_set(err, SLM_EFORMAT, "%s: merge %d: \"%.*s\" is not in the vocabulary", where, rank,
                          (int)(alen + blen), cat);
     if (cat != stackbuf) free(cat);
     return rc ? rc : tok_merges_put(&t->merges, ia, ib, rank, id, err);

@@ -125,7 +125,7 @@ int tok_add_token(struct tokenizer *t, const char *s, size_t len, int32_t id, st
 void tok_index_bytes(struct tokenizer *t);
 /* Add the merge "a b" (rank = its position). Both halves and their concatenation must be tokens. */
 int tok_add_merge(struct tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
-                  int32_t rank, struct slm_err *err);
+                  int32_t rank, const char *where /* file named in errors */, struct slm_err *err);
 /* BPE over one pre-token (bytes s[0..len), already normalized), appending ids to out. */
 int tok_bpe_word(struct tokenizer *t, const char *s, size_t len, struct tok_ids *out,
                  struct slm_err *err);

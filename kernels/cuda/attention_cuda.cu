@@ -1,0 +1,291 @@
+/*
+** kernels/cuda/attention_cuda.cu: fused causal attention (flash-attention style), f32.
+** A block takes BQ = WARPS * ROWS query rows of one (sequence, head) and walks the key/value
+** sequence in tiles of 32 keys held in shared memory, keeping a running max m, running sum l and
+** the output accumulator per row (online softmax): no T x T matrix exists anywhere.
+** Inside a warp, lane j scores key j of the tile against the warp's ROWS query rows (K rows padded
+** to hd+1 floats: conflict-free), then lane d accumulates output dims d, d+32, ... with p_j
+** broadcast by shuffles. HDC = ceil(hd/32) is a template parameter so accumulators stay in
+** registers; hd <= 256. Blocks are issued last-rows-first, since late rows see the most keys.
+** Two kernels: k_attention4 (hd % 4 == 0 and hd <= 128: OPT, LLaMA, Phi) reads shared memory
+** 16 bytes at a time with 8 rows per warp; k_attention is the scalar fallback for other widths.
+** GQA: query head h reads KV head h / (H / Hkv).
+*/
+#include "cuda_common.h"
+
+#include <math.h>
+
+#define ATT_WARPS 8
+#define ATT_ROWS 4
+#define ATT_BQ (ATT_WARPS * ATT_ROWS)
+#define ATT_BK 32
+
+template <int HDC>
+__global__ static void __launch_bounds__(ATT_WARPS * 32)
+k_attention(struct kattn_args a)
+{
+    extern __shared__ float sm[];
+    const int hd = a.hd, T = a.T, kp = hd + 1;
+    float *Ks = sm;                          /* [BK][hd+1] */
+    float *Vs = Ks + ATT_BK * kp;            /* [BK][hd] */
+    float *Qs = Vs + ATT_BK * hd;            /* [BQ][hd] */
+    const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int g = a.H / a.Hkv, kvh = h / g;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q0 = qblk * ATT_BQ;
+    const float *qg = a.q + (size_t)b * T * a.q_stride + (size_t)h * hd;
+    const float *kg = a.k + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+    const float *vg = a.v + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+
+    for (int i = threadIdx.x; i < ATT_BQ * hd; i += blockDim.x) {
+        int r = i / hd, d = i % hd, t = q0 + r;
+        Qs[i] = t < T ? qg[(size_t)t * a.q_stride + d] : 0.0f;
+    }
+
+    /* the warp's rows: q0 + warp + WARPS * rr (interleaved so warps finish together) */
+    float m[ATT_ROWS], l[ATT_ROWS], acc[ATT_ROWS][HDC];
+#pragma unroll
+    for (int rr = 0; rr < ATT_ROWS; rr++) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) acc[rr][c] = 0.0f;
+    }
+    const int last_row = min(q0 + ATT_BQ, T) - 1;
+    for (int k0 = 0; k0 <= last_row; k0 += ATT_BK) {
+        __syncthreads(); /* previous tile fully consumed (and Qs written, first time) */
+        for (int i = threadIdx.x; i < ATT_BK * hd; i += blockDim.x) {
+            int j = i / hd, d = i % hd, t = k0 + j;
+            bool ok = t < T;
+            Ks[j * kp + d] = ok ? kg[(size_t)t * a.kv_stride + d] : 0.0f;
+            Vs[j * hd + d] = ok ? vg[(size_t)t * a.kv_stride + d] : 0.0f;
+        }
+        __syncthreads();
+        /* scores: lane = key j */
+        float s[ATT_ROWS];
+#pragma unroll
+        for (int rr = 0; rr < ATT_ROWS; rr++) s[rr] = 0.0f;
+        const float *kr = Ks + lane * kp;
+        for (int d = 0; d < hd; d++) {
+            float kv = kr[d];
+#pragma unroll
+            for (int rr = 0; rr < ATT_ROWS; rr++) s[rr] += Qs[(warp + ATT_WARPS * rr) * hd + d] * kv;
+        }
+        const int key = k0 + lane;
+        float p[ATT_ROWS];
+#pragma unroll
+        for (int rr = 0; rr < ATT_ROWS; rr++) {
+            int t = q0 + warp + ATT_WARPS * rr;
+            float sc = key <= t ? s[rr] * a.scale : -INFINITY;
+            float mx = sc;
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mn = fmaxf(m[rr], mx);
+            /* mn is finite once key 0 was seen, which the first tile guarantees for every row */
+            float pj = mn == -INFINITY ? 0.0f : expf(sc - mn);
+            float corr = m[rr] == -INFINITY ? 0.0f : expf(m[rr] - mn);
+            float ps = pj;
+            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l[rr] = l[rr] * corr + ps;
+            m[rr] = mn;
+#pragma unroll
+            for (int c = 0; c < HDC; c++) acc[rr][c] *= corr;
+            p[rr] = pj;
+        }
+        /* acc[d] += sum_j p_j V[j][d], lane owns d = lane + 32 c */
+        for (int j = 0; j < ATT_BK; j++) {
+            float pj[ATT_ROWS];
+#pragma unroll
+            for (int rr = 0; rr < ATT_ROWS; rr++) pj[rr] = __shfl_sync(0xffffffffu, p[rr], j);
+#pragma unroll
+            for (int c = 0; c < HDC; c++) {
+                int d = lane + 32 * c;
+                float vv = d < hd ? Vs[j * hd + d] : 0.0f;
+#pragma unroll
+                for (int rr = 0; rr < ATT_ROWS; rr++) acc[rr][c] += pj[rr] * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < ATT_ROWS; rr++) {
+        int t = q0 + warp + ATT_WARPS * rr;
+        if (t >= T) continue;
+        float inv = 1.0f / l[rr];
+        float *o = a.out + ((size_t)b * T + t) * a.out_stride + (size_t)h * hd;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) {
+            int d = lane + 32 * c;
+            if (d < hd) o[d] = acc[rr][c] * inv;
+        }
+    }
+}
+
+/* The fast variant for hd % 4 == 0: 8 rows per warp, 16-byte shared-memory reads. Scores read
+** K rows (stride hd+4: conflict-free float4 per quarter-warp) against broadcast float4 Q rows;
+** the probabilities go through shared memory so PV reads them four keys at a time. */
+#define AT4_ROWS 8
+
+template <int HDC, int WARPS>
+__global__ static void __launch_bounds__(WARPS * 32)
+k_attention4(struct kattn_args a)
+{
+    extern __shared__ float4 sm4[];
+    const int hd = a.hd, T = a.T, hd4 = hd / 4, kp4 = hd4 + 1;
+    float4 *Ks = sm4;                        /* [BK][hd/4 + 1] */
+    float *Vs = (float *)(Ks + ATT_BK * kp4); /* [BK][hd] */
+    float4 *Qs = (float4 *)(Vs + ATT_BK * hd);/* [BQ][hd/4] */
+    float *Ps = (float *)(Qs + (WARPS * AT4_ROWS) * hd4); /* [WARPS][ROWS][BK] */
+    const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (a.H / a.Hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q0 = qblk * (WARPS * AT4_ROWS);
+    const float *qg = a.q + (size_t)b * T * a.q_stride + (size_t)h * hd;
+    const float *kg = a.k + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+    const float *vg = a.v + (size_t)b * T * a.kv_stride + (size_t)kvh * hd;
+    float *Pw = Ps + warp * AT4_ROWS * ATT_BK;
+
+    float *Qf = (float *)Qs;
+    for (int i = threadIdx.x; i < (WARPS * AT4_ROWS) * hd; i += blockDim.x) {
+        int r = i / hd, d = i % hd, t = q0 + r;
+        Qf[i] = t < T ? qg[(size_t)t * a.q_stride + d] : 0.0f;
+    }
+    float m[AT4_ROWS], l[AT4_ROWS], acc[AT4_ROWS][HDC];
+#pragma unroll
+    for (int rr = 0; rr < AT4_ROWS; rr++) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) acc[rr][c] = 0.0f;
+    }
+    const int last_row = min(q0 + (WARPS * AT4_ROWS), T) - 1;
+    for (int k0 = 0; k0 <= last_row; k0 += ATT_BK) {
+        __syncthreads();
+        float *Kf = (float *)Ks;
+        for (int i = threadIdx.x; i < ATT_BK * hd; i += blockDim.x) {
+            int j = i / hd, d = i % hd, t = k0 + j;
+            bool ok = t < T;
+            Kf[j * kp4 * 4 + d] = ok ? kg[(size_t)t * a.kv_stride + d] : 0.0f;
+            Vs[j * hd + d] = ok ? vg[(size_t)t * a.kv_stride + d] : 0.0f;
+        }
+        __syncthreads();
+        float s[AT4_ROWS];
+#pragma unroll
+        for (int rr = 0; rr < AT4_ROWS; rr++) s[rr] = 0.0f;
+        const float4 *kr = Ks + lane * kp4;
+        for (int d4 = 0; d4 < hd4; d4++) {
+            float4 kv = kr[d4];
+#pragma unroll
+            for (int rr = 0; rr < AT4_ROWS; rr++) {
+                float4 qv = Qs[(warp + WARPS * rr) * hd4 + d4];
+                s[rr] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+            }
+        }
+        const int key = k0 + lane;
+#pragma unroll
+        for (int rr = 0; rr < AT4_ROWS; rr++) {
+            int t = q0 + warp + WARPS * rr;
+            float sc = key <= t ? s[rr] * a.scale : -INFINITY;
+            float mx = sc;
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mn = fmaxf(m[rr], mx);
+            float pj = mn == -INFINITY ? 0.0f : expf(sc - mn);
+            float corr = m[rr] == -INFINITY ? 0.0f : expf(m[rr] - mn);
+            float ps = pj;
+            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l[rr] = l[rr] * corr + ps;
+            m[rr] = mn;
+#pragma unroll
+            for (int c = 0; c < HDC; c++) acc[rr][c] *= corr;
+            Pw[rr * ATT_BK + lane] = pj;
+        }
+        __syncwarp();
+        for (int j4 = 0; j4 < ATT_BK / 4; j4++) {
+            float4 pv[AT4_ROWS];
+#pragma unroll
+            for (int rr = 0; rr < AT4_ROWS; rr++) pv[rr] = ((const float4 *)(Pw + rr * ATT_BK))[j4];
+#pragma unroll
+            for (int c = 0; c < HDC; c++) {
+                int d = lane + 32 * c;
+                if (d < hd) {
+                    const float *vc = Vs + (4 * j4) * hd + d;
+                    float v0 = vc[0], v1 = vc[hd], v2 = vc[2 * hd], v3 = vc[3 * hd];
+#pragma unroll
+                    for (int rr = 0; rr < AT4_ROWS; rr++)
+                        acc[rr][c] += pv[rr].x * v0 + pv[rr].y * v1 + pv[rr].z * v2 + pv[rr].w * v3;
+                }
+            }
+        }
+        __syncwarp(); /* Pw is rewritten by the next tile */
+    }
+#pragma unroll
+    for (int rr = 0; rr < AT4_ROWS; rr++) {
+        int t = q0 + warp + WARPS * rr;
+        if (t >= T) continue;
+        float inv = 1.0f / l[rr];
+        float *o = a.out + ((size_t)b * T + t) * a.out_stride + (size_t)h * hd;
+#pragma unroll
+        for (int c = 0; c < HDC; c++) {
+            int d = lane + 32 * c;
+            if (d < hd) o[d] = acc[rr][c] * inv;
+        }
+    }
+}
+
+template <int HDC, int WARPS>
+static int launch4(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
+{
+    const int bq = WARPS * AT4_ROWS;
+    size_t smem = (size_t)(ATT_BK * (a->hd + 4) + ATT_BK * a->hd + bq * a->hd + bq * ATT_BK) * sizeof(float);
+    if (smem > (size_t)c->max_smem_optin)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d needs %zu bytes of shared memory, device allows %d",
+                           a->hd, smem, c->max_smem_optin);
+    if (smem > 48 * 1024)
+        CU_TRY((cudaFuncSetAttribute(k_attention4<HDC, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)));
+    dim3 grid((a->T + bq - 1) / bq, a->H, a->B);
+    k_attention4<HDC, WARPS><<<grid, WARPS * 32, smem, c->stream>>>(*a);
+    CU_LAUNCH_TRY("attention kernel");
+    return 0;
+}
+
+template <int HDC>
+static int launch(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
+{
+    size_t smem = (size_t)(ATT_BK * (a->hd + 1) + ATT_BK * a->hd + ATT_BQ * a->hd) * sizeof(float);
+    if (smem > (size_t)c->max_smem_optin)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d needs %zu bytes of shared memory, device allows %d",
+                           a->hd, smem, c->max_smem_optin);
+    if (smem > 48 * 1024)
+        CU_TRY(cudaFuncSetAttribute(k_attention<HDC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((a->T + ATT_BQ - 1) / ATT_BQ, a->H, a->B);
+    k_attention<HDC><<<grid, ATT_WARPS * 32, smem, c->stream>>>(*a);
+    CU_LAUNCH_TRY("attention kernel");
+    return 0;
+}
+
+int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    if (a->Hkv <= 0 || a->H % a->Hkv)
+        return slm_err_set(err, SLM_EINVAL, "attention: %d heads not a multiple of %d kv heads", a->H, a->Hkv);
+    if (a->B < 0 || a->T < 0 || a->hd <= 0 || a->B > 65535 || a->H > 65535)
+        return slm_err_set(err, SLM_EINVAL, "attention: bad shape B=%d T=%d H=%d hd=%d", a->B, a->T, a->H, a->hd);
+    if (a->B == 0 || a->T == 0 || a->H == 0) return 0;
+    /* 8-warp blocks: measured on an H100 (2026-11-23) 0.79 ms per OPT-125M layer at T = 2048
+    ** against 1.01 ms with 4-warp blocks, and 2.83 against 4.03 ms for LLaMA-7B's shape */
+    if (a->hd % 4 == 0) switch ((a->hd + 31) / 32) {
+        case 1: return launch4<1, 8>(c, a, err);
+        case 2: return launch4<2, 8>(c, a, err);
+        case 3: return launch4<3, 8>(c, a, err);
+        case 4: return launch4<4, 8>(c, a, err);
+        default: break; /* wider heads: the scalar kernel */
+    }
+    switch ((a->hd + 31) / 32) {
+    case 1: return launch<1>(c, a, err);
+    case 2: return launch<2>(c, a, err);
+    case 3: return launch<3>(c, a, err);
+    case 4: return launch<4>(c, a, err);
+    case 5: case 6: return launch<6>(c, a, err);
+    case 7: case 8: return launch<8>(c, a, err);
+    default:
+        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d > 256", a->hd);
+    }
+}

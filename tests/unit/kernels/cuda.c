@@ -1,0 +1,575 @@
+/*
+** tests/unit/kernels/cuda.c: every op of the CUDA backend against the CPU backend (the reference)
+** on fresh random data. GPU outputs are poisoned with NaN before each run, so an element the
+** kernel never writes fails the comparison. Each check is ||gpu - cpu|| / ||cpu|| under the
+** tolerance #defined beside its test; factorizations compare invariants (reconstruction, the
+** eigen equation, singular values) since vectors are only defined up to sign.
+** Exits 77 (skipped) when the build has no CUDA or no device is visible.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kbackend.h"
+#include "kernels/kbackend_impl.h"
+
+struct pair {
+    struct kbackend *cpu, *gpu;
+};
+
+/* ---- helpers ---- */
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+static float frand(void) /* xorshift, uniform in [-1, 1) */
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static float *rand_vec(size_t n)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) v[i] = frand();
+    return v;
+}
+static float *nan_vec(size_t n)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) v[i] = NAN;
+    return v;
+}
+/* a device copy of host data (n floats) */
+static float *dev_f(struct kbackend *kb, const float *h, size_t n)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    void *d = NULL;
+    assert_int_equal(kb_alloc(kb, &d, (n ? n : 1) * sizeof(float), &err), 0);
+    assert_int_equal(kb_upload(kb, d, h, n * sizeof(float), &err), 0);
+    return d;
+}
+/* a device buffer of n floats filled with NaN */
+static float *dev_nan(struct kbackend *kb, size_t n)
+{
+    float *h = nan_vec(n), *d = dev_f(kb, h, n);
+    free(h);
+    return d;
+}
+static float *host_of(struct kbackend *kb, const float *d, size_t n)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(h);
+    assert_int_equal(kb_download(kb, h, d, n * sizeof(float), &err), 0);
+    return h;
+}
+static double rel_err(const float *out, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(out[i]) || isnan(ref[i])) return INFINITY;
+        double d = (double)out[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+/* SLIM_TEST_VERBOSE=1 prints every measured error, not only failing ones */
+static void report(const char *what, double e, double tol)
+{
+    static int verbose = -1;
+    if (verbose < 0) verbose = getenv("SLIM_TEST_VERBOSE") != NULL;
+    if (verbose || !(e <= tol)) print_message("  %-40s rel err %.3g (tol %.3g)\n", what, e, tol);
+}
+/* compare a device result of n floats with the CPU one; prints the error when it fails */
+static void expect_close(struct kbackend *gpu, const float *d_out, const float *cpu_out, size_t n, double tol,
+                         const char *what)
+{
+    float *g = host_of(gpu, d_out, n);
+    double e = rel_err(g, cpu_out, n);
+    report(what, e, tol);
+    assert_true(e <= tol);
+    free(g);
+}
+
+static int setup(void **state)
+{
+    static struct pair p;
+    struct slm_err err = SLM_ERR_INIT;
+    if (kbackend_open(&p.cpu, "cpu", &err)) return -1;
+    if (kbackend_open(&p.gpu, "cuda", &err)) {
+        print_error("cuda backend: %s\n", err.msg);
+        return -1;
+    }
+    *state = &p;
+    return 0;
+}
+static int teardown(void **state)
+{
+    struct pair *p = *state;
+    kbackend_free(p->gpu);
+    kbackend_free(p->cpu);
+    return 0;
+}
+
+/* ---- memory ---- */
+static void test_kernels_cuda__memory_pool_and_oom(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    void *a = NULL, *b = NULL;
+    assert_int_equal(kb_alloc(p->gpu, &a, 1000, &err), 0);
+    kb_release(p->gpu, a);
+    assert_int_equal(kb_alloc(p->gpu, &b, 1000, &err), 0); /* same bucket: reused */
+    assert_ptr_equal(a, b);
+    float h[3] = { 1, 2, 3 }, back[3] = { 0 };
+    void *c = NULL;
+    assert_int_equal(kb_alloc(p->gpu, &c, sizeof h, &err), 0);
+    assert_int_equal(kb_upload(p->gpu, b, h, sizeof h, &err), 0);
+    assert_int_equal(p->gpu->iface->copy(p->gpu, c, b, sizeof h, &err), 0);
+    assert_int_equal(kb_download(p->gpu, back, c, sizeof h, &err), 0);
+    assert_memory_equal(h, back, sizeof h);
+    kb_release(p->gpu, b);
+    kb_release(p->gpu, c);
+    void *huge = NULL;
+    size_t n = (size_t)1 << 50; /* 1 PiB */
+    assert_int_equal(kb_alloc(p->gpu, &huge, n, &err), -SLM_ENOMEM);
+    char want[64];
+    snprintf(want, sizeof want, "%zu bytes", n);
+    assert_non_null(strstr(err.msg, want));
+}
+
+/* ---- GEMM ---- */
+#define TOL_GEMM 1e-5
+static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, int tb, int pad, float beta,
+                      int share_b)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    int64_t sa = (int64_t)(ta ? k : m) * lda, sb = share_b ? 0 : (int64_t)(tb ? n : k) * ldb, sc = (int64_t)m * ldc;
+    size_t na = (size_t)sa * batch, nb = share_b ? (size_t)(tb ? n : k) * ldb : (size_t)sb * batch,
+           nc = (size_t)sc * batch;
+    float *a = rand_vec(na), *b = rand_vec(nb), *c = rand_vec(nc);
+    float *da = dev_f(p->gpu, a, na), *db = dev_f(p->gpu, b, nb);
+    float *dc = beta != 0 ? dev_f(p->gpu, c, nc) : dev_nan(p->gpu, nc);
+    struct kgemm_args g = {
+        .ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = 0.75f, .beta = beta,
+        .a = a, .lda = lda, .stride_a = sa, .b = b, .ldb = ldb, .stride_b = sb,
+        .c = c, .ldc = ldc, .stride_c = sc, .batch = batch,
+    };
+    assert_int_equal(p->cpu->iface->gemm(p->cpu, &g, &err), 0);
+    g.a = da; g.b = db; g.c = dc;
+    assert_int_equal(p->gpu->iface->gemm(p->gpu, &g, &err), 0);
+    /* padding columns of C are neither written nor compared: copy them over from the CPU side */
+    float *gc = host_of(p->gpu, dc, nc);
+    for (size_t i = 0; i < nc; i++)
+        if ((int)(i % ldc) >= n) gc[i] = c[i];
+    char what[96];
+    snprintf(what, sizeof what, "gemm m=%d n=%d k=%d b=%d ta=%d tb=%d", m, n, k, batch, ta, tb);
+    double e = rel_err(gc, c, nc);
+    report(what, e, TOL_GEMM);
+    assert_true(e <= TOL_GEMM);
+    free(gc);
+    kb_release(p->gpu, da); kb_release(p->gpu, db); kb_release(p->gpu, dc);
+    free(a); free(b); free(c);
+}
+
+static void test_kernels_cuda__gemm_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(p, 1, 1, 1, 1, ta, tb, 0, 0.0f, 0);
+            gemm_case(p, 37, 29, 41, 3, ta, tb, 0, 0.0f, 0);
+            gemm_case(p, 130, 257, 67, 1, ta, tb, 5, 0.0f, 0);
+            gemm_case(p, 64, 96, 300, 4, ta, tb, 3, 0.5f, 1);
+        }
+    gemm_case(p, 513, 768, 768, 1, 0, 1, 0, 1.0f, 0); /* the nn.Linear shape, accumulating */
+}
+
+/* ---- norms ---- */
+#define TOL_NORM 1e-5
+static void test_kernels_cuda__norms_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int shapes[][2] = { { 1, 1 }, { 7, 50 }, { 33, 768 }, { 3, 4097 } };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1];
+        size_t n = (size_t)rows * cols;
+        float *x = rand_vec(n), *w = rand_vec(cols), *b = rand_vec(cols), *y = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) x[i] = x[i] * 3 + 0.5f; /* a mean away from 0 */
+        float *dx = dev_f(p->gpu, x, n), *dw = dev_f(p->gpu, w, cols), *db = dev_f(p->gpu, b, cols);
+        for (int variant = 0; variant < 2; variant++) {
+            const float *cw = variant ? NULL : w, *cb = variant ? NULL : b;
+            const float *gw = variant ? NULL : dw, *gb = variant ? NULL : db;
+            float *dy = dev_nan(p->gpu, n);
+            assert_int_equal(p->cpu->iface->layernorm(p->cpu, y, x, cw, cb, rows, cols, 1e-5f, &err), 0);
+            assert_int_equal(p->gpu->iface->layernorm(p->gpu, dy, dx, gw, gb, rows, cols, 1e-5f, &err), 0);
+            char what[64];
+            snprintf(what, sizeof what, "layernorm %dx%d%s", rows, cols, variant ? " no affine" : "");
+            expect_close(p->gpu, dy, y, n, TOL_NORM, what);
+            kb_release(p->gpu, dy);
+            dy = dev_nan(p->gpu, n);
+            float div = variant ? 64.0f : (float)cols; /* SliceGPT's divisor, then the normal one */
+            assert_int_equal(p->cpu->iface->rmsnorm(p->cpu, y, x, cw, rows, cols, div, 1e-6f, &err), 0);
+            assert_int_equal(p->gpu->iface->rmsnorm(p->gpu, dy, dx, gw, rows, cols, div, 1e-6f, &err), 0);
+            snprintf(what, sizeof what, "rmsnorm %dx%d div=%g", rows, cols, (double)div);
+            expect_close(p->gpu, dy, y, n, TOL_NORM, what);
+            kb_release(p->gpu, dy);
+        }
+        /* in place (y == x) */
+        float *dxi = dev_f(p->gpu, x, n);
+        assert_int_equal(p->cpu->iface->layernorm(p->cpu, y, x, w, b, rows, cols, 1e-5f, &err), 0);
+        assert_int_equal(p->gpu->iface->layernorm(p->gpu, dxi, dxi, dw, db, rows, cols, 1e-5f, &err), 0);
+        expect_close(p->gpu, dxi, y, n, TOL_NORM, "layernorm in place");
+        kb_release(p->gpu, dxi);
+        kb_release(p->gpu, dx); kb_release(p->gpu, dw); kb_release(p->gpu, db);
+        free(x); free(w); free(b); free(y);
+    }
+}
+
+/* ---- element-wise ---- */
+#define TOL_ELTWISE 1e-6
+static void test_kernels_cuda__elementwise_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const size_t sizes[] = { 1, 1000, 100003 };
+    for (size_t si = 0; si < 3; si++) {
+        size_t n = sizes[si];
+        float *x = rand_vec(n), *y0 = rand_vec(n), *y = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) x[i] *= 6; /* reach the activations' tails */
+        float *dx = dev_f(p->gpu, x, n);
+        for (int op = 0; op < 3; op++) {
+            memcpy(y, y0, n * sizeof(float));
+            float *dy = dev_f(p->gpu, y0, n);
+            if (op == 0) {
+                assert_int_equal(p->cpu->iface->add(p->cpu, y, x, n, &err), 0);
+                assert_int_equal(p->gpu->iface->add(p->gpu, dy, dx, n, &err), 0);
+            } else if (op == 1) {
+                assert_int_equal(p->cpu->iface->mul(p->cpu, y, x, n, &err), 0);
+                assert_int_equal(p->gpu->iface->mul(p->gpu, dy, dx, n, &err), 0);
+            } else {
+                assert_int_equal(p->cpu->iface->scale(p->cpu, y, -1.7f, n, &err), 0);
+                assert_int_equal(p->gpu->iface->scale(p->gpu, dy, -1.7f, n, &err), 0);
+            }
+            expect_close(p->gpu, dy, y, n, TOL_ELTWISE, op == 0 ? "add" : op == 1 ? "mul" : "scale");
+            kb_release(p->gpu, dy);
+        }
+        for (int act = KACT_RELU; act <= KACT_SILU; act++) {
+            float *dy = dev_nan(p->gpu, n);
+            assert_int_equal(p->cpu->iface->act(p->cpu, y, x, n, act, &err), 0);
+            assert_int_equal(p->gpu->iface->act(p->gpu, dy, dx, n, act, &err), 0);
+            char what[48];
+            snprintf(what, sizeof what, "act %d n=%zu", act, n);
+            expect_close(p->gpu, dy, y, n, TOL_ELTWISE, what);
+            kb_release(p->gpu, dy);
+        }
+        assert_int_equal(p->gpu->iface->act(p->gpu, dx, dx, n, (enum kact)99, &err), -SLM_EINVAL);
+        kb_release(p->gpu, dx);
+        free(x); free(y0); free(y);
+    }
+    /* add_bias on a strided matrix: the padding columns must stay untouched */
+    int rows = 37, cols = 70, ld = 75;
+    size_t n = (size_t)rows * ld;
+    float *y = rand_vec(n), *bias = rand_vec(cols);
+    float *dy = dev_f(p->gpu, y, n), *db = dev_f(p->gpu, bias, cols);
+    assert_int_equal(p->cpu->iface->add_bias(p->cpu, y, bias, rows, cols, ld, &err), 0);
+    assert_int_equal(p->gpu->iface->add_bias(p->gpu, dy, db, rows, cols, ld, &err), 0);
+    expect_close(p->gpu, dy, y, n, TOL_ELTWISE, "add_bias");
+    kb_release(p->gpu, dy); kb_release(p->gpu, db);
+    free(y); free(bias);
+}
+
+/* ---- RoPE ---- */
+#define TOL_ROPE 1e-5
+static void rope_case(struct pair *p, int rows, int T, int nh, int hd, int rot, int ld)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t n = (size_t)rows * ld;
+    float *x = rand_vec(n), *inv = malloc(sizeof(float) * rot / 2);
+    for (int i = 0; i < rot / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / rot);
+    float *dx = dev_f(p->gpu, x, n), *dinv = dev_f(p->gpu, inv, rot / 2);
+    assert_int_equal(p->cpu->iface->rope(p->cpu, x, rows, ld, T, nh, hd, rot, inv, &err), 0);
+    assert_int_equal(p->gpu->iface->rope(p->gpu, dx, rows, ld, T, nh, hd, rot, dinv, &err), 0);
+    char what[64];
+    snprintf(what, sizeof what, "rope rows=%d T=%d hd=%d rot=%d", rows, T, hd, rot);
+    expect_close(p->gpu, dx, x, n, TOL_ROPE, what);
+    kb_release(p->gpu, dx); kb_release(p->gpu, dinv);
+    free(x); free(inv);
+}
+
+static void test_kernels_cuda__rope_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    rope_case(p, 10, 5, 2, 8, 8, 16);
+    rope_case(p, 12, 6, 3, 80, 32, 3 * 80 + 7);    /* partial rotation (Phi), padded rows */
+    rope_case(p, 4096, 2048, 4, 128, 128, 3 * 512); /* positions up to 2047, fused qkv stride */
+    assert_int_equal(p->gpu->iface->rope(p->gpu, NULL, 1, 8, 1, 1, 8, 3, NULL, &err), -SLM_EINVAL);
+}
+
+/* ---- attention ---- */
+#define TOL_ATTN 1e-5
+static void attn_case(struct pair *p, int B, int T, int H, int Hkv, int hd, int fused)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    /* fused: q, k and v live in one [B*T, (H + 2 Hkv) hd] buffer, as after a fused QKV GEMM */
+    int qs = fused ? (H + 2 * Hkv) * hd : H * hd, ks = fused ? qs : Hkv * hd, os = H * hd + (fused ? 3 : 0);
+    size_t rows = (size_t)B * T;
+    float *q = rand_vec(rows * qs), *k = fused ? q + H * hd : rand_vec(rows * ks),
+          *v = fused ? q + (H + Hkv) * hd : rand_vec(rows * ks), *o = nan_vec(rows * os);
+    for (size_t i = 0; i < rows * qs; i++) q[i] *= 2; /* peakier softmax */
+    float *dq = dev_f(p->gpu, q, rows * qs);
+    float *dk = fused ? dq + H * hd : dev_f(p->gpu, k, rows * ks);
+    float *dv = fused ? dq + (H + Hkv) * hd : dev_f(p->gpu, v, rows * ks);
+    float *dout = dev_nan(p->gpu, rows * os);
+    float scale = 1.0f / sqrtf((float)hd);
+    struct kattn_args a = { o, os, q, qs, k, v, ks, B, T, H, Hkv, hd, scale };
+    assert_int_equal(p->cpu->iface->attention(p->cpu, &a, &err), 0);
+    struct kattn_args ga = { dout, os, dq, qs, dk, dv, ks, B, T, H, Hkv, hd, scale };
+    int rc = p->gpu->iface->attention(p->gpu, &ga, &err);
+    if (rc) print_error("attention: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    /* compare the H*hd written columns of each row only */
+    float *g = host_of(p->gpu, dout, rows * os);
+    float *gc = malloc(sizeof(float) * rows * H * hd), *cc = malloc(sizeof(float) * rows * H * hd);
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(gc + r * H * hd, g + r * os, sizeof(float) * H * hd);
+        memcpy(cc + r * H * hd, o + r * os, sizeof(float) * H * hd);
+    }
+    double e = rel_err(gc, cc, rows * H * hd);
+    char what[96];
+    snprintf(what, sizeof what, "attention B=%d T=%d H=%d Hkv=%d hd=%d", B, T, H, Hkv, hd);
+    report(what, e, TOL_ATTN);
+    assert_true(e <= TOL_ATTN);
+    kb_release(p->gpu, dq);
+    if (!fused) { kb_release(p->gpu, dk); kb_release(p->gpu, dv); free(k); free(v); }
+    kb_release(p->gpu, dout);
+    free(q); free(o); free(g); free(gc); free(cc);
+}
+
+static void test_kernels_cuda__attention_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    attn_case(p, 1, 1, 1, 1, 8, 0);
+    attn_case(p, 2, 300, 4, 2, 64, 0);   /* GQA, T not a multiple of the tiles */
+    attn_case(p, 1, 257, 6, 6, 80, 1);   /* Phi's head dim, fused QKV strides */
+    attn_case(p, 1, 1000, 8, 1, 128, 0); /* multi-query, LLaMA's head dim */
+    attn_case(p, 1, 70, 2, 2, 256, 1);   /* wide heads and ... */
+    attn_case(p, 2, 100, 3, 1, 30, 0);   /* ... head dims not a multiple of 4 take the scalar kernel */
+    attn_case(p, 1, 2048, 2, 2, 64, 0);  /* OPT's head dim at the evaluation length */
+}
+
+/* ---- cross-entropy ---- */
+#define TOL_XENT 1e-5
+static void test_kernels_cuda__cross_entropy_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int vocabs[] = { 7, 1000, 50272 };
+    for (int vi = 0; vi < 3; vi++) {
+        int rows = 9, V = vocabs[vi];
+        size_t n = (size_t)rows * V;
+        float *l = rand_vec(n), nll[9];
+        for (size_t i = 0; i < n; i++) l[i] *= 15;
+        int32_t tg[9] = { 0, V - 1, -1, 3 % V, -100, 5 % V, V / 2, 1, 2 % V };
+        float *dl = dev_f(p->gpu, l, n), *dn = dev_nan(p->gpu, rows);
+        void *dt = NULL;
+        assert_int_equal(kb_alloc(p->gpu, &dt, sizeof tg, &err), 0);
+        assert_int_equal(kb_upload(p->gpu, dt, tg, sizeof tg, &err), 0);
+        assert_int_equal(p->cpu->iface->cross_entropy(p->cpu, nll, l, tg, rows, V, &err), 0);
+        assert_int_equal(p->gpu->iface->cross_entropy(p->gpu, dn, dl, dt, rows, V, &err), 0);
+        char what[48];
+        snprintf(what, sizeof what, "cross_entropy vocab=%d", V);
+        expect_close(p->gpu, dn, nll, rows, TOL_XENT, what);
+        float *g = host_of(p->gpu, dn, rows);
+        assert_true(g[2] == 0.0f && g[4] == 0.0f); /* ignored targets */
+        free(g);
+        kb_release(p->gpu, dl); kb_release(p->gpu, dn); kb_release(p->gpu, dt);
+        free(l);
+    }
+}
+
+/* ---- factorizations ---- */
+/* SPD: A = G G^T / n + I, in f32 and f64 */
+static void make_spd(int n, float *a, double *ad)
+{
+    float *g = rand_vec((size_t)n * n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double v = i == j ? 1.0 : 0.0;
+            for (int q = 0; q < n; q++) v += (double)g[(size_t)i * n + q] * g[(size_t)j * n + q] / n;
+            a[(size_t)i * n + j] = (float)v;
+            if (ad) ad[(size_t)i * n + j] = v;
+        }
+    free(g);
+}
+
+#define TOL_CHOL 1e-5
+#define TOL_INV 1e-4
+static void test_kernels_cuda__cholesky_and_inverse_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int sizes[] = { 1, 12, 100, 257 };
+    for (int si = 0; si < 4; si++) {
+        int n = sizes[si];
+        size_t nn = (size_t)n * n;
+        float *a = malloc(nn * sizeof(float)), *c = malloc(nn * sizeof(float));
+        make_spd(n, a, NULL);
+        memcpy(c, a, nn * sizeof(float));
+        float *da = dev_f(p->gpu, a, nn);
+        assert_int_equal(p->cpu->iface->cholesky_upper(p->cpu, c, n, &err), 0);
+        assert_int_equal(p->gpu->iface->cholesky_upper(p->gpu, da, n, &err), 0);
+        char what[48];
+        snprintf(what, sizeof what, "cholesky_upper n=%d", n);
+        expect_close(p->gpu, da, c, nn, TOL_CHOL, what); /* the factor is unique */
+        float *g = host_of(p->gpu, da, nn);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++) assert_true(g[(size_t)i * n + j] == 0.0f);
+        free(g);
+        kb_release(p->gpu, da);
+
+        memcpy(c, a, nn * sizeof(float));
+        da = dev_f(p->gpu, a, nn);
+        assert_int_equal(p->cpu->iface->spd_inverse(p->cpu, c, n, &err), 0);
+        assert_int_equal(p->gpu->iface->spd_inverse(p->gpu, da, n, &err), 0);
+        snprintf(what, sizeof what, "spd_inverse n=%d", n);
+        expect_close(p->gpu, da, c, nn, TOL_INV, what);
+        kb_release(p->gpu, da);
+        free(a); free(c);
+    }
+    float neg[4] = { 1, 2, 2, 1 };
+    float *dn = dev_f(p->gpu, neg, 4);
+    assert_int_equal(p->gpu->iface->cholesky_upper(p->gpu, dn, 2, &err), -SLM_ENUMERIC);
+    slm_err_clear(&err);
+    assert_int_equal(kb_upload(p->gpu, dn, neg, sizeof neg, &err), 0);
+    assert_int_equal(p->gpu->iface->spd_inverse(p->gpu, dn, 2, &err), -SLM_ENUMERIC);
+    kb_release(p->gpu, dn);
+}
+
+#define TOL_EIG 1e-10
+static void test_kernels_cuda__eigh_satisfies_eigen_equation(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int sizes[] = { 1, 12, 100, 300 };
+    for (int si = 0; si < 4; si++) {
+        int n = sizes[si];
+        size_t nn = (size_t)n * n;
+        float *af = malloc(nn * sizeof(float));
+        double *a = malloc(nn * sizeof(double)), *v = malloc(nn * sizeof(double)), *w = malloc(n * sizeof(double)),
+               *wc = malloc(n * sizeof(double)), *vc = malloc(nn * sizeof(double)), *gw = malloc(n * sizeof(double));
+        make_spd(n, af, a);
+        for (size_t i = 0; i < nn; i++) a[i] -= (i % (n + 1) == 0) ? 1.5 : 0; /* indefinite: some negative eigenvalues */
+        memcpy(vc, a, nn * sizeof(double));
+        assert_int_equal(p->cpu->iface->eigh_f64(p->cpu, vc, wc, n, &err), 0);
+        void *dv = NULL, *dw = NULL;
+        assert_int_equal(kb_alloc(p->gpu, &dv, nn * sizeof(double), &err), 0);
+        assert_int_equal(kb_alloc(p->gpu, &dw, n * sizeof(double), &err), 0);
+        assert_int_equal(kb_upload(p->gpu, dv, a, nn * sizeof(double), &err), 0);
+        assert_int_equal(p->gpu->iface->eigh_f64(p->gpu, dv, dw, n, &err), 0);
+        assert_int_equal(kb_download(p->gpu, v, dv, nn * sizeof(double), &err), 0);
+        assert_int_equal(kb_download(p->gpu, gw, dw, n * sizeof(double), &err), 0);
+        double amax = 0, werr = 0, wn = 0, rerr = 0, oerr = 0;
+        for (int i = 0; i < n; i++) {
+            amax = fmax(amax, fabs(wc[i]));
+            werr += (gw[i] - wc[i]) * (gw[i] - wc[i]);
+            wn += wc[i] * wc[i];
+            if (i) assert_true(gw[i] >= gw[i - 1]);
+        }
+        assert_true(sqrt(werr / wn) < TOL_EIG);
+        for (int c = 0; c < n; c++) /* A v_c = w_c v_c with v_c the c-th COLUMN; V^T V = I */
+            for (int i = 0; i < n; i++) {
+                double av = 0, vv = 0;
+                for (int q = 0; q < n; q++) {
+                    av += a[(size_t)i * n + q] * v[(size_t)q * n + c];
+                    vv += v[(size_t)q * n + i] * v[(size_t)q * n + c];
+                }
+                rerr = fmax(rerr, fabs(av - gw[c] * v[(size_t)i * n + c]));
+                oerr = fmax(oerr, fabs(vv - (i == c)));
+            }
+        char what[64];
+        snprintf(what, sizeof what, "eigh n=%d eigenvalues", n);
+        report(what, sqrt(werr / wn), TOL_EIG);
+        snprintf(what, sizeof what, "eigh n=%d max|Av-wv|/max|w|/n", n);
+        report(what, rerr / amax / n, TOL_EIG);
+        snprintf(what, sizeof what, "eigh n=%d max|V^TV-I|/n", n);
+        report(what, oerr / n, TOL_EIG);
+        assert_true(rerr < TOL_EIG * amax * n);
+        assert_true(oerr < TOL_EIG * n);
+        kb_release(p->gpu, dv); kb_release(p->gpu, dw);
+        free(af); free(a); free(v); free(w); free(wc); free(vc); free(gw);
+    }
+}
+
+#define TOL_SVD 1e-5
+static void test_kernels_cuda__svd_reconstructs(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int shapes[][2] = { { 1, 1 }, { 12, 12 }, { 30, 70 }, { 70, 30 }, { 200, 513 }, { 513, 200 } };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int m = shapes[si][0], n = shapes[si][1], r = m < n ? m : n;
+        float *a = rand_vec((size_t)m * n), *u = malloc(sizeof(float) * m * r), *s = malloc(sizeof(float) * r),
+              *vt = malloc(sizeof(float) * r * n);
+        float *da = dev_f(p->gpu, a, (size_t)m * n), *du = dev_nan(p->gpu, (size_t)m * r), *ds = dev_nan(p->gpu, r),
+              *dvt = dev_nan(p->gpu, (size_t)r * n);
+        assert_int_equal(p->cpu->iface->svd(p->cpu, a, m, n, u, s, vt, &err), 0);
+        int rc = p->gpu->iface->svd(p->gpu, da, m, n, du, ds, dvt, &err);
+        if (rc) print_error("svd: %s\n", err.msg);
+        assert_int_equal(rc, 0);
+        expect_close(p->gpu, ds, s, r, TOL_SVD, "svd singular values");
+        float *gu = host_of(p->gpu, du, (size_t)m * r), *gs = host_of(p->gpu, ds, r),
+              *gvt = host_of(p->gpu, dvt, (size_t)r * n), *rec = malloc(sizeof(float) * m * n);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double v = 0;
+                for (int q = 0; q < r; q++) v += (double)gu[(size_t)i * r + q] * gs[q] * gvt[(size_t)q * n + j];
+                rec[(size_t)i * n + j] = (float)v;
+            }
+        double e = rel_err(rec, a, (size_t)m * n);
+        char what[64];
+        snprintf(what, sizeof what, "svd %dx%d reconstruction", m, n);
+        report(what, e, TOL_SVD);
+        assert_true(e <= TOL_SVD);
+        double oe = 0; /* U^T U = I */
+        for (int c1 = 0; c1 < r; c1++)
+            for (int c2 = 0; c2 < r; c2++) {
+                double d = 0;
+                for (int i = 0; i < m; i++) d += (double)gu[(size_t)i * r + c1] * gu[(size_t)i * r + c2];
+                oe = fmax(oe, fabs(d - (c1 == c2)));
+            }
+        assert_true(oe < 1e-4);
+        kb_release(p->gpu, da); kb_release(p->gpu, du); kb_release(p->gpu, ds); kb_release(p->gpu, dvt);
+        free(a); free(u); free(s); free(vt); free(gu); free(gs); free(gvt); free(rec);
+    }
+}
+
+int main(void)
+{
+    if (!kbackend_cuda_available()) {
+        printf("kernels/cuda: skipped (no CUDA in this build or no visible device)\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kernels_cuda__memory_pool_and_oom),
+        cmocka_unit_test(test_kernels_cuda__gemm_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__norms_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__elementwise_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__rope_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__attention_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__cross_entropy_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__cholesky_and_inverse_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
+        cmocka_unit_test(test_kernels_cuda__svd_reconstructs),
+    };
+    return cmocka_run_group_tests_name("kernels/cuda", tests, setup, teardown);
+}
