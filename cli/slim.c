@@ -123,7 +123,7 @@ static int cmd_eval(int argc, char **argv)
             tokenizer_encode(tok, buf, len, true, &ids, &n, &err))
             goto done;
     }
-    /* a folder written by `slim compress` (method slim) is a checkpoint: codes, masks, adapters */
+    /* a compressed checkpoint (slim_config.json) is dequantized on the fly */
     if (slim_open_backend(&kb, device, &err) ||
         (checkpoint_is(dir) ? checkpoint_open(&m, dir, kb, 0, &err) : model_open(&m, dir, kb, 0, &err)))
         goto done;

@@ -268,13 +268,14 @@ int checkpoint_save(struct model *m, const struct compress_result *res, const st
                     struct slm_err *err)
 {
     struct ckw c = { NULL, { 0 }, err };
-    json_t *layers = json_object(), *cfg = NULL, *mem = NULL;
+    json_t *layers = NULL, *cfg = NULL, *mem = NULL;
     char p[4200];
     int rc = 0;
     if (memory) *memory = NULL;
     if (!m->st || !res || !res->lin || res->nblocks != m->cfg.n_layers)
         return slm_err_set(err, SLM_EINVAL, "checkpoint: needs the source weights and the compression results");
-    if (!layers) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    if (m->linear_loader) return slm_err_set(err, SLM_EUNSUPPORTED, "checkpoint: the model is itself a compressed checkpoint");
+    if (!(layers = json_object())) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
     if (mkdir(dir, 0755) && errno != EEXIST) { rc = slm_err_set(err, SLM_EIO, "%s: %s", dir, strerror(errno)); goto done; }
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     if ((rc = st_writer_open(&c.w, p, err))) goto done;

@@ -2,10 +2,10 @@
 ** core/compress.c: the layer-wise SLiM pipeline (see compress.h, ALGORITHMS.md §1, §3.8, §4.8).
 ** DESIGN: statistics are gathered one calibration sequence at a time (B = 1), so the reference's
 ** running recurrences over sequences (§1.5) are reproduced exactly: Wanda's scaler_row in f32 on
-** the host, the Hessian scaled and accumulated with a backend gemm. Linears that read the same
-** input (q/k/v, gate/up) share one statistics slot. The Hessian is gathered for every method: it
-** gives each layer's reconstruction error without keeping the activations,
-** ||X D^T||^2 / ||X W^T||^2 = tr(D H D^T) / tr(W H W^T) with D = W - W'.
+** the host, the Hessian (only for SparseGPT / OPTQ, which need it) scaled and accumulated with a
+** backend gemm. Linears that read the same input (q/k/v, gate/up) share one statistics slot. The
+** per-layer reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
+** first calibration window, kept per slot (a full-H trace would cost d_out d_in^2 per layer).
 */
 #include "compress.h"
 
@@ -59,8 +59,10 @@ int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, st
     o->separate_lora = s->lowrank.separate;
     if (s->quantization.joint)
         return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
-    if (s->lowrank.prune)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "/lowrank/prune: prune_lora is not implemented in this build");
+    o->prune_lora = s->lowrank.prune;
+    if (s->quantization.input)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/input: activation quantization at evaluation time is not "
+                           "wired into the forward pass in this build (quant_input_host exists)");
     return 0;
 }
 
@@ -89,7 +91,9 @@ struct stat_slot {
     float *scaler;         /* host [d_in] Wanda scaler_row */
     double *abssum;        /* host [d_in] sum |x| (L2QER) */
     int64_t ntok;
-    float *H;              /* backend [d_in x d_in] */
+    float *H;              /* backend [d_in x d_in], NULL unless the method needs it */
+    float *x0;             /* backend [x0_rows x d_in]: inputs of the first window (error figure) */
+    int x0_rows;
 };
 
 struct block_stats {
@@ -103,6 +107,7 @@ struct block_stats {
     volatile sig_atomic_t *cancel;
     struct slm_err *err;
     int rc;
+    bool need_h;               /* SparseGPT / OPTQ: gather the Hessian */
 };
 
 static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x, int rows)
@@ -110,11 +115,15 @@ static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x
     struct kbackend *kb = bs->m->kb;
     size_t n = (size_t)rows * s->d_in;
     int rc;
-    if (!s->H) {
+    if (!s->scaler) {
         s->scaler = calloc((size_t)s->d_in, sizeof *s->scaler);
         s->abssum = calloc((size_t)s->d_in, sizeof *s->abssum);
         if (!s->scaler || !s->abssum) return slm_err_set(bs->err, SLM_ENOMEM, "calibration statistics: out of memory");
-        if ((rc = kb_alloc(kb, (void **)&s->H, sizeof(float) * (size_t)s->d_in * s->d_in, bs->err))) return rc;
+        if (bs->need_h && (rc = kb_alloc(kb, (void **)&s->H, sizeof(float) * (size_t)s->d_in * s->d_in, bs->err))) return rc;
+        if ((rc = kb_alloc(kb, (void **)&s->x0, sizeof(float) * n, bs->err)) ||
+            (rc = kb->iface->copy(kb, s->x0, x, sizeof(float) * n, bs->err)))
+            return rc;
+        s->x0_rows = rows;
     }
     if (bs->hx_n < n) {
         free(bs->hx);
@@ -134,6 +143,10 @@ static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x
         s->scaler[j] = s->scaler[j] * nn / (nn + 1) + sq / (nn + 1);
     }
     s->ntok += rows;
+    if (!s->H) {
+        s->nseq++;
+        return 0;
+    }
     /* H <- H n/(n+1) + (2/(n+1)) x^T x */
     if (s->nseq > 0 && (rc = kb->iface->scale(kb, s->H, nn / (nn + 1), (size_t)s->d_in * s->d_in, bs->err))) return rc;
     struct kgemm_args g = { .ta = KB_T, .tb = KB_N, .m = s->d_in, .n = s->d_in, .k = rows, .alpha = 2.0f / (nn + 1),
@@ -170,6 +183,7 @@ static void stats_free(struct block_stats *bs)
         free(bs->slot[k].scaler);
         free(bs->slot[k].abssum);
         kb_release(bs->m->kb, bs->slot[k].H);
+        kb_release(bs->m->kb, bs->slot[k].x0);
         memset(&bs->slot[k], 0, sizeof bs->slot[k]);
     }
     free(bs->hx);
@@ -210,32 +224,32 @@ static void lin_work_free(struct lin_work *w)
     memset(w, 0, sizeof *w);
 }
 
-/* rel. error tr(D H D^T) / tr(W H W^T), D = W - W_eff; H backend [d_in x d_in]. */
-static int rel_error(struct kbackend *kb, double *out, const float *W, const float *Weff, const float *H,
+/* rel. error ||X D^T|| / ||X W^T||, D = W - W_eff, on the kept inputs X (backend [rows x d_in]). */
+static int rel_error(struct kbackend *kb, double *out, const float *W, const float *Weff, const float *X, int rows,
                      int d_out, int d_in, struct slm_err *err)
 {
-    size_t n = (size_t)d_out * d_in;
-    float *bd = NULL, *bp = NULL, *h = malloc(sizeof *h * n * 2);
+    size_t n = (size_t)d_out * d_in, ny = (size_t)rows * 2 * d_out;
+    float *bd = NULL, *by = NULL, *h = malloc(sizeof *h * (n * 2 > ny ? n * 2 : ny));
     int rc;
     double num = 0, den = 0;
     if (!h) return slm_err_set(err, SLM_ENOMEM, "layer error: out of memory");
-    if ((rc = kb_alloc(kb, (void **)&bd, sizeof *h * n * 2, err)) || (rc = kb_alloc(kb, (void **)&bp, sizeof *h * n * 2, err)))
+    if ((rc = kb_alloc(kb, (void **)&bd, sizeof *h * n * 2, err)) || (rc = kb_alloc(kb, (void **)&by, sizeof *h * ny, err)))
         goto done;
     for (size_t i = 0; i < n; i++) { h[i] = W[i] - Weff[i]; h[n + i] = W[i]; }
     if ((rc = kb_upload(kb, bd, h, sizeof *h * n * 2, err))) goto done;
-    /* [D; W] H, both stacked as 2 d_out rows */
-    struct kgemm_args g = { .ta = KB_N, .tb = KB_N, .m = 2 * d_out, .n = d_in, .k = d_in, .alpha = 1, .beta = 0,
-                            .a = bd, .lda = d_in, .b = H, .ldb = d_in, .c = bp, .ldc = d_in, .batch = 1 };
-    float *p = malloc(sizeof *p * n * 2);
-    if (!p) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
-    if (!(rc = kb->iface->gemm(kb, &g, err)) && !(rc = kb_download(kb, p, bp, sizeof *p * n * 2, err))) {
-        for (size_t i = 0; i < n; i++) { num += (double)p[i] * h[i]; den += (double)p[n + i] * h[n + i]; }
-        *out = den > 0 ? sqrt(fmax(num, 0) / den) : 0;
-    }
-    free(p);
+    /* Y = X [D; W]^T: the first d_out columns are X D^T, the next X W^T */
+    if ((rc = kb_linear(kb, by, X, bd, NULL, rows, 2 * d_out, d_in, err)) || (rc = kb_download(kb, h, by, sizeof *h * ny, err)))
+        goto done;
+    for (size_t t = 0; t < (size_t)rows; t++)
+        for (int c = 0; c < d_out; c++) {
+            double a = h[t * 2 * d_out + c], b = h[t * 2 * d_out + d_out + c];
+            num += a * a;
+            den += b * b;
+        }
+    *out = den > 0 ? sqrt(num / den) : 0;
 done:
     kb_release(kb, bd);
-    kb_release(kb, bp);
+    kb_release(kb, by);
     free(h);
     return rc;
 }
@@ -348,6 +362,15 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
                 }
                 for (size_t i = 0; i < n; i++) w.E[i] = w.W[i] - w.Wc[i];
                 if ((rc = lowrank_fit(kb, w.L, w.R, w.E, d, d_out, d_in, w.rank, o->bf16, err))) goto done;
+                if (o->prune_lora && w.rank) {
+                    /* prune_lora works on L before the D^-1 division (§4.5) */
+                    for (int j = 0; d && j < d_in; j++)
+                        for (int c = 0; c < w.rank; c++) w.L[(size_t)j * w.rank + c] *= d[j];
+                    if ((rc = lowrank_prune_adapter(kb, w.L, w.R, d_out, d_in, w.rank, o->prune_lora_iters, NULL, NULL, err)))
+                        goto done;
+                    for (int j = 0; d && j < d_in; j++)
+                        for (int c = 0; c < w.rank; c++) w.L[(size_t)j * w.rank + c] /= d[j];
+                }
                 if ((rc = lowrank_product(kb, w.E, w.L, w.R, d_out, d_in, w.rank, o->bf16, err))) goto done;
                 /* final weight Q(M . (W - L R)) with a fresh scale */
                 for (size_t i = 0; i < n; i++) w.Wc[i] = mask && mask[i] ? 0 : (o->bf16 ? bf16_round(w.W[i] - w.E[i]) : w.W[i] - w.E[i]);
@@ -365,7 +388,7 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
     /* effective weight for the error figure: W' + (L R)^T */
     if (w.rank && w.E)
         for (size_t i = 0; i < n; i++) w.E[i] += w.Wc[i];
-    if ((rc = rel_error(kb, &cl->rel_error, w.W, w.rank && w.E ? w.E : w.Wc, st->H, d_out, d_in, err))) goto done;
+    if ((rc = rel_error(kb, &cl->rel_error, w.W, w.rank && w.E ? w.E : w.Wc, st->x0, st->x0_rows, d_out, d_in, err))) goto done;
     if (o->keep_codes) {
         if ((rc = keep_mask(cl, mask, n, err))) goto done;
         cl->codes = codes;
@@ -402,6 +425,8 @@ static int check_supported(const struct model *m, const struct compress_opts *o,
     if (o->lowrank.method != LOWRANK_NONE && (o->prune.method == PRUNE_MAGNITUDE || o->prune.method == PRUNE_SPARSEGPT ||
                                               o->quant.method == QUANT_OPTQ))
         return slm_err_set(err, SLM_EUNSUPPORTED, "adapters need wanda pruning (or none) and absmax / slim-quant");
+    if (o->prune_lora && (o->lowrank.method == LOWRANK_NONE || o->prune.n != 2 || o->prune.m != 4 || !o->separate_lora))
+        return slm_err_set(err, SLM_EINVAL, "prune_lora needs adapters, 2:4 pruning and separate adapters");
     if (m->block_kind != BLOCK_SEQ && m->block_kind != BLOCK_PARALLEL && m->block_kind != BLOCK_SEQ_POSTNORM)
         return slm_err_set(err, SLM_EUNSUPPORTED, "compress: unknown block layout");
     return 0;
@@ -448,7 +473,8 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     int nb = m->cfg.n_layers, width = model_max_width(m), rc;
     size_t per = (size_t)seqlen * width;
     float *inps = NULL, *x = NULL;
-    struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err };
+    struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err,
+                              .need_h = o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ };
     double t0 = now_s();
     if ((rc = check_supported(m, o, err))) return rc;
     if (nsamples < 1 || seqlen < 2) return slm_err_set(err, SLM_EINVAL, "compress: %d calibration windows of %d tokens", nsamples, seqlen);

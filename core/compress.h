@@ -4,7 +4,8 @@
 ** then block by block: gather per-linear statistics on the DENSE block through the
 ** linear_input_cb hook, compress every linear (prune / quantize / adapters), recompute the block's
 ** outputs with the compressed weights and feed them to the next block. Progress goes out per
-** layer and per block (with the layer's reconstruction error ||X W^T - X W'^T|| / ||X W^T||); the
+** layer and per block (with the layer's reconstruction error ||X W^T - X W'^T|| / ||X W^T||, X the
+** layer's inputs in the first calibration window, W' including adapters); the
 ** cancel flag is checked between samples and layers.
 ** Ownership: the model is borrowed and modified in place (compressed weights and adapters replace
 ** the dense ones in its blocks); struct compress_result is the caller's (compress_result_free).
@@ -32,7 +33,7 @@ struct compress_progress {
     const char *stage;        /* "calibrating", "compressing", "adapters" */
     int block, nblocks;
     const char *layer;        /* HF name of the linear just compressed, or NULL */
-    double rel_error;         /* ||X W^T - X W'^T|| / ||X W^T|| of that layer, or -1 */
+    double rel_error;         /* ||X W^T - X W'^T|| / ||X W^T|| of that layer on the first window, or -1 */
     double fraction;          /* of the whole compression, [0, 1] */
 };
 
@@ -73,9 +74,11 @@ struct compress_opts {
     compress_progress_cb progress;
     void *payload;
     volatile sig_atomic_t *cancel;
+    bool prune_lora;               /* §4.5: 2:4 on L, then Adam (needs separate adapters) */
+    int prune_lora_iters;          /* reference: 1000 */
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000 }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);

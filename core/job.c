@@ -279,7 +279,9 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
                                      : spec->device == JS_DEVICE_CPU ? "cpu" : spec->device == JS_DEVICE_CUDA ? "cuda" : "auto";
     if (report(&js, 0, -1, -1, "opening backend")) { rc = slm_err_set(err, SLM_ECANCELLED, "cancelled"); goto done; }
     if ((rc = kbackend_open(&kb, device, err))) goto done;
-    if ((rc = model_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err))) goto done;
+    rc = checkpoint_is(ctx->model_dir) ? checkpoint_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err)
+                                       : model_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err);
+    if (rc) goto done;
     if (spec->eval.n_perplexity > 0 && (rc = tokenizer_open(&tok, ctx->model_dir, err))) goto done;
     if (!tok && spec->method == JS_METHOD_SLICEGPT && tokenizer_open(&tok, ctx->model_dir, err)) {
         tok = NULL;          /* calibration from an ids file needs none; calib_ids says so otherwise */

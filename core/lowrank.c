@@ -114,3 +114,88 @@ int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struc
     if ((rc = quant_stored(L, d_in, r, r, o, pl, err))) return rc;
     return quant_stored(R, r, d_out, r, o, pr, err);
 }
+
+/* ---- prune_lora (§4.5) ---- */
+
+/* c = a [m x k] b [k x n] (+ beta c), all backend, row-major; ta/tb transpose a/b as stored. */
+static int mm(struct kbackend *kb, float *c, const float *a, enum ktrans ta, int lda, const float *b, enum ktrans tb, int ldb,
+              int m, int n, int k, float beta, struct slm_err *err)
+{
+    struct kgemm_args g = { .ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = 1, .beta = beta, .a = a, .lda = lda,
+                            .b = b, .ldb = ldb, .c = c, .ldc = n, .batch = 1 };
+    return kb->iface->gemm(kb, &g, err);
+}
+
+int lowrank_prune_adapter(struct kbackend *kb, float *L, const float *R, int d_out, int d_in, int r, int iters,
+                          uint8_t *mask, double *loss, struct slm_err *err)
+{
+    size_t nl = (size_t)d_in * r, nt = (size_t)d_in * d_out;
+    float *bl = NULL, *br = NULL, *bt = NULL, *bg = NULL, *g = malloc(sizeof *g * nl), *e = malloc(sizeof *e * nt);
+    double *m1 = calloc(nl, sizeof *m1), *m2 = calloc(nl, sizeof *m2);
+    uint8_t *mk = mask ? mask : malloc(nl);
+    int rc = 0;
+    if (!g || !e || !m1 || !m2 || !mk) { rc = slm_err_set(err, SLM_ENOMEM, "prune_lora: out of memory"); goto done; }
+    if (d_in % 4) { rc = slm_err_set(err, SLM_ESHAPE, "prune_lora: %d rows of L are not groups of 4", d_in); goto done; }
+    /* mask: per rank column, per group of 4 rows, the 2 smallest signed values (lower row first on ties) */
+    memset(mk, 0, nl);
+    for (int c = 0; c < r; c++)
+        for (int g0 = 0; g0 < d_in; g0 += 4)
+            for (int k = 0; k < 2; k++) {
+                int best = -1;
+                for (int j = g0; j < g0 + 4; j++)
+                    if (!mk[(size_t)j * r + c] && (best < 0 || L[(size_t)j * r + c] < L[(size_t)best * r + c])) best = j;
+                mk[(size_t)best * r + c] = 1;
+            }
+    if ((rc = kb_alloc(kb, (void **)&bl, sizeof *L * nl, err)) || (rc = kb_alloc(kb, (void **)&br, sizeof *R * (size_t)r * d_out, err)) ||
+        (rc = kb_alloc(kb, (void **)&bt, sizeof *L * nt, err)) || (rc = kb_alloc(kb, (void **)&bg, sizeof *L * nl, err)))
+        goto done;
+    if ((rc = kb_upload(kb, bl, L, sizeof *L * nl, err)) || (rc = kb_upload(kb, br, R, sizeof *R * (size_t)r * d_out, err)))
+        goto done;
+    /* target T = L R (dense L) */
+    if ((rc = mm(kb, bt, bl, KB_N, r, br, KB_N, d_out, d_in, d_out, r, 0, err)) || (rc = kb_download(kb, e, bt, sizeof *e * nt, err)))
+        goto done;
+    double tn = 0;
+    for (size_t i = 0; i < nt; i++) tn += (double)e[i] * e[i];
+    tn = sqrt(tn);
+    float *T = e;   /* host copy of the target, kept */
+    float *E = NULL;
+    if (!(E = malloc(sizeof *E * nt))) { rc = slm_err_set(err, SLM_ENOMEM, "prune_lora: out of memory"); goto done; }
+    int mn = d_in < d_out ? d_in : d_out;
+    double lr0 = 1e6 / ((double)mn * mn), b1 = 0.9, b2 = 0.999, eps = 1e-8, f = 0;
+    for (size_t i = 0; i < nl; i++) if (mk[i]) L[i] = 0;
+    for (int t = 1; t <= iters + 1 && !rc; t++) {
+        /* E = L R - T, f = ||E|| / ||T||, G = E R^T / (||E|| ||T||) */
+        if ((rc = kb_upload(kb, bl, L, sizeof *L * nl, err)) || (rc = mm(kb, bt, bl, KB_N, r, br, KB_N, d_out, d_in, d_out, r, 0, err)) ||
+            (rc = kb_download(kb, E, bt, sizeof *E * nt, err)))
+            break;
+        double en = 0;
+        for (size_t i = 0; i < nt; i++) { E[i] -= T[i]; en += (double)E[i] * E[i]; }
+        en = sqrt(en);
+        f = tn > 0 ? en / tn : 0;
+        if (t > iters || en == 0) break;
+        if ((rc = kb_upload(kb, bt, E, sizeof *E * nt, err)) || (rc = mm(kb, bg, bt, KB_N, d_out, br, KB_T, d_out, d_in, r, d_out, 0, err)) ||
+            (rc = kb_download(kb, g, bg, sizeof *g * nl, err)))
+            break;
+        double lr = lr0 * (1.0 + (1e-4 - 1.0) * (double)(t - 1) / iters), sc = 1.0 / (en * tn);
+        for (size_t i = 0; i < nl; i++) {
+            double gi = g[i] * sc;
+            m1[i] = b1 * m1[i] + (1 - b1) * gi;
+            m2[i] = b2 * m2[i] + (1 - b2) * gi * gi;
+            double mh = m1[i] / (1 - pow(b1, t)), vh = m2[i] / (1 - pow(b2, t));
+            L[i] = mk[i] ? 0.0f : (float)(L[i] - lr * mh / (sqrt(vh) + eps));
+        }
+    }
+    free(E);
+    if (!rc && loss) *loss = f;
+done:
+    kb_release(kb, bl);
+    kb_release(kb, br);
+    kb_release(kb, bt);
+    kb_release(kb, bg);
+    free(g);
+    free(e);
+    free(m1);
+    free(m2);
+    if (mk != mask) free(mk);
+    return rc;
+}

@@ -11,6 +11,7 @@
 #define SLM_LOWRANK_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "err.h"
 #include "quant.h"
@@ -51,5 +52,14 @@ int lowrank_product(struct kbackend *kb, float *out, const float *L, const float
 ** pl / pr (may be NULL) get the scale grids of L' and R'. */
 int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struct lowrank_opts *o,
                      struct quant_params *pl, struct quant_params *pr, struct slm_err *err);
+
+/* §4.5 prune_lora on L [d_in x r] (host, in place) given R: 2:4 along d_in (groups of 4
+** consecutive rows of one rank column) dropping the 2 smallest SIGNED values, as the reference
+** does, then iters steps of Adam (lr 1e6 / min(d_in, d_out)^2, linear decay to 1e-4 of it) on
+** ||L R - T||_F / ||T||_F with T = L R before masking, re-zeroing the pruned entries after each
+** step. mask (host [d_in x r], may be NULL) gets 1 for pruned entries. *loss (may be NULL): the
+** final relative error. Gemms run on the backend. */
+int lowrank_prune_adapter(struct kbackend *kb, float *L, const float *R, int d_out, int d_in, int r, int iters,
+                          uint8_t *mask, double *loss, struct slm_err *err);
 
 #endif

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "core/checkpoint.h"
+#include "core/eval.h"
+#include "core/job.h"
 #include "core/memreport.h"
 #include "core/safetensors.h"
 
@@ -27,7 +29,7 @@ static int setup(void **state)
     struct slm_err e = SLM_ERR_INIT;
     const char *d = getenv("SLIM_TEST_DATA");
     snprintf(model_dir, sizeof model_dir, "%s/stories260K", d ? d : "tests/data");
-    return kbackend_open(&kb, "cpu", &e);
+    return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
@@ -49,6 +51,8 @@ struct ck {
     enum lowrank_method lm;
     bool quantize_lora, separate, important;
 };
+
+static bool g_prune_lora;   /* round_trip: prune the adapters too (§4.5) */
 
 static float *logits_of(struct model *m, const int32_t *ids, int T)
 {
@@ -81,10 +85,29 @@ static void round_trip(const struct ck *c, const char *tag)
     o.separate_lora = c->separate;
     o.shift_zero_metrics = true;
     o.keep_codes = true;
+    o.prune_lora = g_prune_lora;
+    o.prune_lora_iters = 50;
     struct compress_result res;
     int rc = compress_model(m, ids, NS, T, &o, &res, &err);
     if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
     assert_int_equal(rc, 0);
+    if (g_prune_lora) {
+        /* every adapter L has 2 zeros in each group of 4 consecutive rows of a rank column */
+        for (int b = 0; b < m->cfg.n_layers; b++)
+            for (int k = 0; k < LIN_COUNT; k++) {
+                struct linear *l = &m->blocks[b].lin[k];
+                if (!l->rank) continue;
+                float *L = malloc(sizeof *L * l->d_in * l->rank);
+                assert_int_equal(kb_download(kb, L, l->lora_l, sizeof *L * l->d_in * l->rank, &err), 0);
+                for (int q = 0; q < l->rank; q++)
+                    for (int g = 0; g < l->d_in; g += 4) {
+                        int z = 0;
+                        for (int j = g; j < g + 4; j++) z += L[j * l->rank + q] == 0;
+                        assert_true(z >= 2);
+                    }
+                free(L);
+            }
+    }
     float *a = logits_of(m, ids, T);
     char dir[] = "/tmp/slim-ckpt-XXXXXX";
     assert_non_null(mkdtemp(dir));
@@ -112,7 +135,7 @@ static void round_trip(const struct ck *c, const char *tag)
     double ratio = json_real_value(json_object_get(mem, "ratio"));
     fprintf(stderr, "%-36s stored %llu of %llu bytes (ratio %.3f)\n", tag, (unsigned long long)stored,
             (unsigned long long)json_integer_value(json_object_get(mem, "dense_bytes")), ratio);
-    if (c->qm != QUANT_NONE && c->separate) assert_true(ratio < 0.5);
+    if (c->qm != QUANT_NONE && c->separate) assert_true(ratio < (c->pm != PRUNE_NONE ? 0.5 : 0.7));
     if (c->m && c->separate) {   /* merged adapters make the weight dense: nothing to index */
         json_t *bd = json_object_get(mem, "breakdown");
         assert_true(json_integer_value(json_object_get(bd, "sparsity_metadata")) > 0);
@@ -159,6 +182,147 @@ static void test_core_checkpoint__merged_naive(void **state)
     round_trip(&c, "wanda 2:4 absmax naive-lora merged");
 }
 
+static void test_core_checkpoint__prune_lora(void **state)
+{
+    (void)state;
+    struct ck c = { PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true, false };
+    g_prune_lora = true;
+    round_trip(&c, "wanda 2:4 slim-quant slim-lora, prune_lora");
+    g_prune_lora = false;
+}
+
+static void test_core_checkpoint__l2qer(void **state)
+{
+    (void)state;
+    struct ck c = { PRUNE_NONE, 0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true, false };
+    round_trip(&c, "group absmax + L2QER adapters");
+}
+
+/* ---- job_run end to end: a byte-level tokenizer (256 byte symbols, no merges: every id < 256
+** fits stories260K's vocabulary) over a copy of stories260K ---- */
+
+static void write_file(const char *dir, const char *name, const void *data, size_t n)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+static void copy_file(const char *from_dir, const char *to_dir, const char *name)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", from_dir, name);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    write_file(to_dir, name, buf, (size_t)n);
+    free(buf);
+}
+
+static void byte_vocab(const char *dir)
+{
+    json_t *v = json_object();
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+        unsigned cp = keep ? (unsigned)b : 256u + (unsigned)extra++;
+        char u[4] = { 0 };
+        if (cp < 0x80) u[0] = (char)cp;
+        else { u[0] = (char)(0xC0 | (cp >> 6)); u[1] = (char)(0x80 | (cp & 0x3F)); }
+        json_object_set_new(v, u, json_integer(b));
+    }
+    char p[4200];
+    snprintf(p, sizeof p, "%s/vocab.json", dir);
+    assert_int_equal(json_dump_file(v, p, 0), 0);
+    json_decref(v);
+    write_file(dir, "merges.txt", "#version: 0.2\n", 14);
+}
+
+static void test_core_checkpoint__job_end_to_end(void **state)
+{
+    (void)state;
+    char mdir[] = "/tmp/slim-e2e-model-XXXXXX", ddir[] = "/tmp/slim-e2e-data-XXXXXX", odir[4200];
+    assert_non_null(mkdtemp(mdir));
+    assert_non_null(mkdtemp(ddir));
+    snprintf(odir, sizeof odir, "%s/out", mdir);
+    copy_file(model_dir, mdir, "config.json");
+    copy_file(model_dir, mdir, "model.safetensors");
+    byte_vocab(mdir);
+    /* calibration documents (C4's JSON lines) and an evaluation text */
+    char line[400], text[20000];
+    size_t tl = 0;
+    FILE *f;
+    snprintf(line, sizeof line, "%s/calib.jsonl", ddir);
+    assert_non_null(f = fopen(line, "w"));
+    for (int d = 0; d < 6; d++) {
+        fprintf(f, "{\"text\": \"");
+        for (int k = 0; k < 12; k++) fprintf(f, "Story %d part %d: the little cat saw a red ball and ran after it. ", d, k);
+        fprintf(f, "\"}\n");
+    }
+    fclose(f);
+    for (int k = 0; k < 60 && tl + 200 < sizeof text; k++)
+        tl += (size_t)snprintf(text + tl, sizeof text - tl, "Once upon a time %d, a dog found a big stick in the park. ", k);
+    write_file(ddir, "evaltext.txt", text, tl);
+    json_t *doc = json_pack("{s:{s:s},s:{s:s,s:s},s:{s:s},s:{s:s,s:i,s:i},s:{s:[s],s:i}}",
+                            "model", "source", "file:///unused",
+                            "pruning", "method", "wanda", "pattern", "2:4",
+                            "quantization", "method", "slim-quant",
+                            "calibration", "dataset", "calib", "nsamples", 4, "seqlen", 64,
+                            "eval", "perplexity", "evaltext", "seqlen", 64);
+    struct jobspec spec;
+    char path[128];
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(jobspec_parse(&spec, doc, path, sizeof path, &err), 0);
+    json_decref(doc);
+    struct job_ctx ctx = { .model_dir = mdir, .out_dir = odir, .data_dir = ddir, .device = "cpu" };
+    json_t *metrics = NULL;
+    int rc = job_run(&spec, &ctx, &metrics, &err);
+    if (rc) fprintf(stderr, "job: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    json_t *ppl = json_object_get(json_object_get(metrics, "perplexity"), "evaltext");
+    double before = json_real_value(json_object_get(ppl, "before")), after = json_real_value(json_object_get(ppl, "after"));
+    fprintf(stderr, "job end to end: ppl %.3f -> %.3f, memory ratio %.3f\n", before, after,
+            json_real_value(json_object_get(json_object_get(metrics, "memory"), "ratio")));
+    assert_true(isfinite(after) && after > 1);
+    assert_true(json_is_array(json_object_get(json_object_get(metrics, "compression"), "layers")));
+    /* the saved checkpoint evaluates to the same perplexity (same ids, same windows) */
+    struct model *r = NULL;
+    struct tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(checkpoint_open(&r, odir, kb, 0, &err), 0);
+    assert_int_equal(tokenizer_open(&tok, mdir, &err), 0);
+    assert_int_equal(tokenizer_encode(tok, text, tl, true, &ids, &n, &err), 0);
+    struct eval_opts eo = EVAL_OPTS_INIT;
+    struct eval_result er;
+    eo.seqlen = 64;
+    assert_int_equal(eval_perplexity(r, ids, n, &eo, &er, &err), 0);
+    assert_true(er.ppl == after || fabs(er.ppl / after - 1) < 1e-12);
+    free(er.window_nll);
+    free(ids);
+    tokenizer_free(tok);
+    model_free(r);
+    json_decref(metrics);
+    jobspec_free(&spec);
+    const char *files[] = { "out/model.safetensors", "out/config.json", "out/slim_config.json", "config.json",
+                            "model.safetensors", "vocab.json", "merges.txt" };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) { snprintf(line, sizeof line, "%s/%s", mdir, files[i]); unlink(line); }
+    snprintf(line, sizeof line, "%s/out", mdir);
+    rmdir(line);
+    rmdir(mdir);
+    snprintf(line, sizeof line, "%s/calib.jsonl", ddir); unlink(line);
+    snprintf(line, sizeof line, "%s/evaltext.txt", ddir); unlink(line);
+    rmdir(ddir);
+}
+
 static void test_core_checkpoint__rejects_foreign_folder(void **state)
 {
     (void)state;
@@ -178,6 +342,9 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__nm_values),
         cmocka_unit_test(test_core_checkpoint__group_absmax_important),
         cmocka_unit_test(test_core_checkpoint__merged_naive),
+        cmocka_unit_test(test_core_checkpoint__prune_lora),
+        cmocka_unit_test(test_core_checkpoint__l2qer),
+        cmocka_unit_test(test_core_checkpoint__job_end_to_end),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -18,16 +18,15 @@
 #include "core/safetensors.h"
 
 static struct kbackend *kb;
-static char ref_dir[4096], model_dir[4096];
+static char data_dir[4000], ref_dir[4096], model_dir[4096];
 
 static int setup(void **state)
 {
     (void)state;
     struct slm_err e = SLM_ERR_INIT;
     const char *d = getenv("SLIM_TEST_DATA");
-    snprintf(ref_dir, sizeof ref_dir, "%s/slim-reference-stories260K", d ? d : "tests/data");
-    snprintf(model_dir, sizeof model_dir, "%s/stories260K", d ? d : "tests/data");
-    return kbackend_open(&kb, "cpu", &e);
+    snprintf(data_dir, sizeof data_dir, "%s", d ? d : "tests/data");
+    return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
@@ -68,6 +67,34 @@ static void test_core_compress__sampler_windows(void **state)
     assert_int_equal(calib_sample(&out, &docs, 1, 20, 0, &err), -SLM_EINVAL);
 }
 
+static void test_core_compress__calibration_documents(void **state)
+{
+    (void)state;
+    char dir[4200];
+    struct tokenizer *tok = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    snprintf(dir, sizeof dir, "%s/tokenizers/gpt2", data_dir);
+    assert_int_equal(tokenizer_open(&tok, dir, &err), 0);
+    static const char jsonl[] = "{\"text\": \"Hello world.\", \"url\": \"x\"}\n{\"text\": \"Second\\ndocument here\"}\n\n";
+    static const char paras[] = "First paragraph\nstill first.\n\nSecond one.\n\n\nThird.";
+    struct calib_docs d;
+    assert_int_equal(calib_docs_from_text(&d, tok, jsonl, sizeof jsonl - 1, &err), 0);
+    assert_int_equal(d.ndocs, 2);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(tokenizer_encode(tok, "Second\ndocument here", 20, true, &ids, &n, &err), 0);
+    assert_int_equal(d.len[1], n);
+    assert_memory_equal(d.ids[1], ids, n * sizeof *ids);
+    free(ids);
+    calib_docs_free(&d);
+    assert_int_equal(calib_docs_from_text(&d, tok, paras, sizeof paras - 1, &err), 0);
+    assert_int_equal(d.ndocs, 3);
+    calib_docs_free(&d);
+    static const char bad[] = "{\"txt\": 1}\n";
+    assert_int_equal(calib_docs_from_text(&d, tok, bad, sizeof bad - 1, &err), -SLM_EFORMAT);
+    tokenizer_free(tok);
+}
+
 /* ---- parity with the reference ---- */
 
 struct cfg {
@@ -79,6 +106,9 @@ struct cfg {
     enum lowrank_method lm;
     bool quantize_lora;
     bool bf16;
+    bool opt;          /* the fixture's random OPT (slim-reference/) instead of stories260K */
+    bool pad;          /* pad_lora (implied by quantize_lora) */
+    bool rank_deficient;   /* fc2 has more inputs (1024) than calibration tokens (512): see below */
 };
 
 static int32_t *load_ids(const char *name, int *rows, int *cols)
@@ -134,6 +164,8 @@ static void run_cfg(const struct cfg *c)
     struct safetensors *ref = NULL;
     struct model *m = NULL;
     struct slm_err err = SLM_ERR_INIT;
+    snprintf(ref_dir, sizeof ref_dir, "%s/%s", data_dir, c->opt ? "slim-reference" : "slim-reference-stories260K");
+    snprintf(model_dir, sizeof model_dir, "%s/%s", data_dir, c->opt ? "slim-reference/model" : "stories260K");
     snprintf(p, sizeof p, "%s/%s.safetensors", ref_dir, c->name);
     if (access(p, R_OK)) {
         /* only part of the fixtures is copied into tests/data; point SLIM_TEST_DATA at the full set */
@@ -155,7 +187,8 @@ static void run_cfg(const struct cfg *c)
     o.quant.bits = 4;
     o.quant.bf16 = c->bf16;
     o.lowrank.method = c->lm;
-    o.lowrank.pad = false;
+    o.lowrank.pad = c->pad;
+    o.lowrank.tile = 128;
     o.lowrank.quantize = c->quantize_lora;
     o.lowrank.bf16 = c->bf16;
     o.bf16 = c->bf16;
@@ -188,6 +221,8 @@ static void run_cfg(const struct cfg *c)
                 }
             }
             double rel = sqrt(num / den);
+            /* the reported layer error is a fraction: compressed layers lose something, not everything */
+            assert_true(res.lin[b][r].rel_error > 0 && res.lin[b][r].rel_error < 1);
             if (getenv("VERBOSE")) fprintf(stderr, "  %s rel %.3e\n", l->name, rel);
             if (rel > worst) worst = rel;
             free(want);
@@ -197,7 +232,13 @@ static void run_cfg(const struct cfg *c)
     double dppl = fabs(ppl / want_ppl - 1);
     fprintf(stderr, "parity %-42s mask mismatches %ld/%ld  worst weight rel %.2e  ppl %.4f vs %.4f (%.3f%%)\n",
             c->name, mism, total, worst, ppl, want_ppl, 100 * dppl);
-    if (!c->bf16) {
+    if (c->rank_deficient) {
+        /* SparseGPT on fc2 of the fixture OPT: its Hessian has rank <= 512 < 1024, so H^-1 is
+        ** set by the damping alone and LAPACK vs torch rounding in the Cholesky factors moves
+        ** OBS decisions (block 0: every other layer matches to 1e-6, fc2 to 5e-2). */
+        assert_true(mism <= 2 * total / 100);
+        assert_true(dppl < 0.005);
+    } else if (!c->bf16) {
         assert_int_equal(mism, 0);
         assert_true(worst < 1e-3);
         assert_true(dppl < 0.005);
@@ -217,18 +258,30 @@ static void run_cfg(const struct cfg *c)
 }
 
 static const struct cfg cfgs[] = {
-    { "wanda_2of4_f32", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false },
-    { "wanda_unstr50_f32", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false },
-    { "magnitude_unstr50_absmax4_f32", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, false },
-    { "sparsegpt_2of4_f32", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false },
-    { "sparsegpt_unstr50_f32", PRUNE_SPARSEGPT, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false },
-    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true },
-    { "magnitude_2of4_f32", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false },
-    { "wanda_2of4_bf16", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true },
-    { "wanda_2of4_slimquant4_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false, true },
-    { "wanda_2of4_slimquant4_naivelora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false, true },
-    { "magnitude_unstr50_absmax4_bf16", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, true },
-    { "sparsegpt_2of4_bf16", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true },
+    { "wanda_2of4_f32", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "wanda_unstr50_f32", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "magnitude_unstr50_absmax4_f32", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "sparsegpt_2of4_f32", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "sparsegpt_unstr50_f32", PRUNE_SPARSEGPT, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true, false, false, false },
+    { "magnitude_2of4_f32", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, false, false, false },
+    { "wanda_2of4_bf16", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "wanda_2of4_slimquant4_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "wanda_2of4_slimquant4_naivelora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false, true, false, false, false },
+    { "magnitude_unstr50_absmax4_bf16", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "sparsegpt_2of4_bf16", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    /* the random OPT of slim-reference/ (6 MB per file: not copied, runs with the full fixture set) */
+    { "magnitude_2of4_f32", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, false },
+    { "magnitude_unstr50_absmax4_f32", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, false, true, false, false },
+    { "wanda_2of4_f32", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, false },
+    { "wanda_unstr50_f32", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, false },
+    { "sparsegpt_2of4_f32", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, true },
+    { "sparsegpt_unstr50_f32", PRUNE_SPARSEGPT, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, true },
+    { "wanda_2of4_groupabsmax4_bf16", PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 128, LOWRANK_NONE, false, true, true, false, false },
+    { "wanda_2of4_slimquant4_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false, true, true, false, false },
+    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true, true, false, false },
+    { "wanda_2of4_slimquant4_naivelora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false, true, true, false, false },
+    { "wanda_2of4_slimquant4_slimlora_q_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true, true, true, true, false },
 };
 
 #define PARITY(i, fn) static void fn(void **state) { (void)state; run_cfg(&cfgs[i]); }
@@ -244,12 +297,24 @@ PARITY(8, test_core_compress__parity_wanda_2of4_slimquant4_bf16)
 PARITY(9, test_core_compress__parity_wanda_2of4_slimquant4_naivelora_bf16)
 PARITY(10, test_core_compress__parity_magnitude_unstr50_absmax4_bf16)
 PARITY(11, test_core_compress__parity_sparsegpt_2of4_bf16)
+PARITY(12, test_core_compress__parity_opt_magnitude_2of4_f32)
+PARITY(13, test_core_compress__parity_opt_magnitude_unstr50_absmax4_f32)
+PARITY(14, test_core_compress__parity_opt_wanda_2of4_f32)
+PARITY(15, test_core_compress__parity_opt_wanda_unstr50_f32)
+PARITY(16, test_core_compress__parity_opt_sparsegpt_2of4_f32)
+PARITY(17, test_core_compress__parity_opt_sparsegpt_unstr50_f32)
+PARITY(18, test_core_compress__parity_opt_wanda_2of4_groupabsmax4_bf16)
+PARITY(19, test_core_compress__parity_opt_wanda_2of4_slimquant4_bf16)
+PARITY(20, test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_bf16)
+PARITY(21, test_core_compress__parity_opt_wanda_2of4_slimquant4_naivelora_bf16)
+PARITY(22, test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_q_bf16)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_compress__pyrandom_matches_cpython),
         cmocka_unit_test(test_core_compress__sampler_windows),
+        cmocka_unit_test(test_core_compress__calibration_documents),
         cmocka_unit_test(test_core_compress__parity_wanda_2of4_f32),
         cmocka_unit_test(test_core_compress__parity_wanda_unstr50_f32),
         cmocka_unit_test(test_core_compress__parity_magnitude_unstr50_absmax4_f32),
@@ -262,6 +327,17 @@ int main(void)
         cmocka_unit_test(test_core_compress__parity_wanda_2of4_slimquant4_naivelora_bf16),
         cmocka_unit_test(test_core_compress__parity_magnitude_unstr50_absmax4_bf16),
         cmocka_unit_test(test_core_compress__parity_sparsegpt_2of4_bf16),
+        cmocka_unit_test(test_core_compress__parity_opt_magnitude_2of4_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_magnitude_unstr50_absmax4_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_unstr50_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_sparsegpt_2of4_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_sparsegpt_unstr50_f32),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_groupabsmax4_bf16),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_bf16),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_bf16),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_naivelora_bf16),
+        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_q_bf16),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,7 @@ static double urand(void)
 static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
 
 static struct kbackend *kb;
-static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, "cpu", &e); }
+static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e); }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
 static void test_core_lowrank__rank_rounding(void **state)
@@ -116,6 +117,39 @@ static void test_core_lowrank__quantized_adapters_on_grid(void **state)
     quant_params_free(&pr);
 }
 
+static void test_core_lowrank__prune_lora(void **state)
+{
+    (void)state;
+    enum { DO = 48, DI = 64, RK = 8 };
+    float L[DI * RK], Rm[RK * DO], L0[DI * RK];
+    uint8_t mask[DI * RK];
+    for (int i = 0; i < DI * RK; i++) L0[i] = L[i] = nrand();
+    for (int i = 0; i < RK * DO; i++) Rm[i] = nrand() * 0.1f;
+    struct slm_err err = SLM_ERR_INIT;
+    double f0 = 0, f = 0;
+    /* zero steps: the loss of plain masking */
+    assert_int_equal(lowrank_prune_adapter(kb, L, Rm, DO, DI, RK, 0, mask, &f0, &err), 0);
+    memcpy(L, L0, sizeof L);
+    assert_int_equal(lowrank_prune_adapter(kb, L, Rm, DO, DI, RK, 200, mask, &f, &err), 0);
+    for (int c = 0; c < RK; c++)
+        for (int g = 0; g < DI; g += 4) {
+            int k = 0;
+            for (int j = g; j < g + 4; j++) {
+                k += mask[j * RK + c];
+                if (mask[j * RK + c]) {
+                    assert_true(L[j * RK + c] == 0);
+                    /* dropped by SIGNED value: every dropped entry <= every kept one of its group */
+                    for (int j2 = g; j2 < g + 4; j2++)
+                        if (!mask[j2 * RK + c]) assert_true(L0[j * RK + c] <= L0[j2 * RK + c]);
+                }
+            }
+            assert_int_equal(k, 2);
+        }
+    fprintf(stderr, "prune_lora: relative error %.4f after masking, %.4f after Adam\n", f0, f);
+    assert_true(f0 > 0.3);
+    assert_true(isfinite(f) && f < f0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -123,6 +157,7 @@ int main(void)
         cmocka_unit_test(test_core_lowrank__naive_is_optimal),
         cmocka_unit_test(test_core_lowrank__slim_optimal_in_scaled_norm),
         cmocka_unit_test(test_core_lowrank__quantized_adapters_on_grid),
+        cmocka_unit_test(test_core_lowrank__prune_lora),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

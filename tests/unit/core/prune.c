@@ -20,7 +20,7 @@ static double urand(void)
 static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
 
 static struct kbackend *kb;
-static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, "cpu", &e); }
+static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e); }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
 static void test_core_prune__magnitude_2of4_keeps_largest(void **state)
