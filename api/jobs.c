@@ -20,6 +20,7 @@
 #include <microhttpd.h>
 
 #include "core/jobspec.h"
+#include "daemon/fetch.h"
 
 static int64_t now_ms(void)
 {
@@ -92,20 +93,6 @@ static bool host_private(const char *host)
     return host[strspn(host, "0123456789.")] == 0 || !strncasecmp(host, "0x", 2);
 }
 
-static bool host_allowed(const char *allow, const char *host)
-{
-    size_t hn = strlen(host);
-    const char *p = allow;
-    while (p && *p) {
-        const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        if (n && p[0] == '.' && hn > n && !strncasecmp(host + hn - n, p, n)) return true;
-        if (n && p[0] != '.' && hn == n && !strncasecmp(host, p, n)) return true;
-        p = e ? e + 1 : NULL;
-    }
-    return false;
-}
-
 int api_source_allowed(const struct slimd_config *cfg, const char *src, const char *rev, char *ptr, size_t ptr_len,
                        struct slm_err *err)
 {
@@ -132,7 +119,7 @@ int api_source_allowed(const struct slimd_config *cfg, const char *src, const ch
         if (!n || n >= sizeof host) return slm_err_set(err, SLM_EINVAL, "/model/source: URL has no host");
         snprintf(host, sizeof host, "%.*s", (int)n, src + 8);
         if (host_private(host)) return slm_err_set(err, SLM_EINVAL, "/model/source: private or loopback address '%s'", host);
-        if (!host_allowed(cfg->allow_hosts, host))
+        if (!fetch_host_allowed(cfg->allow_hosts, host))
             return slm_err_set(err, SLM_EINVAL, "/model/source: host '%s' is not in allow-hosts", host);
         if (strstr(src, "/../") || strstr(src, "/..?") || (strlen(src) > 3 && !strcmp(src + strlen(src) - 3, "/..")))
             return slm_err_set(err, SLM_EINVAL, "/model/source: '..' in URL path");

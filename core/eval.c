@@ -89,8 +89,10 @@ int eval_load_ids_json(const char *path, int32_t **ids, size_t *n, struct slm_er
     *ids = NULL;
     *n = 0;
     size_t cap = 0;
-    int rc = json_is_array(root) ? append_ids(root, ids, n, &cap, err)
-                                 : slm_err_set(err, SLM_EFORMAT, "%s: expected a JSON array of token ids", path);
+    /* {"ids": [...], ...} as the fixtures store them, or the array itself */
+    const json_t *arr = json_is_object(root) ? json_object_get(root, "ids") : root;
+    int rc = json_is_array(arr) ? append_ids(arr, ids, n, &cap, err)
+                                : slm_err_set(err, SLM_EFORMAT, "%s: expected a JSON array of token ids, or an object with one in \"ids\"", path);
     json_decref(root);
     if (rc) { free(*ids); *ids = NULL; *n = 0; }
     return rc;

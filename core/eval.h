@@ -38,7 +38,8 @@ struct eval_result {
 int eval_perplexity(struct model *m, const int32_t *ids, size_t n, const struct eval_opts *o, struct eval_result *out,
                     struct slm_err *err);
 
-/* Read a JSON file of token ids: a flat array, or an array of arrays (concatenated). *ids malloc'd. */
+/* Read a JSON file of token ids: a flat array, or an array of arrays (concatenated), or an object
+** holding such an array in "ids". *ids malloc'd. */
 int eval_load_ids_json(const char *path, int32_t **ids, size_t *n, struct slm_err *err);
 
 #endif

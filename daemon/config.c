@@ -97,6 +97,9 @@ int config_set(struct slimd_config *c, const char *name, const char *value, cons
         }
         if (!strcmp(name, "device") && strcmp(value, "auto") && strcmp(value, "cpu") && strncmp(value, "cuda", 4))
             return slm_err_set(err, SLM_EINVAL, "%s: device: must be auto, cpu, cuda or cuda:N", where);
+        if ((!strcmp(name, "hub-endpoint") || (!strcmp(name, "dataset-mirror") && value[0])) &&
+            strncmp(value, "https://", 8) && strncmp(value, "http://", 7))
+            return slm_err_set(err, SLM_EINVAL, "%s: %s: must be an http:// or https:// URL", where, name);
         char *dup = strdup(value);
         if (!dup) return slm_err_set(err, SLM_ENOMEM, "config: out of memory");
         free(*(char **)p);

@@ -74,7 +74,7 @@ static bool same_origin(const char *a, const char *b)
     return !strcasecmp(ha, hb) && pa == pb && !strncmp(a, b, 5);
 }
 
-static bool host_allowed(const char *allow, const char *host)
+bool fetch_host_allowed(const char *allow, const char *host)
 {
     size_t hn = strlen(host);
     for (const char *p = allow; p && *p;) {
@@ -238,7 +238,7 @@ int fetch_url(const struct fetch_opts *o, const char *url, const char *path, con
         if (url_host(host, sizeof host, &port, cur)) { rc = slm_err_set(err, SLM_EINVAL, "bad URL '%s'", cur); goto done; }
         x.trusted = (o->hub_endpoint && o->hub_endpoint[0] && same_origin(cur, o->hub_endpoint)) ||
                     (o->dataset_mirror && o->dataset_mirror[0] && same_origin(cur, o->dataset_mirror));
-        if (!x.trusted && (strncmp(cur, "https://", 8) || !host_allowed(o->allow_hosts ? o->allow_hosts : "", host))) {
+        if (!x.trusted && (strncmp(cur, "https://", 8) || !fetch_host_allowed(o->allow_hosts ? o->allow_hosts : "", host))) {
             rc = slm_err_set(err, SLM_EINVAL, "refusing to fetch from %s (https and allow-hosts only)", host);
             goto done;
         }

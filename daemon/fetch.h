@@ -12,6 +12,7 @@
 #define SLIMD_FETCH_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,5 +47,9 @@ int fetch_datasets(char *out, size_t out_len, const struct fetch_opts *o, const 
 ** auth_header may be NULL; it is sent to url's host only, never to a redirect target elsewhere. */
 int fetch_url(const struct fetch_opts *o, const char *url, const char *path, const char *want_sha256,
               const char *auth_header, int64_t *bytes_received, struct slm_err *err);
+
+/* True when host matches an entry of the comma-separated allow list: "name" exactly, or ".suffix"
+** as a proper suffix (".hf.co" allows "cdn.hf.co", not "hf.co"), case-insensitively. */
+bool fetch_host_allowed(const char *allow, const char *host);
 
 #endif

@@ -129,6 +129,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* no live reload: restart to apply a new configuration */
     if (supervisor_new(&sup, ctx, nslots, (const char *const *)devices, wake[0], &err)) { slog(LOG_WARNING, "%s", err.msg); goto done; }
     int port;
     if (api_start(&srv, ctx, &port, &err)) { slog(LOG_WARNING, "%s", err.msg); goto done; }

@@ -31,6 +31,8 @@ struct slot {
     char *buf;                 /* partial line */
     size_t len, cap;
     json_t *done;              /* the {"t":"done"} line */
+    char last_stage[32];       /* progress throttle: a stage change is always stored, */
+    int64_t last_progress_ms;  /* otherwise at most one progress row per PROGRESS_EVERY_MS */
 };
 
 struct supervisor {
@@ -39,6 +41,8 @@ struct supervisor {
     struct slot *slots;
     char boot[24];
 };
+
+#define PROGRESS_EVERY_MS 250
 
 static int64_t now_ms(void)
 {
@@ -146,6 +150,8 @@ static int spawn(struct supervisor *s, struct slot *sl, struct slm_err *err)
     sl->cancel_sent_ms = 0;
     sl->killed_for_drain = false;
     sl->timed_out = false;
+    sl->last_stage[0] = 0;
+    sl->last_progress_ms = 0;
     sl->len = 0;
     slog(LOG_NOTICE, "job %s: attempt %d started in pid %d on %s", sl->job.id, sl->job.attempt, (int)pid, sl->device);
     return 0;
@@ -160,6 +166,12 @@ static void on_line(struct supervisor *s, struct slot *sl, const char *line)
     struct slm_err err = SLM_ERR_INIT;
     if (!t) { slog(LOG_WARNING, "job %s: unreadable line from child", sl->job.id); json_decref(j); return; }
     if (!strcmp(t, "progress")) {
+        const char *stage = json_string_value(json_object_get(j, "stage"));
+        int64_t now = now_ms();
+        bool same = stage && !strcmp(stage, sl->last_stage);
+        if (same && now - sl->last_progress_ms < PROGRESS_EVERY_MS) { json_decref(j); return; }
+        snprintf(sl->last_stage, sizeof sl->last_stage, "%s", stage ? stage : "");
+        sl->last_progress_ms = now;
         if (jobstore_progress(s->ctx->js, sl->job.id, json_string_value(json_object_get(j, "stage")),
                               json_number_value(json_object_get(j, "progress")),
                               json_string_value(json_object_get(j, "message")), now_ms(), &err))

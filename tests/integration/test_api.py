@@ -25,6 +25,20 @@ def with_slimd(*extra, **kw):
     return deco
 
 
+def children_of(pid):
+    """Child pids of pid, from /proc (no procps needed)."""
+    kids = []
+    for p in os.listdir('/proc'):
+        if p.isdigit():
+            try:
+                stat = open('/proc/%s/stat' % p).read()
+            except OSError:
+                continue
+            if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
+                kids.append(p)
+    return kids
+
+
 def hub_spec(hub_org, name='tiny-opt'):
     return {'model': {'source': 'hf://%s/%s' % (hub_org, name)}, 'method': 'eval', 'eval': {'perplexity': []}}
 
@@ -93,6 +107,46 @@ def test_integration_api__slimctl_wait_end_to_end(d):
     # cancel of a finished job: 409 -> exit 2
     assert d.slimctl('cancel', job['id']).returncode == 2
     os.unlink(f.name)
+
+
+def test_integration_api__compression_job_end_to_end():
+    """A real SLiM job (Wanda 50 % + 4-bit AbsMax) through slimctl --wait: calibration, compression,
+    checkpoint, perplexity before/after, artifacts."""
+    root = tempfile.mkdtemp(prefix='slimd-model-')
+    model = os.path.join(root, 'tiny-opt-bytetok')
+    os.mkdir(model)
+    for f in ('config.json', 'model.safetensors'):
+        os.symlink(os.path.abspath(os.path.join(DATA, 'tiny-opt', f)), os.path.join(model, f))
+    for f in ('vocab.json', 'merges.txt'):
+        os.symlink(os.path.abspath(os.path.join(DATA, 'service', 'bytetok', f)), os.path.join(model, f))
+    os.mkdir(os.path.join(root, 'data'))
+    with open(os.path.join(DATA, 'tokenizers', 'text-excerpt.txt'), 'rb') as f:
+        open(os.path.join(root, 'data', 'excerpt.txt'), 'wb').write(f.read(8000))
+    d = Slimd('--dataset-dir', os.path.join(root, 'data'))
+    d.extra += ['--file-source-root', root]  # the last flag wins over the harness default
+    d.start()
+    try:
+        spec = {'model': {'source': 'file://' + model}, 'method': 'slim',
+                'pruning': {'method': 'wanda', 'sparsity': 0.5},
+                'quantization': {'method': 'absmax', 'bits': 4, 'group_size': -1},
+                'calibration': {'dataset': 'excerpt', 'nsamples': 2, 'seqlen': 64},
+                'eval': {'perplexity': ['excerpt'], 'seqlen': 64}}
+        path = os.path.join(root, 'spec.json')
+        json.dump(spec, open(path, 'w'))
+        r = d.slimctl('submit', path, '--wait', '--json', check=0, timeout=300)
+        job = json.loads(r.stdout)
+        ppl = job['metrics']['perplexity']['excerpt']
+        assert ppl['before'] > 1 and ppl['after'] > 1 and ppl['after'] != ppl['before'], ppl
+        stages = {e['stage'] for e in d.json('GET', '/v1/jobs/%s/events' % job['id'])[1]['events']}
+        assert {'loading', 'compressing'} <= stages, stages
+        names = {a['name'] for a in d.json('GET', '/v1/jobs/%s/artifacts' % job['id'])[1]['artifacts']}
+        assert {'model.safetensors', 'slim_config.json', 'metrics.json'} <= names, names
+        out = tempfile.mkdtemp()
+        d.slimctl('download', job['id'], out, check=0)
+        st, h, head = d.request('GET', '/v1/jobs/%s/artifacts/model.safetensors' % job['id'], headers={'Range': 'bytes=0-7'})
+        assert st == 206 and head == open(os.path.join(out, 'model.safetensors'), 'rb').read(8)
+    finally:
+        d.cleanup()
 
 
 @with_slimd()
@@ -287,7 +341,7 @@ def test_integration_api__child_crash_spends_attempts_then_fails():
         for attempt in (1, 2, 3):
             wait_for(lambda: (lambda j: j['state'] == 'running' and j['attempts'] == attempt and j['stage'] == 'downloading')(d.job(jid)),
                      10000, 'attempt %d' % attempt)
-            kids = subprocess.run(['pgrep', '-P', str(d.proc.pid)], capture_output=True, text=True).stdout.split()
+            kids = children_of(d.proc.pid)
             assert len(kids) == 1, kids
             os.kill(int(kids[0]), signal.SIGKILL)
         j = d.wait_state(jid)

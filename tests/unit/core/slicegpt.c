@@ -592,21 +592,6 @@ static void test_core_slicegpt__cancel_flag_stops(void **state)
 
 /* ---- the job runner: method "slicegpt" ---- */
 
-/* No tokenizer is needed here (calibration from an ids file, no perplexity); these weak
-** definitions only stand in while the library has none, and lose to a real one. */
-__attribute__((weak)) int tokenizer_open(struct tokenizer **out, const char *dir, struct slm_err *err)
-{
-    *out = NULL;
-    return slm_err_set(err, SLM_ENOTFOUND, "%s: no tokenizer", dir);
-}
-__attribute__((weak)) void tokenizer_free(struct tokenizer *t) { (void)t; }
-__attribute__((weak)) int tokenizer_encode(struct tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,
-                                           size_t *n, struct slm_err *err)
-{
-    (void)t; (void)text; (void)len; (void)add_special; (void)ids; (void)n;
-    return slm_err_set(err, SLM_EUNSUPPORTED, "no tokenizer");
-}
-
 struct prog { int blocks, last_block; bool cancel_at_first; };
 
 static int on_progress(const struct job_progress *p, void *payload)

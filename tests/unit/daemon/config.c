@@ -90,6 +90,10 @@ static void test_daemon_config__out_of_range_names_source(void **state)
     slm_err_clear(&err);
     char *argv3[] = { "slimd", "--no-such-option", "1", NULL };
     assert_int_equal(config_load(&c, 3, argv3, &action, &err), -SLM_EINVAL);
+    slm_err_clear(&err);
+    char *argv4[] = { "slimd", "--hub-endpoint", "ftp://x", NULL };
+    assert_int_equal(config_load(&c, 3, argv4, &action, &err), -SLM_EINVAL);
+    assert_string_equal(err.msg, "command line: hub-endpoint: must be an http:// or https:// URL");
 }
 
 static void test_daemon_config__hub_token_is_hidden(void **state)
