@@ -500,6 +500,15 @@ int checkpoint_open(struct model **out, const char *dir, struct kbackend *kb, in
         return slm_err_set(err, SLM_EFORMAT, "%s: not a %s checkpoint", p, CHECKPOINT_FORMAT);
     }
     if ((rc = model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, err))) { json_decref(cfg); return rc; }
+    /* a spec with activation quantization evaluates the reloaded model the same way */
+    json_t *q = json_object_get(json_object_get(cfg, "spec"), "quantization");
+    const char *in = json_string_value(json_object_get(q, "input"));
+    if (in && (rc = model_set_input_quant(m, in, (int)json_integer_value(json_object_get(q, "input_bits")),
+                                          (int)json_integer_value(json_object_get(q, "input_group_size")), err))) {
+        json_decref(cfg);
+        model_free(m);
+        return rc;
+    }
     /* keep the encodings alive with the model: store them inside its config JSON */
     if (!m->config_json || json_object_set(m->config_json, "slim_layers", layers)) {
         json_decref(cfg);

@@ -60,9 +60,6 @@ int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, st
     if (s->quantization.joint)
         return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
     o->prune_lora = s->lowrank.prune;
-    if (s->quantization.input)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/input: activation quantization at evaluation time is not "
-                           "wired into the forward pass in this build (quant_input_host exists)");
     return 0;
 }
 

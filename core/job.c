@@ -153,6 +153,11 @@ static int job_compress_slim(struct job_state *js, struct model *m, struct token
     }
     compress_result_free(&cr);
     if (rc) return rc;
+    /* activation quantization is an evaluation-time emulation, applied after compression (§3.6) */
+    const struct jobspec *s = js->spec;
+    if (s->quantization.input &&
+        (rc = model_set_input_quant(m, s->quantization.input, s->quantization.input_bits, s->quantization.input_group_size, err)))
+        return rc;
     js->stage = "evaluating";
     js->stage_lo = 0.8;
     js->stage_hi = 1.0;

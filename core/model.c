@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "quant.h"
 #include "safetensors.h"
 #include "slicegpt.h"
 
@@ -333,12 +334,43 @@ static int norm_apply(struct model *m, float *y, const float *x, const float *w,
     return rc;
 }
 
-/* y [rows x d_out] = x W^T + b, plus the adapter x L R; t is scratch [rows x rank]. */
+int model_set_input_quant(struct model *m, const char *kind, int bits, int group_size, struct slm_err *err)
+{
+    if (!kind || !*kind) { m->input_quant[0] = 0; return 0; }
+    if (strcmp(kind, "fp8") && strcmp(kind, "int"))
+        return slm_err_set(err, SLM_EINVAL, "input quantization '%s' unknown (fp8, int)", kind);
+    if (bits < 2 || bits > 8 || (!strcmp(kind, "fp8") && bits != 8) || group_size == 0 || group_size < -1)
+        return slm_err_set(err, SLM_EINVAL, "input quantization %s: bits %d / group %d invalid", kind, bits, group_size);
+    snprintf(m->input_quant, sizeof m->input_quant, "%s", kind);
+    m->input_quant_bits = bits;
+    m->input_quant_group = group_size;
+    return 0;
+}
+
+/* In-place quantize-dequantize of a block linear's input (backend memory). The emulation runs on
+** the host; on a device backend the tensor makes a round trip. */
+static int input_quant(struct model *m, float *x, int rows, int d, struct slm_err *err)
+{
+    size_t n = (size_t)rows * d;
+    if (!strcmp(kb_name(m->kb), "cpu")) return quant_input_host(x, rows, d, m->input_quant, m->input_quant_bits, m->input_quant_group, err);
+    float *h = malloc(n * sizeof(float));
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "input quantization: %zu floats", n);
+    int rc = kb_download(m->kb, h, x, n * sizeof(float), err);
+    if (!rc) rc = quant_input_host(h, rows, d, m->input_quant, m->input_quant_bits, m->input_quant_group, err);
+    if (!rc) rc = kb_upload(m->kb, x, h, n * sizeof(float), err);
+    free(h);
+    return rc;
+}
+
+/* y [rows x d_out] = x W^T + b, plus the adapter x L R; t is scratch [rows x rank]. x is a block
+** workspace buffer, so input-quantization emulation may rewrite it in place. */
 static int lin_fwd(struct model *m, const struct linear *l, float *y, const float *x, float *t, int rows,
                    struct slm_err *err)
 {
     struct kbackend *kb = m->kb;
-    int rc = kb_linear(kb, y, x, l->w, l->b, rows, l->d_out, l->d_in, err);
+    int rc;
+    if (m->input_quant[0] && (rc = input_quant(m, (float *)x, rows, l->d_in, err))) return rc;
+    rc = kb_linear(kb, y, x, l->w, l->b, rows, l->d_out, l->d_in, err);
     if (rc || !l->rank) return rc;
     struct kgemm_args g1 = { .ta = KB_N, .tb = KB_N, .m = rows, .n = l->rank, .k = l->d_in, .alpha = 1, .beta = 0,
                              .a = x, .lda = l->d_in, .b = l->lora_l, .ldb = l->rank, .c = t, .ldc = l->rank, .batch = 1 };

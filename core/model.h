@@ -113,6 +113,9 @@ struct model {
     int (*linear_loader)(struct model *m, int block, enum lin_role role, struct linear *l, void *payload,
                          struct slm_err *err);
     void *linear_loader_payload;
+    /* --- activation-quantization emulation (model_set_input_quant) --- */
+    char input_quant[8];            /* "" = off, "fp8", "int" */
+    int input_quant_bits, input_quant_group;
     /* --- added for SliceGPT --- */
     /* Observer of the residual stream between attention and MLP of sequential blocks (the
     ** input of the second norm) in model_block_forward: i = block index, h backend memory
@@ -120,6 +123,11 @@ struct model {
     int (*mid_cb)(int i, const float *h, int rows, int width, void *payload);
     void *mid_payload;
 };
+
+/* Activation-quantization emulation (ALGORITHMS.md §3.6): when kind is set ("fp8" or "int"), the
+** input of every block linear is replaced in place by its quantize-dequantize copy before use,
+** as the reference's forward pre-hook does (so linears sharing an input see it re-quantized). */
+int model_set_input_quant(struct model *m, const char *kind, int bits, int group_size, struct slm_err *err);
 
 enum { MODEL_LAZY_BLOCKS = 1 };     /* model_open flag: leave blocks unloaded */
 

@@ -246,9 +246,9 @@ static void byte_vocab(const char *dir)
     write_file(dir, "merges.txt", "#version: 0.2\n", 14);
 }
 
-static void test_core_checkpoint__job_end_to_end(void **state)
+/* input: NULL, or an activation-quantization kind ("fp8", "int") evaluated after compression */
+static void job_end_to_end(const char *input, int input_bits)
 {
-    (void)state;
     char mdir[] = "/tmp/slim-e2e-model-XXXXXX", ddir[] = "/tmp/slim-e2e-data-XXXXXX", odir[4200];
     assert_non_null(mkdtemp(mdir));
     assert_non_null(mkdtemp(ddir));
@@ -277,6 +277,11 @@ static void test_core_checkpoint__job_end_to_end(void **state)
                             "quantization", "method", "slim-quant",
                             "calibration", "dataset", "calib", "nsamples", 4, "seqlen", 64,
                             "eval", "perplexity", "evaltext", "seqlen", 64);
+    if (input) {
+        json_t *q = json_object_get(doc, "quantization");
+        json_object_set_new(q, "input", json_string(input));
+        json_object_set_new(q, "input_bits", json_integer(input_bits));
+    }
     struct jobspec spec;
     char path[128];
     struct slm_err err = SLM_ERR_INIT;
@@ -323,6 +328,17 @@ static void test_core_checkpoint__job_end_to_end(void **state)
     rmdir(ddir);
 }
 
+static void test_core_checkpoint__job_end_to_end(void **state) { (void)state; job_end_to_end(NULL, 0); }
+
+/* activation quantization is applied after compression and again when the checkpoint is
+** reopened: the reloaded model must reproduce the job's "after" perplexity exactly */
+static void test_core_checkpoint__job_with_input_quantization(void **state)
+{
+    (void)state;
+    job_end_to_end("int", 4);
+    job_end_to_end("fp8", 8);
+}
+
 static void test_core_checkpoint__rejects_foreign_folder(void **state)
 {
     (void)state;
@@ -345,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__prune_lora),
         cmocka_unit_test(test_core_checkpoint__l2qer),
         cmocka_unit_test(test_core_checkpoint__job_end_to_end),
+        cmocka_unit_test(test_core_checkpoint__job_with_input_quantization),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
