@@ -2,7 +2,9 @@
 # deploy/setup.sh: install every Debian package slimd needs to build, run and test.
 # Idempotent: apt-get skips what is already installed. Run as root (or with sudo).
 #   deploy/setup.sh           build + runtime + test dependencies
-#   SLIMD_SETUP_NODE=0 ...    skip node/npm (the tokenizer parity test then skips)
+#   SLIMD_SETUP_NODE=1 ...    also install Debian's node/npm when the machine has none, for the
+#                             tokenizer parity test (it skips without node; Debian 12's npm could
+#                             not install the reference packages on a fresh machine here)
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,7 +19,7 @@ pkgs=(
 )
 # node/npm and python3 only when the machine has none (a preinstalled node conflicts with Debian's)
 command -v python3 >/dev/null || pkgs+=(python3)
-if [ "${SLIMD_SETUP_NODE:-1}" = 1 ] && ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
+if [ "${SLIMD_SETUP_NODE:-0}" = 1 ] && ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

