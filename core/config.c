@@ -7,6 +7,7 @@
 #include "fileio.h"
 #include "model.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,7 +33,8 @@ int cfg_float(const json_t *root, const char *key, float *out, struct slm_err *e
     if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v)) return slm_err_set(err, SLM_EFORMAT, "config.json: %s must be a number", key);
     double x = json_number_value(v);
-    if (!isfinite(x)) return slm_err_set(err, SLM_EFORMAT, "config.json: %s is not finite", key);
+    if (!isfinite(x) || fabs(x) > FLT_MAX)   /* beyond float range the conversion is undefined */
+        return slm_err_set(err, SLM_EFORMAT, "config.json: %s is not a finite float", key);
     *out = (float)x;
     return 0;
 }
@@ -85,6 +87,8 @@ int cfg_rope(struct model_config *c, const json_t *root, struct slm_err *err)
         return rc;
     float prf = 0;
     if ((rc = cfg_float(sc, "partial_rotary_factor", &prf, err))) return rc;
+    if (prf != 0 && !(prf > 0 && prf <= 1))
+        return slm_err_set(err, SLM_EFORMAT, "config.json: partial_rotary_factor must be in (0, 1]");
     if (prf > 0) c->rot_dim = (int)(prf * (float)c->head_dim);
     if (!strcmp(type, "llama3") &&
         (c->rope_factor <= 0 || c->rope_low_freq_factor <= 0 || c->rope_high_freq_factor <= c->rope_low_freq_factor ||

@@ -279,6 +279,14 @@ static void test_core_forward__config_errors_are_specific(void **state)
                         "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2}}",
                         SLM_EUNSUPPORTED, "yarn");
     expect_config_error("{\"model_type\":\"opt\",\"model_type\":\"llama\"}", SLM_EFORMAT, "duplicate");
+    /* found by the config fuzzer: a factor this large overflowed the float -> int conversion */
+    expect_config_error("{\"model_type\":\"phi\",\"hidden_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                        "\"vocab_size\":10,\"max_position_embeddings\":8,\"intermediate_size\":8,"
+                        "\"rope_parameters\":{\"partial_rotary_factor\":1.0e95}}",
+                        SLM_EFORMAT, "partial_rotary_factor");
+    expect_config_error("{\"model_type\":\"llama\",\"hidden_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                        "\"vocab_size\":10,\"max_position_embeddings\":8,\"intermediate_size\":8,\"rms_norm_eps\":1e300}",
+                        SLM_EFORMAT, "rms_norm_eps");
     expect_config_error("{\"model_type\":\"phi\",\"hidden_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
                         "\"vocab_size\":10,\"max_position_embeddings\":8,\"intermediate_size\":8,\"qk_layernorm\":true}",
                         SLM_EUNSUPPORTED, "qk_layernorm");
