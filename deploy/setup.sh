@@ -14,7 +14,7 @@ pkgs=(
   libopenblas-dev liblapacke-dev
   libjansson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libcurl4-openssl-dev
   libcmocka-dev libssl-dev
-  clang libclang-rt-dev
+  clang libclang-rt-dev libomp-dev
   curl wrk
 )
 # node/npm and python3 only when the machine has none (a preinstalled node conflicts with Debian's)
