@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../test_util.h"
 #include "core/compress.h"
 #include "core/safetensors.h"
 
@@ -26,7 +27,7 @@ static int setup(void **state)
     struct slm_err e = SLM_ERR_INIT;
     const char *d = getenv("SLIM_TEST_DATA");
     snprintf(data_dir, sizeof data_dir, "%s", d ? d : "tests/data");
-    return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e);
+    return kbackend_open(&kb, test_backend_name(), &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 

@@ -11,16 +11,11 @@
 
 #include "core/prune.h"
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static double urand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0;
-}
-static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
+#define TEST_RNG_SEED 0x9e3779b97f4a7c15ull
+#include "../test_util.h"
 
 static struct kbackend *kb;
-static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, getenv("SLIM_TEST_DEVICE") ? getenv("SLIM_TEST_DEVICE") : "cpu", &e); }
+static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, test_backend_name(), &e); }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
 static void test_core_prune__magnitude_2of4_keeps_largest(void **state)

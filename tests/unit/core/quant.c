@@ -11,13 +11,8 @@
 #include "core/dtype.h"
 #include "core/quant.h"
 
-static uint64_t rng = 88172645463325252ull;
-static double urand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0;
-}
-static float nrand(void) { return (float)(sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
+#define TEST_RNG_SEED 88172645463325252ull
+#include "../test_util.h"
 static void fill(float *w, size_t n, float s) { for (size_t i = 0; i < n; i++) w[i] = s * nrand(); }
 
 static void test_core_quant__per_tensor_absmax_on_grid(void **state)
