@@ -35,6 +35,9 @@ struct job_state {
     const struct job_ctx *ctx;
     double stage_lo, stage_hi;      /* slice of overall progress this stage covers */
     const char *stage;
+    /* token ids of each evaluation dataset, tokenized once for the before and after runs */
+    int32_t *eval_ids[JOBSPEC_MAX_EVAL];
+    size_t eval_n[JOBSPEC_MAX_EVAL];
 };
 
 static int report(struct job_state *js, double frac_in_stage, int block, int nblocks, const char *msg)
@@ -73,15 +76,17 @@ static int eval_all(struct job_state *js, struct model *m, struct tokenizer *tok
 {
     const struct jobspec *s = js->spec;
     for (int i = 0; i < s->eval.n_perplexity; i++) {
-        char path[4200], *text = NULL;
-        size_t len = 0, n = 0;
-        int32_t *ids = NULL;
         int rc;
-        if ((rc = dataset_path(path, sizeof path, js->ctx, s->eval.perplexity[i], err)) || (rc = file_read_all(path, (size_t)1 << 32, &text, &len, err)))
-            return rc;
-        rc = tokenizer_encode(tok, text, len, true, &ids, &n, err);
-        free(text);
-        if (rc) return rc;
+        if (!js->eval_ids[i]) {
+            char path[4200], *text = NULL;
+            size_t len = 0;
+            if ((rc = dataset_path(path, sizeof path, js->ctx, s->eval.perplexity[i], err)) ||
+                (rc = file_read_all(path, (size_t)1 << 32, &text, &len, err)))
+                return rc;
+            rc = tokenizer_encode(tok, text, len, true, &js->eval_ids[i], &js->eval_n[i], err);
+            free(text);
+            if (rc) return rc;
+        }
         struct eval_opts o = EVAL_OPTS_INIT;
         struct eval_result r;
         o.seqlen = s->eval.seqlen;
@@ -89,9 +94,7 @@ static int eval_all(struct job_state *js, struct model *m, struct tokenizer *tok
         o.progress = eval_progress;
         o.payload = js;
         o.cancel = js->ctx->cancel;
-        rc = eval_perplexity(m, ids, n, &o, &r, err);
-        free(ids);
-        if (rc) return rc;
+        if ((rc = eval_perplexity(m, js->eval_ids[i], js->eval_n[i], &o, &r, err))) return rc;
         json_object_set_new(obj, s->eval.perplexity[i],
                             json_pack("{s:f,s:i,s:I,s:f}", "perplexity", r.ppl, "windows", r.nwindows, "tokens",
                                       (json_int_t)r.ntokens, "seconds", r.seconds));
@@ -271,7 +274,7 @@ static int run_slicegpt(struct job_state *js, struct model *m, struct tokenizer 
 
 int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metrics, struct slm_err *err)
 {
-    struct job_state js = { spec, ctx, 0, 0.05, "loading" };
+    struct job_state js = { .spec = spec, .ctx = ctx, .stage_lo = 0, .stage_hi = 0.05, .stage = "loading" };
     struct kbackend *kb = NULL;
     struct model *m = NULL;
     struct tokenizer *tok = NULL;
@@ -342,6 +345,7 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
     *metrics = out;
     out = NULL;
 done:
+    for (int i = 0; i < JOBSPEC_MAX_EVAL; i++) free(js.eval_ids[i]);
     json_decref(out);
     json_decref(timings);
     json_decref(ppl_before);

@@ -375,7 +375,7 @@ static int js_eval(struct jsctx *c, struct jobspec *s, const json_t *o)
     json_t *pv = o ? json_object_get(o, "perplexity") : NULL;
     if (pv && !json_is_array(pv)) return js_fail(c, "/eval/perplexity", "must be an array of dataset names");
     size_t n = pv ? json_array_size(pv) : 1;
-    if (n > 16) return js_fail(c, "/eval/perplexity", "16 datasets at most");
+    if (n > JOBSPEC_MAX_EVAL) return js_fail(c, "/eval/perplexity", "16 datasets at most");
     s->eval.perplexity = calloc(n ? n : 1, sizeof *s->eval.perplexity);
     if (!s->eval.perplexity) return slm_err_set(c->err, SLM_ENOMEM, "job spec: out of memory");
     for (size_t i = 0; i < n; i++) {

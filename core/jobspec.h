@@ -14,6 +14,7 @@
 #include "err.h"
 
 #define JOBSPEC_VERSION 1
+#define JOBSPEC_MAX_EVAL 16     /* datasets in /eval/perplexity */
 
 enum js_method { JS_METHOD_SLIM = 0, JS_METHOD_SLICEGPT, JS_METHOD_EVAL };
 enum js_prune { JS_PRUNE_NONE = 0, JS_PRUNE_MAGNITUDE, JS_PRUNE_WANDA, JS_PRUNE_SPARSEGPT };
