@@ -60,6 +60,7 @@ int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, st
     if (s->quantization.joint)
         return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
     o->prune_lora = s->lowrank.prune;
+    o->bf16 = o->quant.bf16 = o->lowrank.bf16 = s->precision == JS_PRECISION_BF16;
     return 0;
 }
 
@@ -483,6 +484,8 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     }
     struct compress_opts oo = *o;
     oo.keep_codes = o->keep_codes && res;
+    /* the reference casts the model to bf16 and compresses in bf16; it evaluates in f32 after */
+    if (o->bf16 && (rc = model_set_bf16(m, true, true, err))) goto done;
     if ((rc = kb_alloc(kb, (void **)&inps, sizeof *inps * per * nsamples, err)) || (rc = kb_alloc(kb, (void **)&x, sizeof *x * per, err)))
         goto done;
     /* inputs of block 0 */
@@ -531,6 +534,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     }
     if (res) res->seconds = now_s() - t0;
 done:
+    if (o->bf16) m->act_bf16 = false;
     stats_free(&bs);
     kb_release(kb, inps);
     kb_release(kb, x);

@@ -36,6 +36,7 @@ static const char *const js_quant_names[] = { "none", "absmax", "slim-quant", "o
 static const char *const js_lowrank_names[] = { "none", "naive", "slim", "l2qer", NULL };
 static const char *const js_device_names[] = { "auto", "cpu", "cuda", NULL };
 static const char *const js_input_names[] = { "fp8", "int", NULL };
+static const char *const js_precision_names[] = { "f32", "bf16", NULL };
 
 /* ---- error reporting ---- */
 
@@ -497,6 +498,7 @@ static json_t *jobspec_to_json(const struct jobspec *s)
     bad |= js_set(d, "eval", o ? json_pack("{s:o,s:i,s:b,s:i}", "perplexity", o, "seqlen", s->eval.seqlen,
                                            "baseline", s->eval.baseline, "batch", s->eval.batch) : NULL);
     bad |= js_set(d, "device", json_string(js_device_names[s->device]));
+    bad |= js_set(d, "precision", json_string(js_precision_names[s->precision]));
     if (bad) { json_decref(d); return NULL; }
     return d;
 }
@@ -506,7 +508,7 @@ static json_t *jobspec_to_json(const struct jobspec *s)
 int jobspec_parse(struct jobspec *out, const json_t *doc, char *path, size_t path_len, struct slm_err *err)
 {
     static const char *const known[] = { "version", "model", "method", "pruning", "quantization", "lowrank",
-                                         "slicegpt", "calibration", "eval", "device", NULL };
+                                         "slicegpt", "calibration", "eval", "device", "precision", NULL };
     struct jsctx c = { err, path, path_len };
     json_t *pr, *qu, *lr, *sg, *ca, *ev;
     int rc, v;
@@ -519,6 +521,12 @@ int jobspec_parse(struct jobspec *out, const json_t *doc, char *path, size_t pat
     out->method = (enum js_method)v;
     if ((rc = js_enum(&c, &v, doc, "", "device", js_device_names, JS_DEVICE_AUTO))) goto done;
     out->device = (enum js_device)v;
+    if ((rc = js_enum(&c, &v, doc, "", "precision", js_precision_names, JS_PRECISION_F32))) goto done;
+    out->precision = (enum js_precision)v;
+    if (out->precision == JS_PRECISION_BF16 && out->method != JS_METHOD_SLIM) {
+        rc = js_fail(&c, "/precision", "\"bf16\" emulates the SLiM reference: only with method \"slim\"");
+        goto done;
+    }
     if ((rc = js_model(&c, out, doc))) goto done;
     if ((rc = js_section(&c, &pr, doc, "pruning")) || (rc = js_section(&c, &qu, doc, "quantization")) ||
         (rc = js_section(&c, &lr, doc, "lowrank")) || (rc = js_section(&c, &sg, doc, "slicegpt")) ||
@@ -573,7 +581,7 @@ static json_t *js_names(const char *const *names)
 
 json_t *jobspec_capabilities(void)
 {
-    return json_pack("{s:i,s:o,s:o,s:{s:o,s:[s,s],s:{s:f,s:b,s:f,s:i}},"
+    return json_pack("{s:i,s:o,s:o,s:o,s:{s:o,s:[s,s],s:{s:f,s:b,s:f,s:i}},"
                      "s:{s:o,s:[i,i],s:o,s:{s:i,s:i}},"
                      "s:{s:o,s:{s:f,s:i,s:b,s:b,s:b}},"
                      "s:{s:{s:i,s:b}},"
@@ -582,6 +590,7 @@ json_t *jobspec_capabilities(void)
         "version", JOBSPEC_VERSION,
         "methods", js_names(js_method_names),
         "devices", js_names(js_device_names),
+        "precisions", js_names(js_precision_names),
         "pruning", "methods", js_names(js_prune_names), "patterns", "unstructured", "N:M",
             "defaults", "sparsity", JS_DEF_SPARSITY, "shift_zero_metrics", 1, "damp", JS_DEF_DAMP,
             "blocksize", JS_DEF_BLOCKSIZE,

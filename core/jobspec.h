@@ -21,6 +21,9 @@ enum js_prune { JS_PRUNE_NONE = 0, JS_PRUNE_MAGNITUDE, JS_PRUNE_WANDA, JS_PRUNE_
 enum js_quant { JS_QUANT_NONE = 0, JS_QUANT_ABSMAX, JS_QUANT_SLIM, JS_QUANT_OPTQ };
 enum js_lowrank { JS_LOWRANK_NONE = 0, JS_LOWRANK_NAIVE, JS_LOWRANK_SLIM, JS_LOWRANK_L2QER };
 enum js_device { JS_DEVICE_AUTO = 0, JS_DEVICE_CPU, JS_DEVICE_CUDA };
+/* bf16: emulate the SLiM reference's bfloat16 pipeline (weights and every op's output rounded to
+** bf16 while compressing; evaluation in f32 on the bf16 weights), to reproduce its numbers. */
+enum js_precision { JS_PRECISION_F32 = 0, JS_PRECISION_BF16 };
 
 struct jobspec {
     int version;
@@ -57,6 +60,7 @@ struct jobspec {
     struct { char *dataset; int nsamples, seqlen, seed; } calibration;
     struct { char **perplexity; int n_perplexity; int seqlen; bool baseline; int batch; } eval;
     enum js_device device;
+    enum js_precision precision;
     json_t *raw;                    /* the validated document, defaults filled in (owned) */
 };
 

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "dtype.h"
 #include "quant.h"
 #include "safetensors.h"
 #include "slicegpt.h"
@@ -25,6 +26,12 @@
 /* ---- small helpers ---- */
 
 static int imax(int a, int b) { return a > b ? a : b; }
+
+/* bf16 emulation of an op's output (model_set_bf16); a no-op otherwise */
+static int act_round(struct model *m, float *y, size_t n, struct slm_err *err)
+{
+    return m->act_bf16 ? kb_round_bf16(m->kb, y, n, err) : 0;
+}
 
 /* Load tensor name (any float dtype) into new backend memory, checking its shape.
 ** Missing and !required: *out = NULL, returns 0. */
@@ -93,6 +100,28 @@ static void lin_shape(const struct model *m, const struct block *bl, enum lin_ro
 
 /* ---- blocks ---- */
 
+static int block_round_bf16(struct model *m, struct block *bl, struct slm_err *err)
+{
+    int rc = 0;
+    for (int r = 0; r < LIN_COUNT && !rc; r++) {
+        struct linear *l = &bl->lin[r];
+        if (l->w) rc = kb_round_bf16(m->kb, l->w, (size_t)l->d_out * l->d_in, err);
+        if (!rc && l->b) rc = kb_round_bf16(m->kb, l->b, (size_t)l->d_out, err);
+        if (!rc && l->rank) rc = kb_round_bf16(m->kb, l->lora_l, (size_t)l->d_in * l->rank, err);
+        if (!rc && l->rank) rc = kb_round_bf16(m->kb, l->lora_r, (size_t)l->rank * l->d_out, err);
+    }
+    int n2 = m->block_kind == BLOCK_PARALLEL ? bl->d_in : bl->d_mid;
+    bool par = m->block_kind == BLOCK_PARALLEL;
+    struct { float *p; size_t n; } v[] = {
+        { bl->norm1_w, (size_t)bl->d_in }, { bl->norm1_b, (size_t)bl->d_in }, { bl->norm2_w, (size_t)n2 },
+        { bl->norm2_b, (size_t)n2 }, { bl->shortcut_attn, (size_t)bl->d_in * (par ? bl->d_out : bl->d_mid) },
+        { bl->shortcut_mlp, (size_t)bl->d_mid * bl->d_out },
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0] && !rc; i++)
+        if (v[i].p) rc = kb_round_bf16(m->kb, v[i].p, v[i].n, err);
+    return rc;
+}
+
 int model_block_load(struct model *m, int b, struct slm_err *err)
 {
     struct block *bl = &m->blocks[b];
@@ -155,6 +184,7 @@ int model_block_load(struct model *m, int b, struct slm_err *err)
     snprintf(name, sizeof name, "%smlp_shortcut_Q", pre);
     if (!par && (rc = load_tensor(m, &bl->shortcut_mlp, name, 2, sm, false, err))) goto fail;
     bl->loaded = true;
+    if (m->weights_bf16 && (rc = block_round_bf16(m, bl, err))) goto fail;
     return 0;
 fail:
     bl->loaded = true; /* so unload frees what was loaded */
@@ -323,14 +353,71 @@ int model_max_width(const struct model *m)
 
 /* ---- forward ---- */
 
+/* LLaMA's RMSNorm in bf16 rounds twice: w * bf16(x * rsqrt(mean x^2 + eps)), the product
+** rounded again. The weight product runs on the host: emulation is an accuracy mode. */
+static int rmsnorm_bf16(struct model *m, float *y, const float *x, const float *w, const float *b, int rows, int cols,
+                        struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    size_t n = (size_t)rows * cols;
+    int rc = kb->iface->rmsnorm(kb, y, x, NULL, rows, cols, m->norm_divisor > 0 ? m->norm_divisor : (float)cols,
+                                m->cfg.norm_eps, err);
+    if (!rc) rc = kb_round_bf16(kb, y, n, err);
+    if (rc) return rc;
+    float *h = malloc(sizeof *h * (n + 2 * (size_t)cols));
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "rmsnorm (bf16 emulation): %zu floats", n);
+    float *hw = h + n, *hb = hw + cols;
+    rc = kb_download(kb, h, y, sizeof *h * n, err);
+    if (!rc) rc = kb_download(kb, hw, w, sizeof *hw * cols, err);
+    if (!rc && b) rc = kb_download(kb, hb, b, sizeof *hb * cols, err);
+    for (size_t i = 0; !rc && i < n; i++) {
+        float v = bf16_round(hw[i % cols] * h[i]);
+        h[i] = b ? bf16_round(v + hb[i % cols]) : v;
+    }
+    if (!rc) rc = kb_upload(kb, y, h, sizeof *h * n, err);
+    free(h);
+    return rc;
+}
+
 static int norm_apply(struct model *m, float *y, const float *x, const float *w, const float *b, int rows, int cols,
                       struct slm_err *err)
 {
     struct kbackend *kb = m->kb;
-    if (m->norm == NORM_LAYER) return kb->iface->layernorm(kb, y, x, w, b, rows, cols, m->cfg.norm_eps, err);
-    int rc = kb->iface->rmsnorm(kb, y, x, w, rows, cols, m->norm_divisor > 0 ? m->norm_divisor : (float)cols,
+    int rc;
+    if (m->act_bf16 && m->norm == NORM_RMS && w) return rmsnorm_bf16(m, y, x, w, b, rows, cols, err);
+    if (m->norm == NORM_LAYER) {
+        rc = kb->iface->layernorm(kb, y, x, w, b, rows, cols, m->cfg.norm_eps, err);
+    } else {
+        rc = kb->iface->rmsnorm(kb, y, x, w, rows, cols, m->norm_divisor > 0 ? m->norm_divisor : (float)cols,
                                 m->cfg.norm_eps, err);
-    if (!rc && b) rc = kb->iface->add_bias(kb, y, b, rows, cols, cols, err);
+        if (!rc && b) rc = kb->iface->add_bias(kb, y, b, rows, cols, cols, err);
+    }
+    return rc ? rc : act_round(m, y, (size_t)rows * cols, err);
+}
+
+int model_set_bf16(struct model *m, bool weights, bool activations, struct slm_err *err)
+{
+    const struct model_config *c = &m->cfg;
+    m->act_bf16 = activations;
+    if (!weights || m->weights_bf16) return 0;
+    m->weights_bf16 = true;
+    int pos_w = c->embed_dim != c->hidden ? c->hidden : m->embed_width;
+    int in_w = m->project_in ? c->hidden : m->embed_width;
+    /* embeddings live on the host (model_embed gathers them there) */
+    for (size_t i = 0, n = (size_t)c->vocab * m->embed_width; i < n; i++) m->embed[i] = bf16_round(m->embed[i]);
+    for (size_t i = 0, n = m->pos_embed ? (size_t)(c->max_pos + 2) * pos_w : 0; i < n; i++)
+        m->pos_embed[i] = bf16_round(m->pos_embed[i]);
+    struct { float *p; size_t n; } v[] = {
+        { m->embed_rot, (size_t)in_w * m->blocks[0].d_in },
+        { m->project_in, (size_t)c->hidden * c->embed_dim }, { m->project_out, (size_t)c->embed_dim * c->hidden },
+        { m->final_norm_w, (size_t)m->d_head }, { m->final_norm_b, (size_t)m->d_head },
+        { m->head_w, (size_t)c->vocab * (m->project_out ? c->embed_dim : m->d_head) }, { m->head_b, (size_t)c->vocab },
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof v / sizeof v[0] && !rc; i++)
+        if (v[i].p) rc = kb_round_bf16(m->kb, v[i].p, v[i].n, err);
+    for (int b = 0; b < c->n_layers && !rc; b++)
+        if (m->blocks[b].loaded) rc = block_round_bf16(m, &m->blocks[b], err);
     return rc;
 }
 
@@ -371,13 +458,16 @@ static int lin_fwd(struct model *m, const struct linear *l, float *y, const floa
     int rc;
     if (m->input_quant[0] && (rc = input_quant(m, (float *)x, rows, l->d_in, err))) return rc;
     rc = kb_linear(kb, y, x, l->w, l->b, rows, l->d_out, l->d_in, err);
+    if (!rc) rc = act_round(m, y, (size_t)rows * l->d_out, err);
     if (rc || !l->rank) return rc;
     struct kgemm_args g1 = { .ta = KB_N, .tb = KB_N, .m = rows, .n = l->rank, .k = l->d_in, .alpha = 1, .beta = 0,
                              .a = x, .lda = l->d_in, .b = l->lora_l, .ldb = l->rank, .c = t, .ldc = l->rank, .batch = 1 };
     struct kgemm_args g2 = { .ta = KB_N, .tb = KB_N, .m = rows, .n = l->d_out, .k = l->rank, .alpha = 1, .beta = 1,
                              .a = t, .lda = l->rank, .b = l->lora_r, .ldb = l->d_out, .c = y, .ldc = l->d_out, .batch = 1 };
-    if ((rc = kb->iface->gemm(kb, &g1, err))) return rc;
-    return kb->iface->gemm(kb, &g2, err);
+    if ((rc = kb->iface->gemm(kb, &g1, err)) || (rc = act_round(m, t, (size_t)rows * l->rank, err)) ||
+        (rc = kb->iface->gemm(kb, &g2, err)))
+        return rc;
+    return act_round(m, y, (size_t)rows * l->d_out, err);
 }
 
 /* y [rows x n] = x [rows x k] Q [k x n] */
@@ -385,7 +475,8 @@ static int matmul(struct model *m, float *y, const float *x, const float *q, int
 {
     struct kgemm_args g = { .ta = KB_N, .tb = KB_N, .m = rows, .n = n, .k = k, .alpha = 1, .beta = 0,
                             .a = x, .lda = k, .b = q, .ldb = n, .c = y, .ldc = n, .batch = 1 };
-    return m->kb->iface->gemm(m->kb, &g, err);
+    int rc = m->kb->iface->gemm(m->kb, &g, err);
+    return rc ? rc : act_round(m, y, (size_t)rows * n, err);
 }
 
 struct work {
@@ -426,6 +517,34 @@ static int work_get(struct model *m, struct work *w, int rows, struct slm_err *e
             return slm_err_set(err, SLM_ECANCELLED, "cancelled in block %d", b);                      \
     } while (0)
 
+/* transformers' apply_rotary_pos_emb in bf16: cos and sin (f32) cast to bf16, then
+** q * cos + rotate_half(q) * sin with every product and the sum rounded. Host emulation. */
+static int rope_bf16(struct model *m, float *x, int rows, int ld, int T, int nheads, struct slm_err *err)
+{
+    const struct model_config *c = &m->cfg;
+    int half = c->rot_dim / 2, hd = c->head_dim;
+    size_t n = (size_t)rows * ld;
+    float *h = malloc(sizeof *h * (n + (size_t)half));
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "rope (bf16 emulation): %zu floats", n);
+    float *f = h + n;
+    int rc = kb_download(m->kb, h, x, sizeof *h * n, err);
+    if (!rc) rc = kb_download(m->kb, f, m->inv_freq, sizeof *f * half, err);
+    for (int r = 0; !rc && r < rows; r++) {
+        float pos = (float)(r % T);
+        for (int i = 0; i < half; i++) {
+            float ang = pos * f[i], cs = bf16_round(cosf(ang)), sn = bf16_round(sinf(ang));
+            for (int hh = 0; hh < nheads; hh++) {
+                float *p = h + (size_t)r * ld + (size_t)hh * hd, a = p[i], b = p[i + half];
+                p[i] = bf16_round(bf16_round(a * cs) + bf16_round(-b * sn));
+                p[i + half] = bf16_round(bf16_round(b * cs) + bf16_round(a * sn));
+            }
+        }
+    }
+    if (!rc) rc = kb_upload(m->kb, x, h, sizeof *h * n, err);
+    free(h);
+    return rc;
+}
+
 static int attention_part(struct model *m, struct block *bl, int b, const float *h, float *o, struct work *w, int B,
                           int T, linear_input_cb cb, void *payload, struct slm_err *err)
 {
@@ -439,14 +558,18 @@ static int attention_part(struct model *m, struct block *bl, int b, const float 
         (rc = lin_fwd(m, &bl->lin[LIN_V], w->v, h, w->t, rows, err)))
         return rc;
     if (m->inv_freq && c->rot_dim > 0) {
-        if ((rc = kb->iface->rope(kb, w->q, rows, qd, T, c->n_heads, c->head_dim, c->rot_dim, m->inv_freq, err)) ||
-            (rc = kb->iface->rope(kb, w->k, rows, kvd, T, c->n_kv_heads, c->head_dim, c->rot_dim, m->inv_freq, err)))
+        if (m->act_bf16) {
+            if ((rc = rope_bf16(m, w->q, rows, qd, T, c->n_heads, err)) || (rc = rope_bf16(m, w->k, rows, kvd, T, c->n_kv_heads, err)))
+                return rc;
+        } else if ((rc = kb->iface->rope(kb, w->q, rows, qd, T, c->n_heads, c->head_dim, c->rot_dim, m->inv_freq, err)) ||
+                   (rc = kb->iface->rope(kb, w->k, rows, kvd, T, c->n_kv_heads, c->head_dim, c->rot_dim, m->inv_freq, err))) {
             return rc;
+        }
     }
     struct kattn_args a = { .out = w->a, .out_stride = qd, .q = w->q, .q_stride = qd, .k = w->k, .v = w->v,
                             .kv_stride = kvd, .B = B, .T = T, .H = c->n_heads, .Hkv = c->n_kv_heads,
                             .hd = c->head_dim, .scale = 1.0f / sqrtf((float)c->head_dim) };
-    if ((rc = kb->iface->attention(kb, &a, err))) return rc;
+    if ((rc = kb->iface->attention(kb, &a, err)) || (rc = act_round(m, w->a, (size_t)rows * qd, err))) return rc;
     CB(LIN_O, w->a);
     return lin_fwd(m, &bl->lin[LIN_O], o, w->a, w->t, rows, err);
 }
@@ -459,14 +582,21 @@ static int mlp_part(struct model *m, struct block *bl, int b, const float *h, fl
     int rc;
     CB(LIN_FC1, h);
     if ((rc = lin_fwd(m, &bl->lin[LIN_FC1], w->f, h, w->t, rows, err))) return rc;
-    if ((rc = kb->iface->act(kb, w->f, w->f, n, m->cfg.act, err))) return rc;
+    if ((rc = kb->iface->act(kb, w->f, w->f, n, m->cfg.act, err)) || (rc = act_round(m, w->f, n, err))) return rc;
     if (bl->lin[LIN_UP].w) {
         CB(LIN_UP, h);
         if ((rc = lin_fwd(m, &bl->lin[LIN_UP], w->u, h, w->t, rows, err))) return rc;
-        if ((rc = kb->iface->mul(kb, w->f, w->u, n, err))) return rc;
+        if ((rc = kb->iface->mul(kb, w->f, w->u, n, err)) || (rc = act_round(m, w->f, n, err))) return rc;
     }
     CB(LIN_FC2, w->f);
     return lin_fwd(m, &bl->lin[LIN_FC2], o, w->f, w->t, rows, err);
+}
+
+/* y += x, the residual add (rounded under bf16 emulation) */
+static int add_round(struct model *m, float *y, const float *x, size_t n, struct slm_err *err)
+{
+    int rc = m->kb->iface->add(m->kb, y, x, n, err);
+    return rc ? rc : act_round(m, y, n, err);
 }
 
 /* r [rows x dout] = x Q (or a copy of x when Q is NULL and widths agree) */
@@ -493,9 +623,9 @@ int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_i
         if ((rc = norm_apply(m, w.h, x, bl->norm1_w, bl->norm1_b, rows, bl->d_in, err)) ||
             (rc = attention_part(m, bl, b, w.h, w.o, &w, B, T, cb, payload, err)) ||
             (rc = residual(m, w.r, x, bl->shortcut_attn, rows, bl->d_in, bl->d_out, err)) ||
-            (rc = kb->iface->add(kb, w.r, w.o, nout, err)) ||
+            (rc = add_round(m, w.r, w.o, nout, err)) ||
             (rc = mlp_part(m, bl, b, w.h, w.o, &w, rows, cb, payload, err)) ||
-            (rc = kb->iface->add(kb, w.r, w.o, nout, err)))
+            (rc = add_round(m, w.r, w.o, nout, err)))
             return rc;
         return kb->iface->copy(kb, x, w.r, nout * sizeof(float), err);
     }
@@ -507,7 +637,7 @@ int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_i
     }
     if ((rc = attention_part(m, bl, b, hin, w.o, &w, B, T, cb, payload, err)) ||
         (rc = residual(m, w.r, x, bl->shortcut_attn, rows, bl->d_in, bl->d_mid, err)) ||
-        (rc = kb->iface->add(kb, w.r, w.o, nmid, err)))
+        (rc = add_round(m, w.r, w.o, nmid, err)))
         return rc;
     if (m->mid_cb && !post && m->mid_cb(b, w.r, rows, bl->d_mid, m->mid_payload))
         return slm_err_set(err, SLM_ECANCELLED, "cancelled in block %d", b);
@@ -519,7 +649,7 @@ int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_i
     }
     if ((rc = mlp_part(m, bl, b, hin, w.o, &w, rows, cb, payload, err)) ||
         (rc = residual(m, x, w.r, bl->shortcut_mlp, rows, bl->d_mid, bl->d_out, err)) ||
-        (rc = kb->iface->add(kb, x, w.o, nout, err)))
+        (rc = add_round(m, x, w.o, nout, err)))
         return rc;
     if (post && (rc = norm_apply(m, x, x, bl->norm2_w, bl->norm2_b, rows, bl->d_out, err))) return rc;
     return 0;
@@ -543,7 +673,8 @@ int model_embed(struct model *m, float *x, const int32_t *ids, int B, int T, str
     if (m->project_in) {
         if ((rc = kb_alloc(m->kb, (void **)&tmp, rows * ew * sizeof(float), err)) ||
             (rc = kb_upload(m->kb, tmp, host, rows * ew * sizeof(float), err)) ||
-            (rc = kb_linear(m->kb, x, tmp, m->project_in, NULL, (int)rows, c->hidden, ew, err)))
+            (rc = kb_linear(m->kb, x, tmp, m->project_in, NULL, (int)rows, c->hidden, ew, err)) ||
+            (rc = act_round(m, x, rows * c->hidden, err)))
             goto done;
         width = c->hidden;
     } else if ((rc = kb_upload(m->kb, x, host, rows * ew * sizeof(float), err))) {
@@ -556,7 +687,7 @@ int model_embed(struct model *m, float *x, const int32_t *ids, int B, int T, str
         tmp = NULL;
         if ((rc = kb_alloc(m->kb, (void **)&tmp, rows * width * sizeof(float), err)) ||
             (rc = kb_upload(m->kb, tmp, host, rows * width * sizeof(float), err)) ||
-            (rc = m->kb->iface->add(m->kb, x, tmp, rows * width, err)))
+            (rc = add_round(m, x, tmp, rows * width, err)))
             goto done;
     }
     if (m->embed_rot) {
@@ -586,10 +717,13 @@ static int head_rows(struct model *m, float *logits, const float *x, float *y, i
     const struct model_config *c = &m->cfg;
     int rc;
     if (m->project_out) {
-        if ((rc = kb_linear(m->kb, y, x, m->project_out, NULL, rows, c->embed_dim, m->d_head, err))) return rc;
+        if ((rc = kb_linear(m->kb, y, x, m->project_out, NULL, rows, c->embed_dim, m->d_head, err)) ||
+            (rc = act_round(m, y, (size_t)rows * c->embed_dim, err)))
+            return rc;
         x = y;
     }
-    return kb_linear(m->kb, logits, x, m->head_w, m->head_b, rows, c->vocab, m->project_out ? c->embed_dim : m->d_head, err);
+    rc = kb_linear(m->kb, logits, x, m->head_w, m->head_b, rows, c->vocab, m->project_out ? c->embed_dim : m->d_head, err);
+    return rc ? rc : act_round(m, logits, (size_t)rows * c->vocab, err);
 }
 
 int model_head(struct model *m, float *logits, float *x, int B, int T, struct slm_err *err)

@@ -122,7 +122,17 @@ struct model {
     ** [rows x d_mid]. NULL = none; non-zero return cancels. */
     int (*mid_cb)(int i, const float *h, int rows, int width, void *payload);
     void *mid_payload;
+    /* --- bf16 emulation (model_set_bf16) --- */
+    bool weights_bf16;              /* every weight is rounded to bf16 (resident ones and on load) */
+    bool act_bf16;                  /* the forward pass rounds each op's output to bf16 */
 };
+
+/* Emulate a model cast to bfloat16, as the SLiM reference runs (ALGORITHMS.md §1.1).
+** weights: round every weight held now and every block loaded later to bf16 (sticky: the
+** rounding cannot be undone). activations: round the output of every op of the forward pass
+** (norms, linears, RoPE, attention, activations, residual adds) to bf16, like torch's bf16 ops
+** with f32 accumulation inside; switch it off to evaluate the bf16 weights in f32. */
+int model_set_bf16(struct model *m, bool weights, bool activations, struct slm_err *err);
 
 /* Activation-quantization emulation (ALGORITHMS.md §3.6): when kind is set ("fp8" or "int"), the
 ** input of every block linear is replaced in place by its quantize-dequantize copy before use,

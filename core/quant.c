@@ -121,6 +121,15 @@ static int params_alloc(struct quant_params *p, enum quant_kind kind, const stru
     return 0;
 }
 
+/* sf = max_q / alpha as the reference computes it: a Python int divided by a 0-d tensor is
+** torch's __rtruediv__, reciprocal(alpha) * max_q, each rounded to the tensor's dtype (bf16 for
+** AbsMax in a bf16 model). 7 / alpha directly differs in the last bit for some alphas, which moves
+** every level of the matrix (fixture check: stories260K layer 0 up_proj, sf 12.5 not 12.5625). */
+static float sf_of(float alpha, int max_q, bool bf16)
+{
+    return alpha > 0 ? rb(rb(1.0f / alpha, bf16) * (float)max_q, bf16) : 0;
+}
+
 /* The scale grid for w: per tensor / per row sf, or group alphas. */
 static int fit(struct quant_params *p, const float *w, int d_out, int d_in, const struct quant_opts *o,
                struct slm_err *err)
@@ -132,7 +141,7 @@ static int fit(struct quant_params *p, const float *w, int d_out, int d_in, cons
         if (o->method == QUANT_SLIM) alpha = quant_slim_alpha(w, (size_t)d_out * d_in, o->bits);
         else for (size_t i = 0; i < (size_t)d_out * d_in; i++) alpha = fmaxf(alpha, fabsf(w[i]));
         /* absmax: sf is a model-dtype scalar; SLiM-Quant computes it in f32 */
-        p->scale[0] = alpha > 0 ? (o->method == QUANT_ABSMAX ? rb((float)max_q / alpha, o->bf16) : (float)max_q / alpha) : 0;
+        p->scale[0] = sf_of(alpha, max_q, o->method == QUANT_ABSMAX && o->bf16);
         return 0;
     }
     if (o->group_size == -1) {
@@ -140,7 +149,7 @@ static int fit(struct quant_params *p, const float *w, int d_out, int d_in, cons
         for (int r = 0; r < d_out; r++) {
             float alpha = 0;
             for (int c = 0; c < d_in; c++) alpha = fmaxf(alpha, fabsf(w[(size_t)r * d_in + c]));
-            p->scale[r] = alpha > 0 ? rb((float)max_q / alpha, o->bf16) : 0;
+            p->scale[r] = alpha > 0 ? rb((float)max_q / alpha, o->bf16) : 0;   /* no reference path: plain division */
         }
         return 0;
     }
@@ -172,7 +181,9 @@ static inline float code_of(const struct quant_params *p, float v, float s, int 
     /* + 0.0f turns -0 into +0: the stored code has no sign of zero to give back */
     if (s == 0) return 0;
     if (p->kind == QK_ALPHA) return clampq(round_half_to_zero(v / s * (float)max_q), max_q) + 0.0f;
-    return clampq(nearbyintf(rb(v * s, p->bf16)), max_q) + 0.0f;
+    /* bf16 model: sf is a CUDA 0-d f32 tensor, cast to the bf16 of the weight for the product
+    ** (a same-device tensor, not a wrapped scalar); the dequantization q / sf stays f32 */
+    return clampq(nearbyintf(rb(v * rb(s, p->bf16), p->bf16)), max_q) + 0.0f;
 }
 
 /* AbsMax and SLiM-Quant values are what the reference stores: bf16, also in its float32 runs

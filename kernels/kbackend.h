@@ -116,6 +116,9 @@ struct kbackend_i {
     /* Gram matrix in f64 (PCA): the UPPER triangle (j >= i) of c [n x n] f64 += x^T x, x [rows x n]
     ** f32; products and sums in f64. Lower triangle left as it is. BLAS dsyrk on the CPU. */
     int (*gram_f64)(struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err);
+    /* --- added for bf16 emulation (optional) --- */
+    /* y[i] <- nearest bfloat16 value of y[i] (round to nearest even, NaN stays NaN), as f32. */
+    int (*round_bf16)(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
 };
 
 struct kbackend {
@@ -146,5 +149,7 @@ int kb_sync(struct kbackend *kb, struct slm_err *err);
 /* y[rows x n] = x[rows x k] W^T (+ bias), W [n x k] row-major (nn.Linear layout). */
 int kb_linear(struct kbackend *kb, float *y, const float *x, const float *w, const float *bias,
               int rows, int n, int k, struct slm_err *err);
+/* round_bf16 on y [n] (backend memory); a backend without the op gets a host round trip. */
+int kb_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
 
 #endif

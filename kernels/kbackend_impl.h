@@ -6,6 +6,9 @@
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err);
 /* Scalar activation, shared by the CPU backend and tests as the reference. */
 float kcpu_act1(float v, enum kact act);
+/* Nearest bfloat16 of x (round to nearest even, NaN stays a quiet NaN) as f32, in place over n;
+** the CPU backend's round_bf16 and the host fallback of kb_round_bf16. */
+void kcpu_round_bf16(float *y, size_t n);
 
 #ifdef SLM_HAVE_CUDA
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */

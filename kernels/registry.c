@@ -77,3 +77,18 @@ int kb_linear(struct kbackend *kb, float *y, const float *x, const float *w, con
     if (rc == 0 && bias) rc = kb->iface->add_bias(kb, y, bias, rows, n, n, err);
     return rc;
 }
+
+int kb_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err)
+{
+    if (!n) return 0;
+    if (kb->iface->round_bf16) return kb->iface->round_bf16(kb, y, n, err);
+    float *h = malloc(n * sizeof *h);
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "round_bf16: %zu floats", n);
+    int rc = kb_download(kb, h, y, n * sizeof *h, err);
+    if (!rc) {
+        kcpu_round_bf16(h, n);
+        rc = kb_upload(kb, y, h, n * sizeof *h, err);
+    }
+    free(h);
+    return rc;
+}

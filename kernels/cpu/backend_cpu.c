@@ -136,6 +136,25 @@ static int cpu_scale(struct kbackend *kb, float *y, float s, size_t n, struct sl
     return 0;
 }
 
+/* Same rounding as core/dtype.c f32_to_bf16 (kernels do not link core/). */
+void kcpu_round_bf16(float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &y[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) u = (u | 0x00400000u) & 0xffff0000u;   /* NaN stays a quiet NaN */
+        else u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        memcpy(&y[i], &u, 4);
+    }
+}
+
+static int cpu_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    kcpu_round_bf16(y, n);
+    return 0;
+}
+
 float kcpu_act1(float v, enum kact act)
 {
     switch (act) {
@@ -354,6 +373,7 @@ static const struct kbackend_i cpu_iface = {
     .spd_inverse = cpu_spd_inverse,
     .svd = cpu_svd,
     .gram_f64 = cpu_gram_f64,
+    .round_bf16 = cpu_round_bf16,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

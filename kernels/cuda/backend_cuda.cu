@@ -216,6 +216,8 @@ static const struct kbackend_i cuda_iface = {
     /* .cholesky_upper */ cu_cholesky_upper,
     /* .spd_inverse */ cu_spd_inverse,
     /* .svd */ cu_svd,
+    /* .gram_f64 */ NULL,
+    /* .round_bf16 */ cu_round_bf16,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

@@ -91,6 +91,7 @@ int cu_add(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_e
 int cu_mul(struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err);
 int cu_act(struct kbackend *kb, float *y, const float *x, size_t n, enum kact act, struct slm_err *err);
 int cu_scale(struct kbackend *kb, float *y, float s, size_t n, struct slm_err *err);
+int cu_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
 int cu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int nheads, int hd, int rot_dim,
             const float *inv_freq, struct slm_err *err);
 int cu_cross_entropy(struct kbackend *kb, float *nll, const float *logits, const int32_t *targets,

@@ -158,6 +158,25 @@ int cu_scale(struct kbackend *kb, float *y, float s, size_t n, struct slm_err *e
     return 0;
 }
 
+/* as cpu_round_bf16: round to nearest even, NaN stays a quiet NaN */
+__global__ static void k_round_bf16(float *y, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned u = __float_as_uint(y[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) u = (u | 0x00400000u) & 0xffff0000u;
+        else u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        y[i] = __uint_as_float(u);
+    }
+}
+
+int cu_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err)
+{
+    if (!n) return 0;
+    k_round_bf16<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(y, n);
+    CU_LAUNCH_TRY("round_bf16 kernel");
+    return 0;
+}
+
 /* same expressions as kcpu_act1() */
 template <int ACT>
 __global__ static void k_act(float *y, const float *x, size_t n)

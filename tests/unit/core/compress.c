@@ -217,8 +217,11 @@ static void run_cfg(const struct cfg *c)
                 num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
                 den += (double)want[i] * want[i];
                 if (res.lin[b][r].mask) {
+                    /* quantized: a kept weight may round to 0, so only "pruned here, kept there" and
+                    ** "zero there, non-zero here" are mask disagreements */
+                    bool pruned = res.lin[b][r].mask[i];
                     total++;
-                    mism += res.lin[b][r].mask[i] != (want[i] == 0 && c->qm == QUANT_NONE ? 1 : res.lin[b][r].mask[i]);
+                    mism += c->qm == QUANT_NONE ? pruned != (want[i] == 0) : pruned ? want[i] != 0 : want[i] == 0 && got[i] != 0;
                 }
             }
             double rel = sqrt(num / den);
@@ -233,23 +236,31 @@ static void run_cfg(const struct cfg *c)
     double dppl = fabs(ppl / want_ppl - 1);
     fprintf(stderr, "parity %-42s mask mismatches %ld/%ld  worst weight rel %.2e  ppl %.4f vs %.4f (%.3f%%)\n",
             c->name, mism, total, worst, ppl, want_ppl, 100 * dppl);
-    if (c->rank_deficient) {
+    if (c->rank_deficient && !c->bf16) {
         /* SparseGPT on fc2 of the fixture OPT: its Hessian has rank <= 512 < 1024, so H^-1 is
         ** set by the damping alone and LAPACK vs torch rounding in the Cholesky factors moves
         ** OBS decisions (block 0: every other layer matches to 1e-6, fc2 to 5e-2). */
-        assert_true(mism <= 2 * total / 100);
+        assert_true(mism <= 3 * total / 100);   /* measured 2.2% (2:4), counting both directions */
         assert_true(dppl < 0.005);
     } else if (!c->bf16) {
         assert_int_equal(mism, 0);
         assert_true(worst < 1e-3);
         assert_true(dppl < 0.005);
     } else {
-        /* bf16 reference: this pipeline computes activations in f32 (weights and quantizer steps
-        ** emulate bf16), so near-tie mask decisions flip and 4-bit codes move by one level: compare by
-        ** agreement and tolerance (fixture README). Measured: <= 2.6% masks (SparseGPT), ppl within 12%. */
-        assert_true(mism <= 3 * total / 100);
+        /* bf16 reference, bf16 emulation (model_set_bf16): weight-only paths (magnitude + AbsMax)
+        ** match exactly; with activations, cuBLAS's summation order moves a few bf16 roundings, so
+        ** near-tie mask decisions flip from the first MLP on (block 0 attention matches exactly)
+        ** and chaotic 2:4 models amplify them. With adapters, the fresh SLiM-Quant scale of
+        ** M.(W - LR) sits on a near-flat error curve and moves by bins. Measured (stories260K /
+        ** fixture OPT): masks <= 4.8% (SparseGPT 2:4; the reference's own f32 and bf16 runs differ
+        ** on 10%), <= 1.2% otherwise; ppl <= 1.0% without adapters, <= 12.7% with. */
+        assert_true(mism <= (c->pm == PRUNE_SPARSEGPT ? 7 : 2) * total / 100);   /* fixture OPT 2:4 (rank-deficient fc2): 5.8% */
         assert_true(worst < 0.5);
-        assert_true(dppl < 0.15);
+        assert_true(dppl < (c->lm == LOWRANK_NONE ? 0.015 : 0.15));
+        if (c->pm == PRUNE_MAGNITUDE) {
+            assert_int_equal(mism, 0);
+            assert_true(worst == 0);
+        }
     }
     compress_result_free(&res);
     free(cal);
@@ -271,6 +282,15 @@ static const struct cfg cfgs[] = {
     { "wanda_2of4_slimquant4_naivelora_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false, true, false, false, false },
     { "magnitude_unstr50_absmax4_bf16", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, true, false, false, false },
     { "sparsegpt_2of4_bf16", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "magnitude_2of4_bf16", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "wanda_unstr50_bf16", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "sparsegpt_unstr50_bf16", PRUNE_SPARSEGPT, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, true, false, false, false },
+    { "magnitude_2of4_bf16", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, true, false, false },
+    { "magnitude_unstr50_absmax4_bf16", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, true, true, false, false },
+    { "wanda_2of4_bf16", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, true, false, false },
+    { "wanda_unstr50_bf16", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, true, true, false, false },
+    { "sparsegpt_2of4_bf16", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, true, true, false, true },
+    { "sparsegpt_unstr50_bf16", PRUNE_SPARSEGPT, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, true, true, false, true },
     /* the random OPT of slim-reference/ (6 MB per file: not copied, runs with the full fixture set) */
     { "magnitude_2of4_f32", PRUNE_MAGNITUDE, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false, true, false, false },
     { "magnitude_unstr50_absmax4_f32", PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE, false, false, true, false, false },
@@ -285,60 +305,23 @@ static const struct cfg cfgs[] = {
     { "wanda_2of4_slimquant4_slimlora_q_bf16", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true, true, true, true, false },
 };
 
-#define PARITY(i, fn) static void fn(void **state) { (void)state; run_cfg(&cfgs[i]); }
-PARITY(0, test_core_compress__parity_wanda_2of4_f32)
-PARITY(1, test_core_compress__parity_wanda_unstr50_f32)
-PARITY(2, test_core_compress__parity_magnitude_unstr50_absmax4_f32)
-PARITY(3, test_core_compress__parity_sparsegpt_2of4_f32)
-PARITY(4, test_core_compress__parity_sparsegpt_unstr50_f32)
-PARITY(5, test_core_compress__parity_wanda_2of4_slimquant4_slimlora_bf16)
-PARITY(6, test_core_compress__parity_magnitude_2of4_f32)
-PARITY(7, test_core_compress__parity_wanda_2of4_bf16)
-PARITY(8, test_core_compress__parity_wanda_2of4_slimquant4_bf16)
-PARITY(9, test_core_compress__parity_wanda_2of4_slimquant4_naivelora_bf16)
-PARITY(10, test_core_compress__parity_magnitude_unstr50_absmax4_bf16)
-PARITY(11, test_core_compress__parity_sparsegpt_2of4_bf16)
-PARITY(12, test_core_compress__parity_opt_magnitude_2of4_f32)
-PARITY(13, test_core_compress__parity_opt_magnitude_unstr50_absmax4_f32)
-PARITY(14, test_core_compress__parity_opt_wanda_2of4_f32)
-PARITY(15, test_core_compress__parity_opt_wanda_unstr50_f32)
-PARITY(16, test_core_compress__parity_opt_sparsegpt_2of4_f32)
-PARITY(17, test_core_compress__parity_opt_sparsegpt_unstr50_f32)
-PARITY(18, test_core_compress__parity_opt_wanda_2of4_groupabsmax4_bf16)
-PARITY(19, test_core_compress__parity_opt_wanda_2of4_slimquant4_bf16)
-PARITY(20, test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_bf16)
-PARITY(21, test_core_compress__parity_opt_wanda_2of4_slimquant4_naivelora_bf16)
-PARITY(22, test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_q_bf16)
+#define NCFG (sizeof cfgs / sizeof cfgs[0])
+
+static void test_core_compress__parity(void **state) { run_cfg(*state); }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    /* one named test per fixture configuration: test_core_compress__parity[_opt]_<config> */
+    static char names[NCFG][96];
+    struct CMUnitTest tests[3 + NCFG] = {
         cmocka_unit_test(test_core_compress__pyrandom_matches_cpython),
         cmocka_unit_test(test_core_compress__sampler_windows),
         cmocka_unit_test(test_core_compress__calibration_documents),
-        cmocka_unit_test(test_core_compress__parity_wanda_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_wanda_unstr50_f32),
-        cmocka_unit_test(test_core_compress__parity_magnitude_unstr50_absmax4_f32),
-        cmocka_unit_test(test_core_compress__parity_sparsegpt_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_sparsegpt_unstr50_f32),
-        cmocka_unit_test(test_core_compress__parity_wanda_2of4_slimquant4_slimlora_bf16),
-        cmocka_unit_test(test_core_compress__parity_magnitude_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_wanda_2of4_bf16),
-        cmocka_unit_test(test_core_compress__parity_wanda_2of4_slimquant4_bf16),
-        cmocka_unit_test(test_core_compress__parity_wanda_2of4_slimquant4_naivelora_bf16),
-        cmocka_unit_test(test_core_compress__parity_magnitude_unstr50_absmax4_bf16),
-        cmocka_unit_test(test_core_compress__parity_sparsegpt_2of4_bf16),
-        cmocka_unit_test(test_core_compress__parity_opt_magnitude_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_magnitude_unstr50_absmax4_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_unstr50_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_sparsegpt_2of4_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_sparsegpt_unstr50_f32),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_groupabsmax4_bf16),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_bf16),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_bf16),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_naivelora_bf16),
-        cmocka_unit_test(test_core_compress__parity_opt_wanda_2of4_slimquant4_slimlora_q_bf16),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    for (size_t i = 0; i < NCFG; i++) {
+        snprintf(names[i], sizeof names[i], "test_core_compress__parity%s_%s", cfgs[i].opt ? "_opt" : "", cfgs[i].name);
+        tests[3 + i] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_compress__parity,
+                                            .initial_state = (void *)&cfgs[i] };
+    }
+    return _cmocka_run_group_tests("t-core-compress", tests, 3 + NCFG, setup, teardown);
 }

@@ -230,6 +230,44 @@ static void test_kernels_cpu__factorizations(void **state)
     free(g);
 }
 
+/* round_bf16 against "the nearer of the two bf16 neighbours, ties to the even one", in double */
+static float bf16_nearest(float x)
+{
+    uint32_t u, lo, hi;
+    memcpy(&u, &x, 4);
+    lo = u & 0xffff0000u;
+    hi = lo + 0x10000u;
+    float fl, fh;
+    memcpy(&fl, &lo, 4);
+    memcpy(&fh, &hi, 4);
+    double dl = fabs((double)x - fl), dh = fabs((double)fh - x);
+    if (isinf(fh)) dh = dl + 1;     /* the largest bf16 magnitudes: 0x7f7f... rounds up only past half an ulp */
+    if (dl < dh || (dl == dh && !(lo & 0x10000u))) return fl;
+    return fh;
+}
+
+static void test_kernels_cpu__round_bf16(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    enum { N = 4096 };
+    float x[N], want[N];
+    uint64_t s = 7;
+    for (int i = 0; i < N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t u = (uint32_t)(s >> 32);
+        if (i % 4 == 0) u = (u & 0xffff0000u) | 0x8000u;    /* exact ties */
+        memcpy(&x[i], &u, 4);
+        if (isnan(x[i]) || isinf(x[i])) x[i] = 1.5f;
+        want[i] = bf16_nearest(x[i]);
+    }
+    assert_int_equal(kb->iface->round_bf16(kb, x, N, &err), 0);
+    for (int i = 0; i < N; i++) assert_true(x[i] == want[i] || (x[i] == 0 && want[i] == 0));
+    float nanv = NAN;
+    assert_int_equal(kb_round_bf16(kb, &nanv, 1, &err), 0);
+    assert_true(isnan(nanv));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -239,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__rope_rotate_half),
         cmocka_unit_test(test_kernels_cpu__cross_entropy_and_acts),
         cmocka_unit_test(test_kernels_cpu__factorizations),
+        cmocka_unit_test(test_kernels_cpu__round_bf16),
     };
     return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
 }

@@ -287,6 +287,29 @@ static void test_kernels_cuda__elementwise_match_cpu(void **state)
     free(y); free(bias);
 }
 
+/* bf16 emulation: the rounding is exact arithmetic, so GPU and CPU agree bit for bit */
+static void test_kernels_cuda__round_bf16_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    size_t n = 100003;
+    float *x = rand_vec(n);
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u = (u & 0xffff0000u) | 0x8000u;     /* exact ties */
+        memcpy(&x[i], &u, 4);
+    }
+    float *dx = dev_f(p->gpu, x, n);
+    assert_int_equal(p->cpu->iface->round_bf16(p->cpu, x, n, &err), 0);
+    assert_int_equal(p->gpu->iface->round_bf16(p->gpu, dx, n, &err), 0);
+    float *got = host_of(p->gpu, dx, n);
+    assert_memory_equal(got, x, n * sizeof *x);
+    kb_release(p->gpu, dx);
+    free(got);
+    free(x);
+}
+
 /* ---- RoPE ---- */
 #define TOL_ROPE 1e-5
 static void rope_case(struct pair *p, int rows, int T, int nh, int hd, int rot, int ld)
@@ -564,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__gemm_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__norms_match_cpu),
         cmocka_unit_test(test_kernels_cuda__elementwise_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__round_bf16_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__rope_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__attention_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__cross_entropy_matches_cpu),
