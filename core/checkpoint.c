@@ -8,14 +8,18 @@
 */
 #include "checkpoint.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "dtype.h"
+#include "arch.h"
 #include "fileio.h"
 #include "memreport.h"
 #include "safetensors.h"
@@ -67,10 +71,18 @@ static int8_t code_at(const uint8_t *src, size_t i, int bits)
 /* ---- writer ---- */
 
 struct ckw {
-    struct st_writer *w;
+    struct st_writer *w;       /* the shard being written */
+    char shard[64];            /* its file name */
+    json_t *map;               /* tensor name -> shard file (model.safetensors.index.json) */
     struct memreport mr;
     struct slm_err *err;
 };
+
+static int record(struct ckw *c, const char *name)
+{
+    if (json_object_set_new(c->map, name, json_string(c->shard))) return slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory");
+    return 0;
+}
 
 static int put(struct ckw *c, enum mem_cat cat, const char *pre, const char *suffix, enum dtype dt, int64_t d0, int64_t d1,
                const void *data)
@@ -79,7 +91,8 @@ static int put(struct ckw *c, enum mem_cat cat, const char *pre, const char *suf
     int64_t shape[2] = { d0, d1 };
     snprintf(name, sizeof name, "%s.%s", pre, suffix);
     c->mr.bytes[cat] += (uint64_t)(d0 * d1) * dtype_traits(dt)->size;
-    return st_writer_add(c->w, name, dt, 2, shape, data, c->err);
+    int rc = st_writer_add(c->w, name, dt, 2, shape, data, c->err);
+    return rc ? rc : record(c, name);
 }
 
 static json_t *params_json(const struct quant_params *p)
@@ -108,19 +121,17 @@ static bool nm_exact(const uint8_t *mask, int d_out, int d_in, int n, int m)
     return true;
 }
 
-/* Adapters: F32, or packed codes + scales when res quantized them. */
-static int save_adapter(struct ckw *c, struct linear *l, const struct quant_params *qp, const char *which, json_t *desc,
-                        struct kbackend *kb)
+/* Adapter h (host, L [d_in x rank] or R [rank x d_out] of l): F32, or packed codes + scales when
+** they were quantized. */
+static int save_adapter(struct ckw *c, const struct linear *l, int rank, const float *h, const struct quant_params *qp,
+                        const char *which, json_t *desc)
 {
     bool left = !strcmp(which, "lora_left");
-    int rows = left ? l->d_in : l->rank, cols = left ? l->rank : l->d_out, rc;
+    int rows = left ? l->d_in : rank, cols = left ? rank : l->d_out, rc;
     size_t n = (size_t)rows * cols;
-    float *h = malloc(sizeof *h * n);
     int8_t *codes = NULL;
     uint8_t *pk = NULL;
     char sfx[32];
-    if (!h) return slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory");
-    if ((rc = kb_download(kb, h, left ? l->lora_l : l->lora_r, sizeof *h * n, c->err))) goto done;
     if (!qp->scale) {
         rc = put(c, MEM_ADAPTERS, l->name, which, DT_F32, rows, cols, h);
         goto done;
@@ -129,7 +140,7 @@ static int save_adapter(struct ckw *c, struct linear *l, const struct quant_para
     codes = malloc(n);
     pk = malloc(codes_bytes(n, qp->bits));
     if (!codes || !pk) { rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
-    float sr = sqrtf((float)l->rank);
+    float sr = sqrtf((float)rank);
     int max_q = quant_max_q(qp->bits);
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) {
@@ -156,14 +167,30 @@ static int save_adapter(struct ckw *c, struct linear *l, const struct quant_para
     if ((rc = put(c, MEM_SCALES, l->name, sfx, DT_F32, qp->rows, qp->cols, qp->scale))) goto done;
     json_object_set_new(desc, which, params_json(qp));
 done:
-    free(h);
     free(codes);
     free(pk);
     return rc;
 }
 
+/* Both adapters of l, backend buffers downloaded on the way. */
+static int save_adapters(struct ckw *c, struct kbackend *kb, const struct linear *l, const struct compressed_linear *cl,
+                         json_t *desc)
+{
+    size_t nl = (size_t)l->d_in * l->rank, nr = (size_t)l->rank * l->d_out;
+    float *L = malloc(sizeof *L * nl), *R = malloc(sizeof *R * nr);
+    int rc = L && R ? 0 : slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory");
+    if (!rc) rc = kb_download(kb, L, l->lora_l, sizeof *L * nl, c->err);
+    if (!rc) rc = kb_download(kb, R, l->lora_r, sizeof *R * nr, c->err);
+    if (!rc) rc = save_adapter(c, l, l->rank, L, &cl->qpl, "lora_left", desc);
+    if (!rc) rc = save_adapter(c, l, l->rank, R, &cl->qpr, "lora_right", desc);
+    free(L);
+    free(R);
+    return rc;
+}
+
+/* adapters_now false: they are written later, into the adapters shard (quantized at the end). */
 static int save_linear(struct ckw *c, struct model *m, struct linear *l, const struct compressed_linear *cl,
-                       const struct compress_opts *o, json_t *layers)
+                       const struct compress_opts *o, bool adapters_now, json_t *layers)
 {
     int d_out = l->d_out, d_in = l->d_in, rc;
     size_t n = (size_t)d_out * d_in;
@@ -222,13 +249,12 @@ static int save_linear(struct ckw *c, struct model *m, struct linear *l, const s
         int64_t shape[2] = { 1, (int64_t)nk };
         snprintf(name, sizeof name, "%s.v", l->name);
         c->mr.bytes[MEM_WEIGHTS] += nk * (b16 ? 2 : 4);
-        if ((rc = st_writer_add_f32(c->w, name, b16 ? DT_BF16 : DT_F32, 2, shape, v, c->err))) goto done;
+        if ((rc = st_writer_add_f32(c->w, name, b16 ? DT_BF16 : DT_F32, 2, shape, v, c->err)) || (rc = record(c, name)))
+            goto done;
     }
     json_object_set_new(desc, "enc", json_string(nm ? (q ? "nm_q" : "nm_v") : (q ? "dense_q" : "dense_v")));
     json_object_set_new(desc, "rank", json_integer(l->rank));
-    if (l->rank && ((rc = save_adapter(c, l, &cl->qpl, "lora_left", desc, m->kb)) ||
-                    (rc = save_adapter(c, l, &cl->qpr, "lora_right", desc, m->kb))))
-        goto done;
+    if (l->rank && adapters_now && (rc = save_adapters(c, m->kb, l, cl, desc))) goto done;
     json_object_set_new(layers, l->name, desc);
     desc = NULL;
 done:
@@ -241,65 +267,244 @@ done:
     return rc;
 }
 
-/* Is name the weight or adapter of a linear that the checkpoint stores in its own encoding? */
-static bool replaced(const struct model *m, const char *name)
+/* Is name the weight or adapter of a linear of bl that the checkpoint stores in its own encoding? */
+static bool replaced(const struct block *bl, const char *name)
 {
     const char *dot = strrchr(name, '.');
     if (!dot || (strcmp(dot, ".weight") && strcmp(dot, ".lora_left") && strcmp(dot, ".lora_right"))) return false;
     size_t pl = (size_t)(dot - name);
-    for (int b = 0; b < m->cfg.n_layers; b++)
-        for (int r = 0; r < LIN_COUNT; r++) {
-            const char *ln = m->blocks[b].lin[r].name;
-            if (m->blocks[b].lin[r].w && strlen(ln) == pl && !strncmp(ln, name, pl)) return true;
-        }
+    for (int r = 0; r < LIN_COUNT; r++) {
+        const char *ln = bl->lin[r].name;
+        if (bl->lin[r].w && strlen(ln) == pl && !strncmp(ln, name, pl)) return true;
+    }
     return false;
 }
 
+/* dir/file.tmp, fsync'd, renamed into place: a reader sees the old file or the whole new one. */
 static int write_json(const char *dir, const char *file, const json_t *j, struct slm_err *err)
 {
-    char p[4200];
+    char p[4200], tmp[4300];
     snprintf(p, sizeof p, "%s/%s", dir, file);
-    if (json_dump_file(j, p, JSON_INDENT(2) | JSON_SORT_KEYS)) return slm_err_set(err, SLM_EIO, "%s: cannot write", p);
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (!text) return slm_err_set(err, SLM_ENOMEM, "%s: out of memory", p);
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF && !fflush(f) && !fsync(fileno(f));
+    if (f && fclose(f)) ok = false;
+    free(text);
+    if (!ok || rename(tmp, p)) {
+        int e = errno;
+        unlink(tmp);
+        return slm_err_set(err, SLM_EIO, "%s: %s", p, strerror(e));
+    }
     return 0;
 }
 
-int checkpoint_save(struct model *m, const struct compress_result *res, const struct compress_opts *o,
-                    const char *dir, const json_t *spec_raw, const json_t *figures, json_t **memory,
-                    struct slm_err *err)
+/* ---- streaming writer: one shard per block ---- */
+
+#define SHARED_SHARD "model-shared.safetensors"
+#define ADAPTER_SHARD "model-adapters.safetensors"
+
+struct checkpoint_writer {
+    struct model *m;              /* borrowed */
+    struct compress_opts o;       /* callbacks not used */
+    char dir[4096];
+    struct ckw c;
+    json_t *layers;               /* P -> encoding (slim_config.json "layers") */
+    json_t *files;                /* shard files written so far (abort removes them) */
+    char (*prefix)[64];           /* [n_layers] tensor name prefix of each block */
+    bool *written;                /* [n_layers] */
+    bool *pending;                /* [n_layers x LIN_COUNT] adapters left for the adapters shard */
+};
+
+static int shard_open(struct checkpoint_writer *w, const char *file)
 {
-    struct ckw c = { NULL, { 0 }, err };
-    json_t *layers = NULL, *cfg = NULL, *mem = NULL;
+    char p[4200];
+    snprintf(w->c.shard, sizeof w->c.shard, "%s", file);
+    snprintf(p, sizeof p, "%s/%s", w->dir, file);
+    if (json_array_append_new(w->files, json_string(file))) return slm_err_set(w->c.err, SLM_ENOMEM, "checkpoint: out of memory");
+    return st_writer_open(&w->c.w, p, w->c.err);
+}
+
+static int shard_finish(struct checkpoint_writer *w)
+{
+    int rc = st_writer_set_metadata(w->c.w, "format", "pt", w->c.err);
+    if (rc) return rc;
+    rc = st_writer_finish(w->c.w, w->c.err);
+    w->c.w = NULL;
+    return rc;
+}
+
+/* Index of the block whose tensors name starts with, or -1 (embeddings, final norm, head). */
+static int block_of(const struct checkpoint_writer *w, const char *name)
+{
+    for (int b = 0; b < w->m->cfg.n_layers; b++)
+        if (!strncmp(name, w->prefix[b], strlen(w->prefix[b]))) return b;
+    return -1;
+}
+
+/* Source tensors of block b (b = -1: outside every block) that the compression leaves as stored. */
+static int copy_source(struct checkpoint_writer *w, int b)
+{
+    const struct st_model *st = w->m->st;
+    for (size_t i = 0; i < st_model_count(st); i++) {
+        const struct st_tensor *t = st_model_at(st, i);
+        if (block_of(w, t->name) != b || (b >= 0 && replaced(&w->m->blocks[b], t->name))) continue;
+        w->c.mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
+        int rc = st_writer_add(w->c.w, t->name, t->dtype, t->ndim, t->shape, t->data, w->c.err);
+        if (rc || (rc = record(&w->c, t->name))) return rc;
+    }
+    return 0;
+}
+
+/* The output folder must not be the model's own: its weights are read while the checkpoint is written. */
+static bool same_folder(const char *a, const char *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
+}
+
+/* slim_config.json marks a complete checkpoint (checkpoint_is): an older one in dir goes first,
+** and the new one is written last, so an interrupted write never looks complete. Shards of an
+** older checkpoint go too (it may have had more blocks); other files stay. */
+static int remove_stale(const char *dir, struct slm_err *err)
+{
+    static const char *const fixed[] = { "slim_config.json", "model.safetensors.index.json", "model.safetensors",
+                                         SHARED_SHARD, ADAPTER_SHARD };
     char p[4200];
     int rc = 0;
-    if (memory) *memory = NULL;
-    if (!m->st || !res || !res->lin || res->nblocks != m->cfg.n_layers)
-        return slm_err_set(err, SLM_EINVAL, "checkpoint: needs the source weights and the compression results");
-    if (m->linear_loader) return slm_err_set(err, SLM_EUNSUPPORTED, "checkpoint: the model is itself a compressed checkpoint");
-    if (!(layers = json_object())) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
-    if (mkdir(dir, 0755) && errno != EEXIST) { rc = slm_err_set(err, SLM_EIO, "%s: %s", dir, strerror(errno)); goto done; }
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    if ((rc = st_writer_open(&c.w, p, err))) goto done;
-    c.mr.dense_bytes = st_model_nbytes(m->st);
-    for (int b = 0; b < m->cfg.n_layers; b++)
-        if (!m->blocks[b].loaded) { rc = slm_err_set(err, SLM_EINVAL, "checkpoint: block %d is not loaded", b); goto done; }
-    for (size_t i = 0; i < st_model_count(m->st); i++) {
-        const struct st_tensor *t = st_model_at(m->st, i);
-        if (replaced(m, t->name)) continue;
-        c.mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
-        if ((rc = st_writer_add(c.w, t->name, t->dtype, t->ndim, t->shape, t->data, err))) goto done;
+    for (size_t i = 0; !rc && i < sizeof fixed / sizeof *fixed; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, fixed[i]);
+        if (unlink(p) && errno != ENOENT) rc = slm_err_set(err, SLM_EIO, "%s: %s", p, strerror(errno));
     }
+    DIR *d = rc ? NULL : opendir(dir);
+    struct dirent *e;
+    while (d && !rc && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "model-block-", 12) || n < 24 || strcmp(e->d_name + n - 12, ".safetensors")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (unlink(p) && errno != ENOENT) rc = slm_err_set(err, SLM_EIO, "%s: %s", p, strerror(errno));
+    }
+    if (d) closedir(d);
+    return rc;
+}
+
+int checkpoint_writer_open(struct checkpoint_writer **out, const char *dir, struct model *m, const struct compress_opts *o,
+                           struct slm_err *err)
+{
+    int nb = m->cfg.n_layers, rc;
+    *out = NULL;
+    if (!m->st) return slm_err_set(err, SLM_EINVAL, "checkpoint: needs the source weights");
+    if (m->linear_loader) return slm_err_set(err, SLM_EUNSUPPORTED, "checkpoint: the model is itself a compressed checkpoint");
+    if (strlen(dir) > 4000) return slm_err_set(err, SLM_EINVAL, "checkpoint: folder name too long");
+    if (mkdir(dir, 0755) && errno != EEXIST) return slm_err_set(err, SLM_EIO, "%s: %s", dir, strerror(errno));
+    if (same_folder(dir, m->dir)) return slm_err_set(err, SLM_EINVAL, "checkpoint: %s is the model's own folder", dir);
+    struct checkpoint_writer *w = calloc(1, sizeof *w);
+    if (!w) return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    w->m = m;
+    w->o = *o;
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    w->c.err = err;
+    w->c.mr.dense_bytes = st_model_nbytes(m->st);
+    w->c.map = json_object();
+    w->layers = json_object();
+    w->files = json_array();
+    w->prefix = calloc((size_t)nb, sizeof *w->prefix);
+    w->written = calloc((size_t)nb, sizeof *w->written);
+    w->pending = calloc((size_t)nb * LIN_COUNT, sizeof *w->pending);
+    if (!w->c.map || !w->layers || !w->files || !w->prefix || !w->written || !w->pending) {
+        checkpoint_writer_abort(w);
+        return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
+    }
+    for (int b = 0; b < nb; b++) m->arch->block_prefix(w->prefix[b], sizeof w->prefix[b], b);
+    if ((rc = remove_stale(dir, err)) || (rc = shard_open(w, SHARED_SHARD)) || (rc = copy_source(w, -1)) ||
+        (rc = shard_finish(w))) {
+        checkpoint_writer_abort(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+int checkpoint_writer_add_block(struct checkpoint_writer *w, int b, const struct compressed_linear lin[LIN_COUNT],
+                                struct slm_err *err)
+{
+    struct model *m = w->m;
+    char file[64];
+    int rc;
+    w->c.err = err;
+    if (b < 0 || b >= m->cfg.n_layers || w->written[b] || !m->blocks[b].loaded)
+        return slm_err_set(err, SLM_EINVAL, "checkpoint: block %d is not loaded or already written", b);
+    bool later = w->o.lowrank.method != LOWRANK_NONE && w->o.lowrank.quantize && w->o.separate_lora;
+    snprintf(file, sizeof file, "model-block-%05d.safetensors", b);
+    if ((rc = shard_open(w, file)) || (rc = copy_source(w, b))) return rc;
+    for (int r = 0; r < LIN_COUNT; r++) {
+        struct linear *l = &m->blocks[b].lin[r];
+        if (!l->w) continue;
+        /* adapters quantized after the whole model (§4.6) are not final yet */
+        w->pending[b * LIN_COUNT + r] = later && l->rank && !lin[r].qpl.scale;
+        if ((rc = save_linear(&w->c, m, l, &lin[r], &w->o, !w->pending[b * LIN_COUNT + r], w->layers))) return rc;
+    }
+    if ((rc = shard_finish(w))) return rc;
+    w->written[b] = true;
+    return 0;
+}
+
+int checkpoint_writer_block(struct model *m, int b, const struct compressed_linear lin[LIN_COUNT], void *payload,
+                            struct slm_err *err)
+{
+    struct checkpoint_writer *w = payload;
+    if (m != w->m) return slm_err_set(err, SLM_EINVAL, "checkpoint: block of another model");
+    return checkpoint_writer_add_block(w, b, lin, err);
+}
+
+/* The adapters that waited for quantization, from res's host copies or the still-loaded block. */
+static int write_pending_adapters(struct checkpoint_writer *w, const struct compress_result *res)
+{
+    struct model *m = w->m;
+    bool any = false;
+    int rc = 0;
+    for (int i = 0; i < m->cfg.n_layers * LIN_COUNT; i++) any |= w->pending[i];
+    if (!any) return 0;
+    if (!res || !res->lin || res->nblocks != m->cfg.n_layers)
+        return slm_err_set(w->c.err, SLM_EINVAL, "checkpoint: adapters pending but no compression results");
+    if ((rc = shard_open(w, ADAPTER_SHARD))) return rc;
     for (int b = 0; b < m->cfg.n_layers; b++)
-        for (int r = 0; r < LIN_COUNT; r++)
-            if (m->blocks[b].lin[r].w && (rc = save_linear(&c, m, &m->blocks[b].lin[r], &res->lin[b][r], o, layers))) goto done;
-    rc = st_writer_set_metadata(c.w, "format", "pt", err);
-    if (!rc) rc = st_writer_finish(c.w, err);
-    c.w = NULL;
-    if (rc) goto done;
+        for (int r = 0; r < LIN_COUNT; r++) {
+            if (!w->pending[b * LIN_COUNT + r]) continue;
+            const struct compressed_linear *cl = &res->lin[b][r];
+            const struct linear *l = &m->blocks[b].lin[r];
+            json_t *desc = json_object_get(w->layers, l->name);
+            if (cl->lora_l && cl->lora_r) {
+                if (!(rc = save_adapter(&w->c, l, cl->rank, cl->lora_l, &cl->qpl, "lora_left", desc)))
+                    rc = save_adapter(&w->c, l, cl->rank, cl->lora_r, &cl->qpr, "lora_right", desc);
+            } else if (m->blocks[b].loaded && l->rank == cl->rank) {
+                rc = save_adapters(&w->c, m->kb, l, cl, desc);
+            } else {
+                rc = slm_err_set(w->c.err, SLM_EINVAL, "checkpoint: adapters of %s are neither loaded nor kept", l->name);
+            }
+            if (rc) return rc;
+        }
+    return shard_finish(w);
+}
+
+int checkpoint_writer_finish(struct checkpoint_writer *w, const struct compress_result *res, const json_t *spec_raw,
+                             const json_t *figures, json_t **memory, struct slm_err *err)
+{
+    struct model *m = w->m;
+    const struct compress_opts *o = &w->o;
+    json_t *cfg = NULL, *mem = NULL, *idx = NULL;
+    int rc = 0;
+    if (memory) *memory = NULL;
+    w->c.err = err;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        if (!w->written[b]) { rc = slm_err_set(err, SLM_EINVAL, "checkpoint: block %d was never written", b); goto done; }
+    if ((rc = write_pending_adapters(w, res))) goto done;
     if (m->config_json) {
         json_t *cj = json_copy(m->config_json);   /* without the encodings a reloaded checkpoint carries */
         if (!cj) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
         json_object_del(cj, "slim_layers");
-        rc = write_json(dir, "config.json", cj, err);
+        rc = write_json(w->dir, "config.json", cj, err);
         json_decref(cj);
         if (rc) goto done;
     }
@@ -307,19 +512,66 @@ int checkpoint_save(struct model *m, const struct compress_result *res, const st
     double rr = o->lowrank.method != LOWRANK_NONE ? o->lowrank.rank_ratio : 0;
     int abits = o->lowrank.quantize ? o->lowrank.bits : 16, wbits = o->quant.method != QUANT_NONE ? o->quant.bits : 16;
     double sp = o->prune.method != PRUNE_NONE ? o->prune.sparsity : 0;
-    mem = memreport_json(&c.mr, memreport_theoretical(mc->n_layers, mc->hidden, mc->ffn, mc->vocab, sp, wbits, rr, abits));
+    uint64_t total = 0;
+    for (int k = 0; k < MEM_COUNT; k++) total += w->c.mr.bytes[k];
+    mem = memreport_json(&w->c.mr, memreport_theoretical(mc->n_layers, mc->hidden, mc->ffn, mc->vocab, sp, wbits, rr, abits));
+    idx = json_pack("{s:{s:I},s:O}", "metadata", "total_size", (json_int_t)total, "weight_map", w->c.map);
     cfg = json_pack("{s:s,s:s,s:O,s:O,s:O,s:O}", "format", CHECKPOINT_FORMAT, "tool", SLIMD_TOOL,
                     "spec", spec_raw ? spec_raw : json_null(), "figures", figures ? figures : json_null(),
-                    "memory", mem ? mem : json_null(), "layers", layers);
-    if (!cfg || !mem) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
-    if ((rc = write_json(dir, "slim_config.json", cfg, err))) goto done;
+                    "memory", mem ? mem : json_null(), "layers", w->layers);
+    if (!cfg || !mem || !idx) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    if ((rc = write_json(w->dir, "model.safetensors.index.json", idx, err))) goto done;
+    if ((rc = write_json(w->dir, "slim_config.json", cfg, err))) goto done;   /* last: the checkpoint is complete */
+    json_array_clear(w->files);   /* keep them */
     if (memory) { *memory = mem; mem = NULL; }
 done:
-    st_writer_abort(c.w);
-    json_decref(layers);
     json_decref(cfg);
     json_decref(mem);
+    json_decref(idx);
+    checkpoint_writer_abort(w);
     return rc;
+}
+
+void checkpoint_writer_abort(struct checkpoint_writer *w)
+{
+    if (!w) return;
+    st_writer_abort(w->c.w);
+    size_t i;
+    json_t *f;
+    char p[4200];
+    json_array_foreach(w->files, i, f) {
+        snprintf(p, sizeof p, "%s/%s", w->dir, json_string_value(f));
+        unlink(p);
+    }
+    if (json_array_size(w->files)) {   /* an index naming removed shards would be a broken model folder */
+        snprintf(p, sizeof p, "%s/model.safetensors.index.json", w->dir);
+        unlink(p);
+    }
+    json_decref(w->files);
+    json_decref(w->c.map);
+    json_decref(w->layers);
+    free(w->prefix);
+    free(w->written);
+    free(w->pending);
+    free(w);
+}
+
+int checkpoint_save(struct model *m, const struct compress_result *res, const struct compress_opts *o,
+                    const char *dir, const json_t *spec_raw, const json_t *figures, json_t **memory,
+                    struct slm_err *err)
+{
+    struct checkpoint_writer *w = NULL;
+    int rc;
+    if (memory) *memory = NULL;
+    if (!res || !res->lin || res->nblocks != m->cfg.n_layers)
+        return slm_err_set(err, SLM_EINVAL, "checkpoint: needs the compression results");
+    if ((rc = checkpoint_writer_open(&w, dir, m, o, err))) return rc;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        if ((rc = checkpoint_writer_add_block(w, b, res->lin[b], err))) {
+            checkpoint_writer_abort(w);
+            return rc;
+        }
+    return checkpoint_writer_finish(w, res, spec_raw, figures, memory, err);
 }
 
 /* ---- loader ---- */

@@ -76,6 +76,8 @@ void compress_result_free(struct compress_result *r)
             quant_params_free(&c->qp);
             quant_params_free(&c->qpl);
             quant_params_free(&c->qpr);
+            free(c->lora_l);
+            free(c->lora_r);
         }
     free(r->lin);
     r->lin = NULL;
@@ -383,6 +385,8 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
         if ((rc = kb_upload(kb, l->w, w.Wc, sizeof *w.Wc * n, err))) goto done;
     }
     if ((rc = attach_adapters(kb, l, w.L, w.R, w.rank, err))) goto done;
+    cl->present = true;
+    cl->rank = w.rank;
     /* effective weight for the error figure: W' + (L R)^T */
     if (w.rank && w.E)
         for (size_t i = 0; i < n; i++) w.E[i] += w.Wc[i];
@@ -431,7 +435,7 @@ static int check_supported(const struct model *m, const struct compress_opts *o,
 }
 
 /* Adapter quantization happens after every block is done (§4.6): later blocks calibrate with
-** full-precision adapters. */
+** full-precision adapters. Adapters of unloaded blocks are quantized in their host copies. */
 static int quantize_all_adapters(struct model *m, const struct compress_opts *o, struct compress_result *res,
                                  struct slm_err *err)
 {
@@ -440,19 +444,23 @@ static int quantize_all_adapters(struct model *m, const struct compress_opts *o,
     for (int b = 0; b < m->cfg.n_layers; b++)
         for (int r = 0; r < LIN_COUNT; r++) {
             struct linear *l = &m->blocks[b].lin[r];
-            if (!l->rank) continue;
-            size_t nl = (size_t)l->d_in * l->rank, nr = (size_t)l->rank * l->d_out;
-            float *L = malloc(sizeof *L * nl), *R = malloc(sizeof *R * nr);
+            struct compressed_linear *cl = res && res->lin ? &res->lin[b][r] : NULL;
+            bool host = cl && cl->lora_l;
+            int rank = host ? cl->rank : l->rank;
+            if (!rank) continue;
+            size_t nl = (size_t)l->d_in * rank, nr = (size_t)rank * l->d_out;
+            float *L = host ? cl->lora_l : malloc(sizeof *L * nl), *R = host ? cl->lora_r : malloc(sizeof *R * nr);
             struct quant_params pl = { 0 }, pr = { 0 };
             if (!L || !R) rc = slm_err_set(err, SLM_ENOMEM, "adapter quantization: out of memory");
-            if (!rc) rc = kb_download(kb, L, l->lora_l, sizeof *L * nl, err);
-            if (!rc) rc = kb_download(kb, R, l->lora_r, sizeof *R * nr, err);
-            if (!rc) rc = lowrank_quantize(L, R, l->d_out, l->d_in, l->rank, &o->lowrank, &pl, &pr, err);
-            if (!rc) rc = kb_upload(kb, l->lora_l, L, sizeof *L * nl, err);
-            if (!rc) rc = kb_upload(kb, l->lora_r, R, sizeof *R * nr, err);
-            if (!rc && res && res->lin) {
-                res->lin[b][r].qpl = pl;
-                res->lin[b][r].qpr = pr;
+            if (!rc && !host) rc = kb_download(kb, L, l->lora_l, sizeof *L * nl, err);
+            if (!rc && !host) rc = kb_download(kb, R, l->lora_r, sizeof *R * nr, err);
+            if (!rc) rc = lowrank_quantize(L, R, l->d_out, l->d_in, rank, &o->lowrank, &pl, &pr, err);
+            if (!rc && l->lora_l) rc = kb_upload(kb, l->lora_l, L, sizeof *L * nl, err);
+            if (!rc && l->lora_r) rc = kb_upload(kb, l->lora_r, R, sizeof *R * nr, err);
+            if (host) L = R = NULL;   /* the host copies stay with res */
+            if (!rc && cl) {
+                cl->qpl = pl;
+                cl->qpr = pr;
                 pl.scale = pr.scale = NULL;
             }
             quant_params_free(&pl);
@@ -461,6 +469,102 @@ static int quantize_all_adapters(struct model *m, const struct compress_opts *o,
             free(R);
             if (rc) return rc;
         }
+    return 0;
+}
+
+/* ---- block streaming: per-block figures, then the block goes (compress_opts.unload_blocks) ---- */
+
+/* Adds the exact zeros and entries of block b's compressed linears to res (measured sparsity). */
+static int count_zeros(struct model *m, int b, struct compress_result *res, struct slm_err *err)
+{
+    for (int r = 0; r < LIN_COUNT; r++) {
+        struct linear *l = &m->blocks[b].lin[r];
+        if (!l->w) continue;
+        size_t n = (size_t)l->d_out * l->d_in;
+        float *h = malloc(sizeof *h * n);
+        if (!h) return slm_err_set(err, SLM_ENOMEM, "sparsity: out of memory");
+        int rc = kb_download(m->kb, h, l->w, sizeof *h * n, err);
+        for (size_t i = 0; !rc && i < n; i++) res->zeros += h[i] == 0;
+        free(h);
+        if (rc) return rc;
+        res->weights += (int64_t)n;
+    }
+    return 0;
+}
+
+static uint64_t block_bytes(const struct model *m, const struct block *bl)
+{
+    uint64_t f = 0;
+    for (int r = 0; r < LIN_COUNT; r++) {
+        const struct linear *l = &bl->lin[r];
+        if (l->w) f += (uint64_t)l->d_out * l->d_in;
+        if (l->b) f += (uint64_t)l->d_out;
+        f += (uint64_t)l->rank * (l->d_in + l->d_out);
+    }
+    int d2 = m->block_kind == BLOCK_PARALLEL ? bl->d_in : bl->d_mid;
+    f += (uint64_t)(bl->norm1_w != NULL) * bl->d_in + (uint64_t)(bl->norm1_b != NULL) * bl->d_in;
+    f += (uint64_t)(bl->norm2_w != NULL) * d2 + (uint64_t)(bl->norm2_b != NULL) * d2;
+    if (bl->shortcut_attn) f += (uint64_t)bl->d_in * (m->block_kind == BLOCK_PARALLEL ? bl->d_out : bl->d_mid);
+    if (bl->shortcut_mlp) f += (uint64_t)bl->d_mid * bl->d_out;
+    return f * sizeof(float);
+}
+
+/* Residency peak: the figure that shows whether compression held one block or all of them. */
+static void note_resident(const struct model *m, struct compress_result *res)
+{
+    int n = 0;
+    uint64_t bytes = 0;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        if (m->blocks[b].loaded) {
+            n++;
+            bytes += block_bytes(m, &m->blocks[b]);
+        }
+    if (n > res->peak_blocks) res->peak_blocks = n;
+    if (bytes > res->peak_block_bytes) res->peak_block_bytes = bytes;
+}
+
+/* Host copies of block b's adapters: they outlive the block and are quantized at the end (§4.6). */
+static int keep_adapters(struct model *m, int b, struct compress_result *res, struct slm_err *err)
+{
+    for (int r = 0; r < LIN_COUNT; r++) {
+        const struct linear *l = &m->blocks[b].lin[r];
+        struct compressed_linear *cl = &res->lin[b][r];
+        if (!l->rank) continue;
+        size_t nl = (size_t)l->d_in * l->rank, nr = (size_t)l->rank * l->d_out;
+        if (!(cl->lora_l = malloc(sizeof *cl->lora_l * nl)) || !(cl->lora_r = malloc(sizeof *cl->lora_r * nr)))
+            return slm_err_set(err, SLM_ENOMEM, "%s: adapters: out of memory", l->name);
+        int rc = kb_download(m->kb, cl->lora_l, l->lora_l, sizeof *cl->lora_l * nl, err);
+        if (!rc) rc = kb_download(m->kb, cl->lora_r, l->lora_r, sizeof *cl->lora_r * nr, err);
+        if (rc) return rc;
+        res->host_adapter_bytes += sizeof(float) * (nl + nr);
+    }
+    return 0;
+}
+
+/* Block b is final: figures, the caller's callback, then (unload_blocks) its weights and codes go. */
+static int block_done(struct model *m, int b, const struct compress_opts *o, bool adapters_later,
+                      struct compress_result *res, struct slm_err *err)
+{
+    int rc;
+    if (res) {
+        note_resident(m, res);
+        if ((rc = count_zeros(m, b, res, err))) return rc;
+        if (o->unload_blocks && adapters_later && (rc = keep_adapters(m, b, res, err))) return rc;
+    }
+    if (o->on_block && (rc = o->on_block(m, b, res->lin[b], o->block_payload, err)))
+        return rc < 0 ? rc : slm_err_set(err, SLM_ECANCELLED, "cancelled");
+    if (!o->unload_blocks) return 0;
+    model_block_unload(m, b);
+    for (int r = 0; res && r < LIN_COUNT; r++) {
+        struct compressed_linear *cl = &res->lin[b][r];
+        free(cl->mask);
+        free(cl->codes);
+        free(cl->col_scale);
+        cl->mask = NULL;
+        cl->codes = NULL;
+        cl->col_scale = NULL;
+        quant_params_free(&cl->qp);
+    }
     return 0;
 }
 
@@ -474,8 +578,11 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err,
                               .need_h = o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ };
     double t0 = now_s();
+    struct compress_result local = { 0 };
+    bool adapters_later = o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora;
     if ((rc = check_supported(m, o, err))) return rc;
     if (nsamples < 1 || seqlen < 2) return slm_err_set(err, SLM_EINVAL, "compress: %d calibration windows of %d tokens", nsamples, seqlen);
+    if (!res && (o->on_block || o->unload_blocks)) res = &local;   /* the callback and the adapters need one */
     if (res) {
         memset(res, 0, sizeof *res);
         if (!(res->lin = calloc((size_t)nb, sizeof *res->lin))) return slm_err_set(err, SLM_ENOMEM, "compress: out of memory");
@@ -497,6 +604,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     for (int b = 0; b < nb; b++) {
         struct block *bl = &m->blocks[b];
         if ((rc = model_block_load(m, b, err))) goto done;
+        if (res) note_resident(m, res);
         stats_init(&bs, bl);
         /* pass 1: the dense block, hooks gather statistics */
         for (int s = 0; s < nsamples; s++) {
@@ -527,8 +635,9 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if ((rc = model_block_forward(m, b, x, 1, seqlen, NULL, NULL, err))) goto done;
             if ((rc = kb->iface->copy(kb, xs, x, sizeof *x * per, err))) goto done;
         }
+        if ((rc = block_done(m, b, o, adapters_later, res, err))) goto done;
     }
-    if (o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora) {
+    if (adapters_later) {
         if ((rc = report(o, "adapters", nb, nb, NULL, -1, 1, err))) goto done;
         if ((rc = quantize_all_adapters(m, o, res, err))) goto done;
     }
@@ -538,7 +647,7 @@ done:
     stats_free(&bs);
     kb_release(kb, inps);
     kb_release(kb, x);
-    if (rc && res) compress_result_free(res);
+    if ((rc && res) || res == &local) compress_result_free(res);
     return rc;
 }
 

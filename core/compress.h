@@ -8,7 +8,8 @@
 ** layer's inputs in the first calibration window, W' including adapters); the
 ** cancel flag is checked between samples and layers.
 ** Ownership: the model is borrowed and modified in place (compressed weights and adapters replace
-** the dense ones in its blocks); struct compress_result is the caller's (compress_result_free).
+** the dense ones in its blocks, or go to compress_opts.on_block and are dropped with
+** unload_blocks); struct compress_result is the caller's (compress_result_free).
 */
 #ifndef SLM_COMPRESS_H
 #define SLM_COMPRESS_H
@@ -40,10 +41,6 @@ struct compress_progress {
 /* Return non-zero to cancel. */
 typedef int (*compress_progress_cb)(const struct compress_progress *p, void *payload);
 
-/* Called once a block is final (adapters of earlier blocks may still be quantized later, see
-** compress_opts.unload_blocks); the block is loaded. Non-zero return cancels. */
-typedef int (*compress_block_cb)(struct model *m, int block, void *payload, struct slm_err *err);
-
 /* What the checkpoint needs to store one compressed linear compactly. */
 struct compressed_linear {
     enum lin_role role;
@@ -53,12 +50,28 @@ struct compressed_linear {
     float *col_scale;              /* host [d_in] AWQ-like factors, or NULL */
     struct quant_params qpl, qpr;  /* adapter scales (scale NULL unless quantized adapters) */
     double rel_error;
+    /* --- added for block streaming (compress_opts.unload_blocks) --- */
+    bool present;                  /* the block has this role */
+    int rank;                      /* adapter rank as compressed (0: none or merged) */
+    float *lora_l, *lora_r;        /* host copies [d_in x rank], [rank x d_out] kept while the block is
+                                   ** unloaded and its adapters await quantization (§4.6); else NULL */
 };
+
+/* Called once block b is compressed and its calibration outputs recomputed; the block is loaded
+** and lin describes its linears. Adapters are still full precision when they are quantized at the
+** end (§4.6). Returns 0, a negative slm_rc with err set, or a positive value to cancel. */
+typedef int (*compress_block_cb)(struct model *m, int block, const struct compressed_linear lin[LIN_COUNT],
+                                 void *payload, struct slm_err *err);
 
 struct compress_result {
     int nblocks;
     struct compressed_linear (*lin)[LIN_COUNT];   /* [nblocks][LIN_COUNT]; role absent: all NULL */
     double seconds;
+    /* --- added for block streaming: figures gathered per block, before any unloading --- */
+    int64_t zeros, weights;        /* exact zeros / entries of the compressed linears (measured sparsity) */
+    int peak_blocks;               /* most blocks resident at once during compression */
+    uint64_t peak_block_bytes;     /* backend bytes of block weights (linears, adapters, norms) at that peak */
+    uint64_t host_adapter_bytes;   /* host copies of adapters awaiting quantization (lora_l, lora_r) */
 };
 
 struct compress_opts {
@@ -76,16 +89,23 @@ struct compress_opts {
     volatile sig_atomic_t *cancel;
     bool prune_lora;               /* §4.5: 2:4 on L, then Adam (needs separate adapters) */
     int prune_lora_iters;          /* reference: 1000 */
+    /* --- block streaming (left zero by COMPRESS_OPTS_INIT: off) --- */
+    compress_block_cb on_block;    /* NULL: none */
+    void *block_payload;
+    bool unload_blocks;            /* after on_block, unload the block and free its codes and masks in the
+                                   ** result; adapters awaiting quantization stay on the host (lora_l/r) */
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL, false, 1000 }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);
 
 /* Compress m in place with calibration windows ids [nsamples x seqlen] (host). The model may be
 ** opened with MODEL_LAZY_BLOCKS: each block is loaded when reached and stays loaded (it holds
-** the compressed weights). res may be NULL. */
+** the compressed weights) unless o->unload_blocks, when only the block being compressed is
+** resident and o->on_block must take its weights away (e.g. checkpoint_writer_block). res may be
+** NULL (then codes are not kept). */
 int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
                    struct compress_result *res, struct slm_err *err);
 
@@ -120,15 +140,22 @@ void calib_docs_free(struct calib_docs *d);
 
 /* ---- one call for job_run and `slim compress` ---- */
 
+/* Callbacks of compress_run. on_block set: each block goes to it, then is unloaded
+** (compress_opts.unload_blocks), so only one block is resident. */
+struct compress_hooks {
+    compress_progress_cb progress;
+    void *payload;
+    volatile sig_atomic_t *cancel;
+    compress_block_cb on_block;
+    void *block_payload;
+};
+
 /* Compress m (method "slim" spec) with calibration windows drawn from the text file calib_path
 ** by the §1.2 sampler (spec->calibration). *figures (new reference, may be NULL) gets
-** {"seconds", "calibration": {...}, "layers": [{"name", "rel_error"}...], "sparsity", ...}.
-** res (may be NULL) keeps codes and masks for the checkpoint writer. */
+** {"seconds", "calibration": {...}, "layers": [{"name", "rel_error"}...], "measured_sparsity",
+** "resident": {...}}. res (may be NULL) keeps codes and masks for the checkpoint writer. */
 int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *tok, const char *calib_path,
-                 compress_progress_cb progress, void *payload, volatile sig_atomic_t *cancel,
-                 struct compress_result *res, json_t **figures, struct slm_err *err);
-
-/* Measured fraction of exact zeros in the compressed linears of the loaded blocks. */
-int compress_measured_sparsity(struct model *m, double *out, struct slm_err *err);
+                 const struct compress_hooks *hooks, struct compress_result *res, json_t **figures,
+                 struct slm_err *err);
 
 #endif

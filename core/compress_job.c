@@ -85,31 +85,9 @@ int calib_docs_from_text(struct calib_docs *out, struct tokenizer *tok, const ch
 
 /* ---- compress_run ---- */
 
-int compress_measured_sparsity(struct model *m, double *out, struct slm_err *err)
-{
-    int64_t zeros = 0, total = 0;
-    for (int b = 0; b < m->cfg.n_layers; b++) {
-        if (!m->blocks[b].loaded) continue;
-        for (int r = 0; r < LIN_COUNT; r++) {
-            struct linear *l = &m->blocks[b].lin[r];
-            if (!l->w) continue;
-            size_t n = (size_t)l->d_out * l->d_in;
-            float *h = malloc(sizeof *h * n);
-            if (!h) return slm_err_set(err, SLM_ENOMEM, "sparsity: out of memory");
-            int rc = kb_download(m->kb, h, l->w, sizeof *h * n, err);
-            for (size_t i = 0; !rc && i < n; i++) zeros += h[i] == 0;
-            free(h);
-            if (rc) return rc;
-            total += (int64_t)n;
-        }
-    }
-    *out = total ? (double)zeros / (double)total : 0;
-    return 0;
-}
-
 int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *tok, const char *calib_path,
-                 compress_progress_cb progress, void *payload, volatile sig_atomic_t *cancel,
-                 struct compress_result *res, json_t **figures, struct slm_err *err)
+                 const struct compress_hooks *hooks, struct compress_result *res, json_t **figures,
+                 struct slm_err *err)
 {
     struct compress_opts o;
     struct compress_result local = { 0 }, *r = res ? res : &local;
@@ -121,10 +99,15 @@ int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *
     int rc;
     if (figures) *figures = NULL;
     if ((rc = compress_opts_from_spec(&o, spec, err))) return rc;
-    o.progress = progress;
-    o.payload = payload;
-    o.cancel = cancel;
-    o.keep_codes = res != NULL;
+    if (hooks) {
+        o.progress = hooks->progress;
+        o.payload = hooks->payload;
+        o.cancel = hooks->cancel;
+        o.on_block = hooks->on_block;
+        o.block_payload = hooks->block_payload;
+        o.unload_blocks = hooks->on_block != NULL;
+    }
+    o.keep_codes = res != NULL || o.on_block;
     int n = spec->calibration.nsamples, T = spec->calibration.seqlen;
     if (m->cfg.max_pos > 0 && T > m->cfg.max_pos)
         return slm_err_set(err, SLM_EINVAL, "/calibration/seqlen: %d exceeds the model's %d positions", T, m->cfg.max_pos);
@@ -136,17 +119,19 @@ int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *
     if ((rc = compress_model(m, ids, n, T, &o, r, err))) goto done;
     if (figures) {
         json_t *layers = json_array();
-        double sp = 0;
-        if ((rc = compress_measured_sparsity(m, &sp, err))) goto done;
+        double sp = r->weights ? (double)r->zeros / (double)r->weights : 0;
         for (int b = 0; layers && b < r->nblocks; b++)
             for (int k = 0; k < LIN_COUNT; k++) {
-                const struct linear *l = &m->blocks[b].lin[k];
-                if (l->w) json_array_append_new(layers, json_pack("{s:s,s:f,s:i}", "name", l->name, "rel_error",
-                                                                  r->lin[b][k].rel_error, "rank", l->rank));
+                const struct compressed_linear *cl = &r->lin[b][k];
+                if (cl->present)   /* names stay when a block is unloaded */
+                    json_array_append_new(layers, json_pack("{s:s,s:f,s:i}", "name", m->blocks[b].lin[k].name,
+                                                            "rel_error", cl->rel_error, "rank", cl->rank));
             }
-        fig = json_pack("{s:f,s:{s:i,s:i,s:i,s:f},s:o,s:f}", "seconds", r->seconds,
+        fig = json_pack("{s:f,s:{s:i,s:i,s:i,s:f},s:o,s:f,s:{s:i,s:I,s:I}}", "seconds", r->seconds,
                         "calibration", "nsamples", n, "seqlen", T, "documents", docs.ndocs, "seconds", t_cal,
-                        "layers", layers ? layers : json_null(), "measured_sparsity", sp);
+                        "layers", layers ? layers : json_null(), "measured_sparsity", sp,
+                        "resident", "peak_blocks", r->peak_blocks, "peak_block_bytes", (json_int_t)r->peak_block_bytes,
+                        "host_adapter_bytes", (json_int_t)r->host_adapter_bytes);
         if (!fig) { rc = slm_err_set(err, SLM_ENOMEM, "compress figures: out of memory"); goto done; }
         *figures = fig;
     }

@@ -125,7 +125,10 @@ static int calib_path(char *out, size_t n, const struct job_ctx *ctx, const char
     return dataset_path(out, n, ctx, name, err);
 }
 
-/* Compress, save the checkpoint when an output folder is given, evaluate the compressed model. */
+/* Compress and evaluate. With an output folder, each block goes to the checkpoint writer as soon
+** as it is compressed and is then dropped (one block resident), and the "after" figures come from
+** the written checkpoint, its blocks loaded one at a time; without one, the compressed model stays
+** in memory. */
 static int job_compress_slim(struct job_state *js, struct model *m, struct tokenizer **tok, json_t *out, json_t *timings,
                              json_t *ppl_after, struct slm_err *err)
 {
@@ -134,6 +137,8 @@ static int job_compress_slim(struct job_state *js, struct model *m, struct token
     json_t *fig = NULL, *mem = NULL;
     struct compress_result cr = { 0 };
     struct compress_opts co;
+    struct checkpoint_writer *w = NULL;
+    struct model *r = NULL, *after = m;
     int rc;
     if ((rc = compress_opts_from_spec(&co, js->spec, err))) return rc;
     if (!*tok && (rc = tokenizer_open(tok, ctx->model_dir, err))) return rc;
@@ -142,32 +147,42 @@ static int job_compress_slim(struct job_state *js, struct model *m, struct token
     js->stage_lo = 0.25;
     js->stage_hi = 0.8;
     double t = now_s();
-    if ((rc = compress_run(m, js->spec, *tok, path, compress_progress, js, ctx->cancel, &cr, &fig, err))) return rc;
+    if (ctx->out_dir && (rc = checkpoint_writer_open(&w, ctx->out_dir, m, &co, err))) return rc;
+    struct compress_hooks h = { compress_progress, js, ctx->cancel, w ? checkpoint_writer_block : NULL, w };
+    if ((rc = compress_run(m, js->spec, *tok, path, &h, w ? &cr : NULL, &fig, err))) goto done;
     json_object_set_new(out, "compression", fig);
     json_object_set_new(timings, "compressing", json_real(now_s() - t));
-    if (ctx->out_dir) {
+    if (w) {
         js->stage = "saving";
         js->stage_lo = js->stage_hi = 0.8;
-        if (report(js, 0, -1, -1, "writing the compressed checkpoint")) rc = slm_err_set(err, SLM_ECANCELLED, "cancelled");
+        if (report(js, 0, -1, -1, "finishing the compressed checkpoint")) { rc = slm_err_set(err, SLM_ECANCELLED, "cancelled"); goto done; }
         t = now_s();
-        if (!rc) rc = checkpoint_save(m, &cr, &co, ctx->out_dir, js->spec->raw, fig, &mem, err);
-        if (!rc) json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
+        rc = checkpoint_writer_finish(w, &cr, js->spec->raw, fig, &mem, err);
+        w = NULL;   /* freed by finish */
+        if (rc) goto done;
+        json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
         json_object_set_new(timings, "saving", json_real(now_s() - t));
+        /* activation quantization comes with the checkpoint's spec (checkpoint_open) */
+        if ((rc = checkpoint_open(&r, ctx->out_dir, m->kb, MODEL_LAZY_BLOCKS, err))) goto done;
+        after = r;
+    } else {
+        /* activation quantization is an evaluation-time emulation, applied after compression (§3.6) */
+        const struct jobspec *s = js->spec;
+        if (s->quantization.input &&
+            (rc = model_set_input_quant(m, s->quantization.input, s->quantization.input_bits, s->quantization.input_group_size, err)))
+            goto done;
     }
-    compress_result_free(&cr);
-    if (rc) return rc;
-    /* activation quantization is an evaluation-time emulation, applied after compression (§3.6) */
-    const struct jobspec *s = js->spec;
-    if (s->quantization.input &&
-        (rc = model_set_input_quant(m, s->quantization.input, s->quantization.input_bits, s->quantization.input_group_size, err)))
-        return rc;
     js->stage = "evaluating";
     js->stage_lo = 0.8;
     js->stage_hi = 1.0;
     t = now_s();
-    if ((rc = eval_all(js, m, *tok, ppl_after, err))) return rc;
+    if ((rc = eval_all(js, after, *tok, ppl_after, err))) goto done;
     json_object_set_new(timings, "evaluating", json_real(now_s() - t));
-    return 0;
+done:
+    checkpoint_writer_abort(w);
+    compress_result_free(&cr);
+    model_free(r);
+    return rc;
 }
 
 /* ---- SliceGPT ---- */

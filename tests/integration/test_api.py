@@ -140,11 +140,16 @@ def test_integration_api__compression_job_end_to_end():
         stages = {e['stage'] for e in d.json('GET', '/v1/jobs/%s/events' % job['id'])[1]['events']}
         assert {'loading', 'compressing'} <= stages, stages
         names = {a['name'] for a in d.json('GET', '/v1/jobs/%s/artifacts' % job['id'])[1]['artifacts']}
-        assert {'model.safetensors', 'slim_config.json', 'metrics.json'} <= names, names
+        # the checkpoint is sharded: one shard per block, the index names every tensor's shard
+        assert {'model.safetensors.index.json', 'model-shared.safetensors', 'model-block-00000.safetensors',
+                'slim_config.json', 'metrics.json'} <= names, names
         out = tempfile.mkdtemp()
         d.slimctl('download', job['id'], out, check=0)
-        st, h, head = d.request('GET', '/v1/jobs/%s/artifacts/model.safetensors' % job['id'], headers={'Range': 'bytes=0-7'})
-        assert st == 206 and head == open(os.path.join(out, 'model.safetensors'), 'rb').read(8)
+        shards = set(json.load(open(os.path.join(out, 'model.safetensors.index.json')))['weight_map'].values())
+        assert shards <= names, shards - names
+        st, h, head = d.request('GET', '/v1/jobs/%s/artifacts/model-block-00000.safetensors' % job['id'],
+                                headers={'Range': 'bytes=0-7'})
+        assert st == 206 and head == open(os.path.join(out, 'model-block-00000.safetensors'), 'rb').read(8)
     finally:
         d.cleanup()
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -53,6 +54,11 @@ struct ck {
     bool quantize_lora, separate, important;
 };
 
+/* configurations both the whole-model writer and the streamed one are checked with */
+static const struct ck ck_slim_q = { PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true, true, false };
+static const struct ck ck_sparsegpt = { PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, -1, LOWRANK_NONE, false, true, false };
+static const struct ck ck_l2qer = { PRUNE_NONE, 0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true, false };
+
 static bool g_prune_lora;   /* round_trip: prune the adapters too (§4.5) */
 
 static float *logits_of(struct model *m, const int32_t *ids, int T)
@@ -63,6 +69,72 @@ static float *logits_of(struct model *m, const int32_t *ids, int T)
     return lg;
 }
 
+/* Tensor bytes of every shard the index names (a shard file = 8 + header + data). */
+static uint64_t stored_on_disk(const char *dir)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    json_t *idx = json_load_file(p, 0, NULL), *seen = json_object();
+    assert_non_null(idx);
+    uint64_t total = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(idx, "weight_map"), k, v) {
+        const char *file = json_string_value(v);
+        if (json_object_get(seen, file)) continue;
+        json_object_set_new(seen, file, json_true());
+        snprintf(p, sizeof p, "%s/%s", dir, file);
+        FILE *f = fopen(p, "rb");
+        uint64_t hl = 0;
+        struct stat st;
+        assert_non_null(f);
+        assert_int_equal(fread(&hl, 8, 1, f), 1);
+        fclose(f);
+        assert_int_equal(stat(p, &st), 0);
+        total += (uint64_t)st.st_size - 8 - hl;
+    }
+    assert_int_equal(total, (uint64_t)json_integer_value(json_object_get(json_object_get(idx, "metadata"), "total_size")));
+    json_decref(seen);
+    json_decref(idx);
+    return total;
+}
+
+static void rm_folder(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[4200];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
+static void opts_of(struct compress_opts *o, const struct ck *c)
+{
+    struct compress_opts d = COMPRESS_OPTS_INIT;
+    *o = d;
+    o->prune.method = c->pm;
+    o->prune.n = c->n;
+    o->prune.m = c->m;
+    o->prune.sparsity = c->pm == PRUNE_NONE ? 0 : 0.5;
+    o->quant.method = c->qm;
+    o->quant.group_size = c->group;
+    o->scale_important_weights = c->important;
+    if (c->qm == QUANT_OPTQ) { o->prune.optq_bits = 4; o->prune.optq_group = c->group; }
+    o->lowrank.method = c->lm;
+    o->lowrank.tile = 4;
+    o->lowrank.quantize = c->quantize_lora;
+    o->separate_lora = c->separate;
+    o->shift_zero_metrics = true;
+    o->keep_codes = true;
+    o->prune_lora = g_prune_lora;
+    o->prune_lora_iters = 50;
+}
+
 static void round_trip(const struct ck *c, const char *tag)
 {
     enum { NS = 4, T = 32 };
@@ -71,23 +143,8 @@ static void round_trip(const struct ck *c, const char *tag)
     int32_t ids[NS * T];
     for (int i = 0; i < NS * T; i++) ids[i] = 1 + (i * 37 + i / 7) % 500;
     assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
-    struct compress_opts o = COMPRESS_OPTS_INIT;
-    o.prune.method = c->pm;
-    o.prune.n = c->n;
-    o.prune.m = c->m;
-    o.prune.sparsity = c->pm == PRUNE_NONE ? 0 : 0.5;
-    o.quant.method = c->qm;
-    o.quant.group_size = c->group;
-    o.scale_important_weights = c->important;
-    if (c->qm == QUANT_OPTQ) { o.prune.optq_bits = 4; o.prune.optq_group = c->group; }
-    o.lowrank.method = c->lm;
-    o.lowrank.tile = 4;
-    o.lowrank.quantize = c->quantize_lora;
-    o.separate_lora = c->separate;
-    o.shift_zero_metrics = true;
-    o.keep_codes = true;
-    o.prune_lora = g_prune_lora;
-    o.prune_lora_iters = 50;
+    struct compress_opts o;
+    opts_of(&o, c);
     struct compress_result res;
     int rc = compress_model(m, ids, NS, T, &o, &res, &err);
     if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
@@ -122,17 +179,9 @@ static void round_trip(const struct ck *c, const char *tag)
     assert_int_equal(rc, 0);
     float *b = logits_of(r, ids, T);
     assert_memory_equal(a, b, sizeof *a * T * m->cfg.vocab);
-    /* the report counts exactly the tensor bytes of the file (file = 8 + header + data) */
-    char p[4200];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    FILE *f = fopen(p, "rb");
-    uint64_t hl = 0;
-    assert_int_equal(fread(&hl, 8, 1, f), 1);
-    fclose(f);
-    struct stat st;
-    assert_int_equal(stat(p, &st), 0);
+    /* the report counts exactly the tensor bytes of the shards */
     uint64_t stored = (uint64_t)json_integer_value(json_object_get(mem, "stored_bytes"));
-    assert_int_equal(stored, (uint64_t)st.st_size - 8 - hl);
+    assert_int_equal(stored, stored_on_disk(dir));
     double ratio = json_real_value(json_object_get(mem, "ratio"));
     fprintf(stderr, "%-36s stored %llu of %llu bytes (ratio %.3f)\n", tag, (unsigned long long)stored,
             (unsigned long long)json_integer_value(json_object_get(mem, "dense_bytes")), ratio);
@@ -147,22 +196,18 @@ static void round_trip(const struct ck *c, const char *tag)
     compress_result_free(&res);
     model_free(m);
     model_free(r);
-    const char *files[] = { "model.safetensors", "config.json", "slim_config.json" };
-    for (int i = 0; i < 3; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); unlink(p); }
-    rmdir(dir);
+    rm_folder(dir);
 }
 
 static void test_core_checkpoint__slim_quantized_adapters(void **state)
 {
     (void)state;
-    struct ck c = { PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true, true, false };
-    round_trip(&c, "wanda 2:4 slim-quant slim-lora^Q");
+    round_trip(&ck_slim_q, "wanda 2:4 slim-quant slim-lora^Q");
 }
 static void test_core_checkpoint__sparsegpt_optq(void **state)
 {
     (void)state;
-    struct ck c = { PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, -1, LOWRANK_NONE, false, true, false };
-    round_trip(&c, "sparsegpt 50% + optq per row");
+    round_trip(&ck_sparsegpt, "sparsegpt 50% + optq per row");
 }
 static void test_core_checkpoint__nm_values(void **state)
 {
@@ -195,8 +240,7 @@ static void test_core_checkpoint__prune_lora(void **state)
 static void test_core_checkpoint__l2qer(void **state)
 {
     (void)state;
-    struct ck c = { PRUNE_NONE, 0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true, false };
-    round_trip(&c, "group absmax + L2QER adapters");
+    round_trip(&ck_l2qer, "group absmax + L2QER adapters");
 }
 
 /* ---- job_run end to end: a byte-level tokenizer (256 byte symbols, no merges: every id < 256
@@ -299,6 +343,12 @@ static void job_end_to_end(const char *input, int input_bits)
             json_real_value(json_object_get(json_object_get(metrics, "memory"), "ratio")));
     assert_true(isfinite(after) && after > 1);
     assert_true(json_is_array(json_object_get(json_object_get(metrics, "compression"), "layers")));
+    /* the job streams blocks into the checkpoint: one resident at a time */
+    json_t *res = json_object_get(json_object_get(metrics, "compression"), "resident");
+    assert_int_equal(json_integer_value(json_object_get(res, "peak_blocks")), 1);
+    assert_true(json_integer_value(json_object_get(res, "peak_block_bytes")) > 0);
+    double sp = json_real_value(json_object_get(json_object_get(metrics, "compression"), "measured_sparsity"));
+    assert_true(sp >= 0.5 && sp < 0.6);   /* 2:4, plus codes that round to zero */
     /* the saved checkpoint evaluates to the same perplexity (same ids, same windows) */
     struct model *r = NULL;
     struct tokenizer *tok = NULL;
@@ -318,12 +368,8 @@ static void job_end_to_end(const char *input, int input_bits)
     model_free(r);
     json_decref(metrics);
     jobspec_free(&spec);
-    const char *files[] = { "out/model.safetensors", "out/config.json", "out/slim_config.json", "config.json",
-                            "model.safetensors", "vocab.json", "merges.txt" };
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) { snprintf(line, sizeof line, "%s/%s", mdir, files[i]); unlink(line); }
-    snprintf(line, sizeof line, "%s/out", mdir);
-    rmdir(line);
-    rmdir(mdir);
+    rm_folder(odir);
+    rm_folder(mdir);
     snprintf(line, sizeof line, "%s/calib.jsonl", ddir); unlink(line);
     snprintf(line, sizeof line, "%s/evaltext.txt", ddir); unlink(line);
     rmdir(ddir);
@@ -338,6 +384,147 @@ static void test_core_checkpoint__job_with_input_quantization(void **state)
     (void)state;
     job_end_to_end("int", 4);
     job_end_to_end("fp8", 8);
+}
+
+/* ---- streaming: compress_model hands each block to the writer and unloads it ---- */
+
+struct stream_probe {
+    struct checkpoint_writer *w;
+    int calls;
+};
+
+static int probe_block(struct model *m, int b, const struct compressed_linear lin[LIN_COUNT], void *payload,
+                       struct slm_err *err)
+{
+    struct stream_probe *p = payload;
+    int loaded = 0;
+    for (int i = 0; i < m->cfg.n_layers; i++) loaded += m->blocks[i].loaded;
+    assert_int_equal(loaded, 1);
+    assert_true(m->blocks[b].loaded);
+    assert_int_equal(b, p->calls);
+    p->calls++;
+    return checkpoint_writer_block(m, b, lin, p->w, err);
+}
+
+/* A checkpoint written block by block (one block resident) reloads to the logits of the same
+** compression kept whole in memory, bit for bit. */
+static void streamed_matches_in_memory(const struct ck *c, const char *tag)
+{
+    enum { NS = 4, T = 32 };
+    struct model *m = NULL, *s = NULL, *r = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    int32_t ids[NS * T];
+    for (int i = 0; i < NS * T; i++) ids[i] = 1 + (i * 53 + i / 5) % 500;
+    struct compress_opts o;
+    opts_of(&o, c);
+    struct compress_result whole, streamed;
+    assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    int rc = compress_model(m, ids, NS, T, &o, &whole, &err);
+    if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
+    assert_int_equal(rc, 0);
+    float *a = logits_of(m, ids, T);
+    assert_int_equal(whole.peak_blocks, m->cfg.n_layers);
+
+    char dir[] = "/tmp/slim-stream-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct stream_probe p = { NULL, 0 };
+    assert_int_equal(model_open(&s, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    assert_int_equal(checkpoint_writer_open(&p.w, dir, s, &o, &err), 0);
+    o.on_block = probe_block;
+    o.block_payload = &p;
+    o.unload_blocks = true;
+    rc = compress_model(s, ids, NS, T, &o, &streamed, &err);
+    if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(p.calls, s->cfg.n_layers);
+    for (int b = 0; b < s->cfg.n_layers; b++) assert_false(s->blocks[b].loaded);
+    assert_int_equal(streamed.peak_blocks, 1);
+    assert_true(streamed.peak_block_bytes > 0 && streamed.peak_block_bytes < whole.peak_block_bytes);
+    assert_int_equal(streamed.zeros, whole.zeros);
+    assert_int_equal(streamed.weights, whole.weights);
+    for (int b = 0; b < s->cfg.n_layers; b++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            assert_null(streamed.lin[b][k].codes);   /* freed once written */
+            assert_true(streamed.lin[b][k].rel_error == whole.lin[b][k].rel_error);
+            assert_int_equal(streamed.lin[b][k].rank, whole.lin[b][k].rank);
+        }
+    json_t *mem = NULL;
+    rc = checkpoint_writer_finish(p.w, &streamed, NULL, NULL, &mem, &err);
+    if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal((uint64_t)json_integer_value(json_object_get(mem, "stored_bytes")), stored_on_disk(dir));
+    char adapters[4200];
+    snprintf(adapters, sizeof adapters, "%s/model-adapters.safetensors", dir);
+    assert_int_equal(access(adapters, R_OK) == 0, c->quantize_lora && c->separate && c->lm != LOWRANK_NONE);
+
+    assert_int_equal(checkpoint_open(&r, dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    float *b = logits_of(r, ids, T);
+    assert_memory_equal(a, b, sizeof *a * T * m->cfg.vocab);
+    fprintf(stderr, "%-36s streamed: peak %d block(s), %llu bytes (whole: %d, %llu)\n", tag, streamed.peak_blocks,
+            (unsigned long long)streamed.peak_block_bytes, whole.peak_blocks, (unsigned long long)whole.peak_block_bytes);
+    json_decref(mem);
+    free(a);
+    free(b);
+    compress_result_free(&whole);
+    compress_result_free(&streamed);
+    model_free(m);
+    model_free(s);
+    model_free(r);
+    rm_folder(dir);
+}
+
+static void test_core_checkpoint__streamed_quantized_adapters(void **state)
+{
+    (void)state;
+    streamed_matches_in_memory(&ck_slim_q, "wanda 2:4 slim-quant slim-lora^Q");
+}
+static void test_core_checkpoint__streamed_adapters_with_blocks(void **state)
+{
+    (void)state;
+    streamed_matches_in_memory(&ck_l2qer, "group absmax + L2QER adapters");
+}
+static void test_core_checkpoint__streamed_sparsegpt(void **state)
+{
+    (void)state;
+    streamed_matches_in_memory(&ck_sparsegpt, "sparsegpt 50% + optq per row");
+}
+
+/* An interrupted write (a block never handed over) leaves no checkpoint behind. */
+static void test_core_checkpoint__abort_leaves_no_checkpoint(void **state)
+{
+    (void)state;
+    struct model *m = NULL;
+    struct checkpoint_writer *w = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    struct compress_opts o = COMPRESS_OPTS_INIT;
+    char dir[] = "/tmp/slim-abort-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    /* an older checkpoint in the folder stops being one as soon as a new write starts */
+    write_file(dir, "slim_config.json", "{\"format\": \"" CHECKPOINT_FORMAT "\"}", strlen(CHECKPOINT_FORMAT) + 14);
+    write_file(dir, "model-block-00099.safetensors", "x", 1);
+    assert_true(checkpoint_is(dir));
+    assert_int_equal(checkpoint_writer_open(&w, dir, m, &o, &err), 0);
+    assert_false(checkpoint_is(dir));
+    char old[4200];
+    snprintf(old, sizeof old, "%s/model-block-00099.safetensors", dir);
+    assert_int_equal(access(old, F_OK), -1);
+    /* block 0 is not loaded: refused */
+    struct compressed_linear lin[LIN_COUNT] = { 0 };
+    assert_int_equal(checkpoint_writer_add_block(w, 0, lin, &err), -SLM_EINVAL);
+    slm_err_clear(&err);
+    assert_int_equal(checkpoint_writer_finish(w, NULL, NULL, NULL, NULL, &err), -SLM_EINVAL);
+    assert_false(checkpoint_is(dir));
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += e->d_name[0] != '.';
+    closedir(d);
+    assert_int_equal(n, 0);   /* the shared shard is gone too */
+    /* the model's own folder is refused as output */
+    assert_int_equal(checkpoint_writer_open(&w, model_dir, m, &o, &err), -SLM_EINVAL);
+    model_free(m);
+    rmdir(dir);
 }
 
 static void test_core_checkpoint__rejects_foreign_folder(void **state)
@@ -363,6 +550,10 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__l2qer),
         cmocka_unit_test(test_core_checkpoint__job_end_to_end),
         cmocka_unit_test(test_core_checkpoint__job_with_input_quantization),
+        cmocka_unit_test(test_core_checkpoint__streamed_quantized_adapters),
+        cmocka_unit_test(test_core_checkpoint__streamed_adapters_with_blocks),
+        cmocka_unit_test(test_core_checkpoint__streamed_sparsegpt),
+        cmocka_unit_test(test_core_checkpoint__abort_leaves_no_checkpoint),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
