@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "arch.h"
 #include "dtype.h"
 #include "fileio.h"
 #include "memreport.h"
@@ -255,6 +256,52 @@ static bool replaced(const struct model *m, const char *name)
     return false;
 }
 
+/* The in-memory (backend) vector of a block norm tensor, or NULL when name is none. */
+static const float *block_norm(const struct model *m, const char *name)
+{
+    const struct arch_names *nm = m->arch->names;
+    const char *norm[4] = { nm->norm1, nm->norm1, nm->norm2, nm->norm2 }, *sfx[4] = { "weight", "bias", "weight", "bias" };
+    char pre[64], want[160];
+    for (int b = 0; b < m->cfg.n_layers; b++) {
+        const struct block *bl = &m->blocks[b];
+        const float *v[4] = { bl->norm1_w, bl->norm1_b, bl->norm2_w, bl->norm2_b };
+        m->arch->block_prefix(pre, sizeof pre, b);
+        if (strncmp(name, pre, strlen(pre))) continue;
+        for (int k = 0; k < 4; k++) {
+            if (!norm[k] || !v[k]) continue;
+            snprintf(want, sizeof want, "%s%s.%s", pre, norm[k], sfx[k]);
+            if (!strcmp(name, want)) return v[k];
+        }
+    }
+    return NULL;
+}
+
+/* Copy a tensor the linear encodings do not cover. Block norms are compared with the model in
+** memory first: JSQ's smoothing rewrites them, and the checkpoint must hold what the compressed
+** model computes with (F32 then; untouched tensors keep their stored bytes). */
+static int copy_tensor(struct ckw *c, struct model *m, const struct st_tensor *t)
+{
+    const float *cur = block_norm(m, t->name);
+    int rc = 0;
+    if (cur) {
+        size_t n = (size_t)t->numel;
+        float *h = malloc(sizeof *h * n), *src = malloc(sizeof *src * n);
+        if (!h || !src) rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: out of memory");
+        if (!rc) rc = kb_download(m->kb, h, cur, sizeof *h * n, c->err);
+        if (!rc) rc = st_tensor_to_f32(src, t, c->err);
+        bool changed = !rc && memcmp(h, src, sizeof *h * n);
+        if (changed) {
+            c->mr.bytes[MEM_UNCOMPRESSED] += sizeof *h * n;
+            rc = st_writer_add_f32(c->w, t->name, DT_F32, t->ndim, t->shape, h, c->err);
+        }
+        free(h);
+        free(src);
+        if (rc || changed) return rc;
+    }
+    c->mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
+    return st_writer_add(c->w, t->name, t->dtype, t->ndim, t->shape, t->data, c->err);
+}
+
 static int write_json(const char *dir, const char *file, const json_t *j, struct slm_err *err)
 {
     char p[4200];
@@ -285,8 +332,7 @@ int checkpoint_save(struct model *m, const struct compress_result *res, const st
     for (size_t i = 0; i < st_model_count(m->st); i++) {
         const struct st_tensor *t = st_model_at(m->st, i);
         if (replaced(m, t->name)) continue;
-        c.mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
-        if ((rc = st_writer_add(c.w, t->name, t->dtype, t->ndim, t->shape, t->data, err))) goto done;
+        if ((rc = copy_tensor(&c, m, t))) goto done;
     }
     for (int b = 0; b < m->cfg.n_layers; b++)
         for (int r = 0; r < LIN_COUNT; r++)

@@ -1,7 +1,8 @@
 /*
 ** core/checkpoint.h: the compressed checkpoint (a folder) and its loader.
 **   model.safetensors  every tensor the compression did not touch, copied as stored in the
-**                      source (embeddings, norms, biases, head), plus per compressed linear P:
+**                      source (embeddings, norms, biases, head; block norms that the compression
+**                      rewrote, JSQ's smoothing, as F32 from memory), plus per compressed linear P:
 **                      P.q      packed codes (int4: two per byte, low nibble first, code + 8;
 **                               int8: as is); for N:M only the kept codes
 **                      P.idx    N:M positions of the kept entries, ceil(log2 M) bits each
