@@ -6,7 +6,9 @@
 ** outputs with the compressed weights and feed them to the next block. Progress goes out per
 ** layer and per block (with the layer's reconstruction error ||X W^T - X W'^T|| / ||X W^T||, X the
 ** layer's inputs in the first calibration window, W' including adapters); the
-** cancel flag is checked between samples and layers.
+** cancel flag is checked between samples and layers. JSQ (opts.jsq, core/jsq.h) keeps the loop but
+** changes the order inside a block: prune on its joint metric, recompute the outputs (pruned,
+** unquantized), then smooth the norms and quantize.
 ** Ownership: the model is borrowed and modified in place (compressed weights and adapters replace
 ** the dense ones in its blocks); struct compress_result is the caller's (compress_result_free).
 */
@@ -76,9 +78,13 @@ struct compress_opts {
     volatile sig_atomic_t *cancel;
     bool prune_lora;               /* §4.5: 2:4 on L, then Adam (needs separate adapters) */
     int prune_lora_iters;          /* reference: 1000 */
+    struct {                       /* JSQ (§3.7, core/jsq.h): needs wanda + group absmax, no adapters */
+        bool on;
+        double mixing_factor;      /* weight of the SS term; reference default 2.1 */
+    } jsq;
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL, false, 1000 }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, { false, 2.1 } }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);
