@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "dtype.h"
 #include "arch.h"
 #include "fileio.h"
@@ -280,6 +281,86 @@ static bool replaced(const struct block *bl, const char *name)
     return false;
 }
 
+/* The in-memory f32 of a tensor the linear encodings do not cover, when the model holds one: the
+** compression may have rewritten it (JSQ smooths block norms; bf16 emulation rounds every
+** weight). *on_host: m->embed / m->pos_embed live on the host, the rest in backend memory. */
+static const float *current_of(const struct model *m, const char *name, int b, size_t numel, bool *on_host)
+{
+    char want[160];
+    *on_host = false;
+    if (b >= 0) {
+        const struct arch_names *nm = m->arch->names;
+        const struct block *bl = &m->blocks[b];
+        const char *norm[4] = { nm->norm1, nm->norm1, nm->norm2, nm->norm2 }, *sfx[4] = { "weight", "bias", "weight", "bias" };
+        const float *v[4] = { bl->norm1_w, bl->norm1_b, bl->norm2_w, bl->norm2_b };
+        char pre[64];
+        m->arch->block_prefix(pre, sizeof pre, b);
+        for (int k = 0; k < 4; k++) {
+            if (!norm[k] || !v[k]) continue;
+            snprintf(want, sizeof want, "%s%s.%s", pre, norm[k], sfx[k]);
+            if (!strcmp(name, want)) return v[k];
+        }
+        for (int r = 0; r < LIN_COUNT; r++) {
+            const struct linear *l = &bl->lin[r];
+            snprintf(want, sizeof want, "%s.bias", l->name);
+            if (l->b && (size_t)l->d_out == numel && !strcmp(name, want)) return l->b;
+        }
+        return NULL;
+    }
+    const struct model_config *c = &m->cfg;
+    struct { const char *base, *sfx; const float *v; size_t n; bool host; } t[] = {
+        { m->arch->embed, "weight", m->embed, (size_t)c->vocab * m->embed_width, true },
+        { m->arch->pos_embed, "weight", m->pos_embed, m->pos_embed ? numel : 0, true },
+        { m->arch->final_norm, "weight", m->final_norm_w, (size_t)m->d_head, false },
+        { m->arch->final_norm, "bias", m->final_norm_b, (size_t)m->d_head, false },
+        { m->arch->head, "weight", m->head_w, (size_t)c->vocab * (m->project_out ? c->embed_dim : m->d_head), false },
+        { m->arch->head, "bias", m->head_b, (size_t)c->vocab, false },
+        { m->arch->project_in, "weight", m->project_in, (size_t)c->hidden * c->embed_dim, false },
+        { m->arch->project_out, "weight", m->project_out, (size_t)c->embed_dim * c->hidden, false },
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (!t[i].base || !t[i].v || t[i].n != numel) continue;
+        snprintf(want, sizeof want, "%s.%s", t[i].base, t[i].sfx);
+        if (!strcmp(name, want)) {
+            *on_host = t[i].host;
+            return t[i].v;
+        }
+    }
+    return NULL;
+}
+
+/* Copy a tensor the linear encodings do not cover (b: its block, -1 outside). When the model in
+** memory holds something else than the stored bytes, the checkpoint must hold what the
+** compressed model computes with: BF16 when every value is a bf16 (bf16 emulation), else F32.
+** Untouched tensors keep their stored bytes. */
+static int copy_tensor(struct ckw *c, struct model *m, const struct st_tensor *t, int b)
+{
+    size_t n = (size_t)t->numel;
+    bool host;
+    const float *cur = t->dtype == DT_F32 || t->dtype == DT_BF16 || t->dtype == DT_F16 ? current_of(m, t->name, b, n, &host) : NULL;
+    int rc = 0;
+    if (cur) {
+        float *h = malloc(sizeof *h * (n ? n : 1)), *src = malloc(sizeof *src * (n ? n : 1));
+        if (!h || !src) rc = slm_err_set(c->err, SLM_ENOMEM, "checkpoint: %s: out of memory", t->name);
+        if (!rc) {
+            if (host) memcpy(h, cur, sizeof *h * n);
+            else rc = kb_download(m->kb, h, cur, sizeof *h * n, c->err);
+        }
+        if (!rc) rc = st_tensor_to_f32(src, t, c->err);
+        bool changed = !rc && memcmp(h, src, sizeof *h * n);
+        if (changed) {
+            enum dtype dt = all_bf16(h, n) ? DT_BF16 : DT_F32;
+            c->mr.bytes[MEM_UNCOMPRESSED] += n * dtype_traits(dt)->size;
+            rc = st_writer_add_f32(c->w, t->name, dt, t->ndim, t->shape, h, c->err);
+        }
+        free(h);
+        free(src);
+        if (rc || changed) return rc;
+    }
+    c->mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
+    return st_writer_add(c->w, t->name, t->dtype, t->ndim, t->shape, t->data, c->err);
+}
+
 /* dir/file.tmp, fsync'd, renamed into place: a reader sees the old file or the whole new one. */
 static int write_json(const char *dir, const char *file, const json_t *j, struct slm_err *err)
 {
@@ -350,8 +431,7 @@ static int copy_source(struct checkpoint_writer *w, int b)
     for (size_t i = 0; i < st_model_count(st); i++) {
         const struct st_tensor *t = st_model_at(st, i);
         if (block_of(w, t->name) != b || (b >= 0 && replaced(&w->m->blocks[b], t->name))) continue;
-        w->c.mr.bytes[MEM_UNCOMPRESSED] += t->nbytes;
-        int rc = st_writer_add(w->c.w, t->name, t->dtype, t->ndim, t->shape, t->data, w->c.err);
+        int rc = copy_tensor(&w->c, w->m, t, b);
         if (rc || (rc = record(&w->c, t->name))) return rc;
     }
     return 0;
@@ -417,8 +497,7 @@ int checkpoint_writer_open(struct checkpoint_writer **out, const char *dir, stru
         return slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory");
     }
     for (int b = 0; b < nb; b++) m->arch->block_prefix(w->prefix[b], sizeof w->prefix[b], b);
-    if ((rc = remove_stale(dir, err)) || (rc = shard_open(w, SHARED_SHARD)) || (rc = copy_source(w, -1)) ||
-        (rc = shard_finish(w))) {
+    if ((rc = remove_stale(dir, err))) {
         checkpoint_writer_abort(w);
         return rc;
     }
@@ -500,6 +579,8 @@ int checkpoint_writer_finish(struct checkpoint_writer *w, const struct compress_
     for (int b = 0; b < m->cfg.n_layers; b++)
         if (!w->written[b]) { rc = slm_err_set(err, SLM_EINVAL, "checkpoint: block %d was never written", b); goto done; }
     if ((rc = write_pending_adapters(w, res))) goto done;
+    /* the tensors outside the blocks last: compression may round them in memory (bf16 emulation) */
+    if ((rc = shard_open(w, SHARED_SHARD)) || (rc = copy_source(w, -1)) || (rc = shard_finish(w))) goto done;
     if (m->config_json) {
         json_t *cj = json_copy(m->config_json);   /* without the encodings a reloaded checkpoint carries */
         if (!cj) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }

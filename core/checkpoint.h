@@ -1,8 +1,10 @@
 /*
 ** core/checkpoint.h: the compressed checkpoint (a folder), its streaming writer and its loader.
 **   model-shared.safetensors       tensors outside the blocks (embeddings, final norm, head)
-**   model-block-NNNNN.safetensors  block NNNNN: its tensors the compression did not touch (norms,
-**                                  biases), copied as stored in the source, plus per compressed
+**   model-block-NNNNN.safetensors  block NNNNN: its tensors outside the linear encodings (norms,
+**                                  biases), copied as stored in the source unless the compression
+**                                  rewrote them in memory (JSQ's smoothed norms; bf16 emulation's
+**                                  rounding: then BF16 or F32 from memory), plus per compressed
 **                                  linear P the entries below
 **   model-adapters.safetensors     adapters quantized after the whole model (§4.6), when any
 **   model.safetensors.index.json   tensor -> shard, as Hugging Face's sharded folders

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "dtype.h"
+#include "jsq.h"
 
 static double now_s(void)
 {
@@ -57,8 +58,8 @@ int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *s, st
     o->lowrank.column_wise = s->quantization.column_wise_grouping;
     o->lowrank.bits = s->quantization.bits;
     o->separate_lora = s->lowrank.separate;
-    if (s->quantization.joint)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "/quantization/joint: JSQ is not implemented in this build");
+    o->jsq.on = s->quantization.joint;
+    o->jsq.mixing_factor = s->quantization.mixing_factor;
     o->prune_lora = s->lowrank.prune;
     o->bf16 = o->quant.bf16 = o->lowrank.bf16 = s->precision == JS_PRECISION_BF16;
     return 0;
@@ -94,6 +95,7 @@ struct stat_slot {
     float *H;              /* backend [d_in x d_in], NULL unless the method needs it */
     float *x0;             /* backend [x0_rows x d_in]: inputs of the first window (error figure) */
     int x0_rows;
+    struct jsq_stats jsq;  /* JSQ only: clipped-input statistics */
 };
 
 struct block_stats {
@@ -108,6 +110,7 @@ struct block_stats {
     struct slm_err *err;
     int rc;
     bool need_h;               /* SparseGPT / OPTQ: gather the Hessian */
+    bool jsq;                  /* clip inputs and keep JSQ statistics (scaler_row then sees the clipped x) */
 };
 
 static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x, int rows)
@@ -132,6 +135,7 @@ static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x
         bs->hx_n = n;
     }
     if ((rc = kb_download(kb, bs->hx, x, sizeof *bs->hx * n, bs->err))) return rc;
+    if (bs->jsq && (rc = jsq_stats_add(&s->jsq, bs->hx, rows, s->d_in, bs->err))) return rc;
     float nn = (float)s->nseq;
     for (int j = 0; j < s->d_in; j++) {
         float sq = 0;
@@ -184,6 +188,7 @@ static void stats_free(struct block_stats *bs)
         free(bs->slot[k].abssum);
         kb_release(bs->m->kb, bs->slot[k].H);
         kb_release(bs->m->kb, bs->slot[k].x0);
+        jsq_stats_free(&bs->slot[k].jsq);
         memset(&bs->slot[k], 0, sizeof bs->slot[k]);
     }
     free(bs->hx);
@@ -431,6 +436,15 @@ static int check_supported(const struct model *m, const struct compress_opts *o,
         return slm_err_set(err, SLM_EINVAL, "prune_lora needs adapters, 2:4 pruning and separate adapters");
     if (m->block_kind != BLOCK_SEQ && m->block_kind != BLOCK_PARALLEL && m->block_kind != BLOCK_SEQ_POSTNORM)
         return slm_err_set(err, SLM_EUNSUPPORTED, "compress: unknown block layout");
+    if (o->jsq.on) {
+        if (o->prune.method != PRUNE_WANDA || o->quant.method != QUANT_ABSMAX || o->quant.group_size <= 0)
+            return slm_err_set(err, SLM_EINVAL, "JSQ needs wanda pruning and group absmax (group_size > 0)");
+        if (o->lowrank.method != LOWRANK_NONE || o->scale_important_weights)
+            return slm_err_set(err, SLM_EUNSUPPORTED, "JSQ: adapters and important-weight scaling are not supported");
+        if (!(o->jsq.mixing_factor >= 0) || !isfinite(o->jsq.mixing_factor))
+            return slm_err_set(err, SLM_EINVAL, "JSQ: mixing factor %g", o->jsq.mixing_factor);
+        return jsq_check_model(m, err);
+    }
     return 0;
 }
 
@@ -568,6 +582,111 @@ static int block_done(struct model *m, int b, const struct compress_opts *o, boo
     return 0;
 }
 
+/* ---- JSQ (§3.7, core/jsq.c): joint-metric pruning now, smoothing and quantization after pass 2 ---- */
+
+struct jsq_block {
+    float *W[LIN_COUNT];       /* dense host weights: the error figure compares against them */
+    uint8_t *mask[LIN_COUNT];
+};
+
+static void jsq_block_free(struct jsq_block *jb)
+{
+    for (int r = 0; r < LIN_COUNT; r++) {
+        free(jb->W[r]);
+        free(jb->mask[r]);
+    }
+    memset(jb, 0, sizeof *jb);
+}
+
+/* Steps 1-3: mask from the joint metric; the pruned, unquantized weight goes back to the block. */
+static int jsq_prune_linear(struct model *m, struct linear *l, const struct stat_slot *st, const struct compress_opts *o,
+                            struct jsq_block *jb, int r, struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    size_t n = (size_t)l->d_out * l->d_in;
+    float *t = malloc(sizeof *t * n);
+    int rc;
+    jb->W[r] = malloc(sizeof *jb->W[r] * n);
+    jb->mask[r] = malloc(n);
+    if (!t || !jb->W[r] || !jb->mask[r]) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
+    if ((rc = kb_download(kb, jb->W[r], l->w, sizeof *t * n, err))) goto done;
+    if (o->bf16)
+        for (size_t i = 0; i < n; i++) jb->W[r][i] = bf16_round(jb->W[r][i]);
+    if ((rc = jsq_metric(kb, t, jb->W[r], st->scaler, &st->jsq, o->jsq.mixing_factor, l->d_out, l->d_in, err)) ||
+        (rc = prune_mask_metric(jb->mask[r], t, l->d_out, l->d_in, &o->prune, err)))
+        goto done;
+    for (size_t i = 0; i < n; i++) t[i] = jb->mask[r][i] ? 0 : jb->W[r][i];
+    rc = kb_upload(kb, l->w, t, sizeof *t * n, err);
+done:
+    free(t);
+    return rc;
+}
+
+/* Step 5 for one smoothed, pruned linear: group AbsMax of the zeros included (pruned entries get
+** code 0). s: the smoothing factors of its input columns, or NULL; the error figure undoes them
+** (the linear now reads x / s), so it compares like with like against the dense weight. */
+static int jsq_quantize_linear(struct model *m, struct linear *l, const struct stat_slot *st, const float *s,
+                               struct jsq_block *jb, int r, const struct compress_opts *o, struct compressed_linear *cl,
+                               struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    int d_out = l->d_out, d_in = l->d_in, rc;
+    size_t n = (size_t)d_out * d_in;
+    float *w = malloc(sizeof *w * n);
+    int8_t *codes = o->keep_codes ? malloc(n) : NULL;
+    struct quant_params qp = { 0 };
+    if (!w || (o->keep_codes && !codes)) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
+    if ((rc = kb_download(kb, w, l->w, sizeof *w * n, err)) ||
+        (rc = quant_weight_host(w, d_out, d_in, &o->quant, NULL, codes, &qp, err)) ||
+        (rc = kb_upload(kb, l->w, w, sizeof *w * n, err)))
+        goto done;
+    for (int i = 0; s && i < d_out; i++)
+        for (int j = 0; j < d_in; j++) w[(size_t)i * d_in + j] /= s[j];
+    if ((rc = rel_error(kb, &cl->rel_error, jb->W[r], w, st->x0, st->x0_rows, d_out, d_in, err))) goto done;
+    if (o->keep_codes) {
+        cl->mask = jb->mask[r];
+        jb->mask[r] = NULL;   /* now owned by the result */
+        cl->codes = codes;
+        codes = NULL;
+        cl->qp = qp;
+        qp.scale = NULL;
+    }
+done:
+    free(w);
+    free(codes);
+    quant_params_free(&qp);
+    return rc;
+}
+
+/* Steps 4-5 once pass 2 has propagated the pruned, unquantized block (§1.4). */
+static int jsq_finish_block(struct model *m, int b, const struct block_stats *bs, struct jsq_block *jb,
+                            const struct compress_opts *o, struct compress_result *res, struct slm_err *err)
+{
+    struct block *bl = &m->blocks[b];
+    int nb = m->cfg.n_layers, rc = 0;
+    if (bs->slot_of[LIN_Q] < 0 || bs->slot_of[LIN_FC1] < 0)
+        return slm_err_set(err, SLM_EINTERNAL, "JSQ: block %d: no calibration input for q or fc1", b);
+    float *s_attn = malloc(sizeof *s_attn * (size_t)bl->lin[LIN_Q].d_in), *s_mlp = malloc(sizeof *s_mlp * (size_t)bl->lin[LIN_FC1].d_in);
+    if (!s_attn || !s_mlp) { rc = slm_err_set(err, SLM_ENOMEM, "JSQ: out of memory"); goto done; }
+    /* the reference smooths q/k/v with q_proj's act_scale and the MLP with fc1's (gate_proj's) */
+    if ((rc = jsq_smooth_block(m, b, bs->slot[bs->slot_of[LIN_Q]].jsq.act_scale, bs->slot[bs->slot_of[LIN_FC1]].jsq.act_scale,
+                               o->bf16, s_attn, s_mlp, err)))
+        goto done;
+    for (int r = 0; r < LIN_COUNT; r++) {
+        struct linear *l = &bl->lin[r];
+        if (!l->w) continue;
+        const float *s = r <= LIN_V ? s_attn : r == LIN_FC1 || r == LIN_UP ? s_mlp : NULL;
+        struct compressed_linear scratch = { 0 }, *cl = res ? &res->lin[b][r] : &scratch;
+        if ((rc = jsq_quantize_linear(m, l, &bs->slot[bs->slot_of[r]], s, jb, r, o, cl, err)) ||
+            (rc = report(o, "compressing", b, nb, l->name, cl->rel_error, (b + 1.0) / nb, err)))
+            goto done;
+    }
+done:
+    free(s_attn);
+    free(s_mlp);
+    return rc;
+}
+
 int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
                    struct compress_result *res, struct slm_err *err)
 {
@@ -576,12 +695,15 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     size_t per = (size_t)seqlen * width;
     float *inps = NULL, *x = NULL;
     struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err,
-                              .need_h = o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ };
+                              .need_h = o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ, .jsq = o->jsq.on };
+    struct jsq_block jb = { 0 };
     double t0 = now_s();
     struct compress_result local = { 0 };
     bool adapters_later = o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora;
     if ((rc = check_supported(m, o, err))) return rc;
     if (nsamples < 1 || seqlen < 2) return slm_err_set(err, SLM_EINVAL, "compress: %d calibration windows of %d tokens", nsamples, seqlen);
+    if ((o->on_block || o->unload_blocks) && !res)
+        return slm_err_set(err, SLM_EINVAL, "compress: block streaming needs a compress_result (codes and adapters are handed over in it)");
     if (!res && (o->on_block || o->unload_blocks)) res = &local;   /* the callback and the adapters need one */
     if (res) {
         memset(res, 0, sizeof *res);
@@ -622,11 +744,13 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if (!l->w) continue;
             struct compressed_linear scratch = { 0 }, *cl = res ? &res->lin[b][r] : &scratch;
             if (bs.slot_of[r] < 0) { rc = slm_err_set(err, SLM_EINTERNAL, "%s: no calibration input seen", l->name); goto done; }
-            rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
-            if (!rc) rc = report(o, "compressing", b, nb, l->name, cl->rel_error, (b + 0.3 + 0.4 * (r + 1) / LIN_COUNT) / nb, err);
+            if (o->jsq.on) rc = jsq_prune_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, &jb, r, err);
+            else rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
+            if (!rc) rc = report(o, "compressing", b, nb, o->jsq.on ? NULL : l->name, o->jsq.on ? -1 : cl->rel_error,
+                                 (b + 0.3 + 0.4 * (r + 1) / LIN_COUNT) / nb, err);
             if (rc) goto done;
         }
-        stats_free(&bs);
+        if (!o->jsq.on) stats_free(&bs);   /* JSQ still needs act_scale and the error inputs */
         /* pass 2: recompute the outputs with the compressed block (adapters included) */
         for (int s = 0; s < nsamples; s++) {
             if ((rc = report(o, "compressing", b, nb, NULL, -1, (b + 0.7 + 0.3 * s / nsamples) / nb, err))) goto done;
@@ -634,6 +758,11 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if ((rc = kb->iface->copy(kb, x, xs, sizeof *x * per, err))) goto done;
             if ((rc = model_block_forward(m, b, x, 1, seqlen, NULL, NULL, err))) goto done;
             if ((rc = kb->iface->copy(kb, xs, x, sizeof *x * per, err))) goto done;
+        }
+        if (o->jsq.on) {
+            if ((rc = jsq_finish_block(m, b, &bs, &jb, &oo, res, err))) goto done;
+            jsq_block_free(&jb);
+            stats_free(&bs);
         }
         if ((rc = block_done(m, b, o, adapters_later, res, err))) goto done;
     }
@@ -645,6 +774,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
 done:
     if (o->bf16) m->act_bf16 = false;
     stats_free(&bs);
+    jsq_block_free(&jb);
     kb_release(kb, inps);
     kb_release(kb, x);
     if ((rc && res) || res == &local) compress_result_free(res);

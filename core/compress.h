@@ -6,7 +6,9 @@
 ** outputs with the compressed weights and feed them to the next block. Progress goes out per
 ** layer and per block (with the layer's reconstruction error ||X W^T - X W'^T|| / ||X W^T||, X the
 ** layer's inputs in the first calibration window, W' including adapters); the
-** cancel flag is checked between samples and layers.
+** cancel flag is checked between samples and layers. JSQ (opts.jsq, core/jsq.h) keeps the loop but
+** changes the order inside a block: prune on its joint metric, recompute the outputs (pruned,
+** unquantized), then smooth the norms and quantize.
 ** Ownership: the model is borrowed and modified in place (compressed weights and adapters replace
 ** the dense ones in its blocks, or go to compress_opts.on_block and are dropped with
 ** unload_blocks); struct compress_result is the caller's (compress_result_free).
@@ -94,9 +96,13 @@ struct compress_opts {
     void *block_payload;
     bool unload_blocks;            /* after on_block, unload the block and free its codes and masks in the
                                    ** result; adapters awaiting quantization stay on the host (lora_l/r) */
+    struct {                       /* JSQ (§3.7, core/jsq.h): needs wanda + group absmax, no adapters */
+        bool on;
+        double mixing_factor;      /* weight of the SS term; reference default 2.1 */
+    } jsq;
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false, { false, 2.1 } }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);

@@ -25,6 +25,8 @@
 #define JS_DEF_TILE 128
 #define JS_DEF_RANK_RATIO 0.1
 #define JS_DEF_SEQLEN 2048
+#define JS_DEF_MIXING 2.1      /* JSQ: joint_pq_mixing_factor */
+#define JS_MAX_MIXING 1000.0
 #define JS_MAX_SEQLEN 131072
 #define JS_MAX_NSAMPLES 65536
 #define JS_MAX_TILE 65536
@@ -283,7 +285,7 @@ static int js_pruning(struct jsctx *c, struct jobspec *s, const json_t *o)
 static int js_quantization(struct jsctx *c, struct jobspec *s, const json_t *o)
 {
     static const char *const known[] = { "method", "bits", "group_size", "column_wise_grouping",
-                                         "scale_important_weights", "joint", "input", "input_bits",
+                                         "scale_important_weights", "joint", "mixing_factor", "input", "input_bits",
                                          "input_group_size", NULL };
     int rc, meth, in = -1;
     if (o && (rc = js_keys(c, o, "/quantization", known))) return rc;
@@ -296,6 +298,11 @@ static int js_quantization(struct jsctx *c, struct jobspec *s, const json_t *o)
     if ((rc = js_bool(c, &s->quantization.column_wise_grouping, o, "/quantization", "column_wise_grouping", false))) return rc;
     if ((rc = js_bool(c, &s->quantization.scale_important_weights, o, "/quantization", "scale_important_weights", false))) return rc;
     if ((rc = js_bool(c, &s->quantization.joint, o, "/quantization", "joint", false))) return rc;
+    bool has_mix;
+    if ((rc = js_num(c, &s->quantization.mixing_factor, &has_mix, o, "/quantization", "mixing_factor", JS_DEF_MIXING,
+                     0, false, JS_MAX_MIXING, false)))
+        return rc;
+    if (has_mix && !s->quantization.joint) return js_fail(c, "/quantization/mixing_factor", "needs \"joint\": true");
     json_t *iv = o ? json_object_get(o, "input") : NULL;
     if (iv && !json_is_null(iv) && (rc = js_enum(c, &in, o, "/quantization", "input", js_input_names, -1))) return rc;
     if (in >= 0 && !(s->quantization.input = strdup(js_input_names[in])))
@@ -311,7 +318,8 @@ static int js_quantization(struct jsctx *c, struct jobspec *s, const json_t *o)
                        "needs \"input\"");
 
     if (meth == JS_QUANT_NONE) {
-        static const char *const only[] = { "bits", "group_size", "column_wise_grouping", "scale_important_weights", "joint", NULL };
+        static const char *const only[] = { "bits", "group_size", "column_wise_grouping", "scale_important_weights", "joint",
+                                            "mixing_factor", NULL };
         return js_absent(c, o, "/quantization", only, "needs a weight quantization method");
     }
     if (meth == JS_QUANT_SLIM && s->quantization.group_size != 0)
@@ -417,6 +425,10 @@ static int js_combinations(struct jsctx *c, const struct jobspec *s)
             return js_fail(c, "/quantization/joint", "JSQ needs group absmax (method \"absmax\", group_size > 0)");
         if (pm != JS_PRUNE_WANDA)
             return js_fail(c, "/quantization/joint", "JSQ needs wanda pruning");
+        /* the reference's joint_pq() call shifts its positional arguments: the flag lands in
+        ** pad_lora and JSQ never scales important weights */
+        if (s->quantization.scale_important_weights)
+            return js_fail(c, "/quantization/scale_important_weights", "not applied by JSQ in the reference");
     }
     if (lm == JS_LOWRANK_NONE) return 0;
     if (pm == JS_PRUNE_MAGNITUDE || pm == JS_PRUNE_SPARSEGPT)
@@ -475,6 +487,7 @@ static json_t *jobspec_to_json(const struct jobspec *s)
                            "column_wise_grouping", s->quantization.column_wise_grouping,
                            "scale_important_weights", s->quantization.scale_important_weights,
                            "joint", s->quantization.joint);
+        if (o && s->quantization.joint) bad |= js_set(o, "mixing_factor", json_real(s->quantization.mixing_factor));
         if (o && s->quantization.input) {
             bad |= js_set(o, "input", json_string(s->quantization.input));
             bad |= js_set(o, "input_bits", json_integer(s->quantization.input_bits));
@@ -582,7 +595,7 @@ static json_t *js_names(const char *const *names)
 json_t *jobspec_capabilities(void)
 {
     return json_pack("{s:i,s:o,s:o,s:o,s:{s:o,s:[s,s],s:{s:f,s:b,s:f,s:i}},"
-                     "s:{s:o,s:[i,i],s:o,s:{s:i,s:i}},"
+                     "s:{s:o,s:[i,i],s:o,s:{s:i,s:i,s:f}},"
                      "s:{s:o,s:{s:f,s:i,s:b,s:b,s:b}},"
                      "s:{s:{s:i,s:b}},"
                      "s:{s:{s:s,s:i,s:i,s:i},s:{s:i,s:i}},"
@@ -595,7 +608,7 @@ json_t *jobspec_capabilities(void)
             "defaults", "sparsity", JS_DEF_SPARSITY, "shift_zero_metrics", 1, "damp", JS_DEF_DAMP,
             "blocksize", JS_DEF_BLOCKSIZE,
         "quantization", "methods", js_names(js_quant_names), "bits", 2, 8, "input", js_names(js_input_names),
-            "defaults", "bits", JS_DEF_BITS, "group_size_absmax", JS_DEF_TILE,
+            "defaults", "bits", JS_DEF_BITS, "group_size_absmax", JS_DEF_TILE, "mixing_factor", JS_DEF_MIXING,
         "lowrank", "methods", js_names(js_lowrank_names),
             "defaults", "rank_ratio", JS_DEF_RANK_RATIO, "tile", JS_DEF_TILE, "separate", 1, "pad", 1, "quantize", 0,
         "slicegpt", "defaults", "round_to", 8, "reference_compat", 0,

@@ -44,6 +44,7 @@ struct jobspec {
         bool column_wise_grouping;
         bool scale_important_weights;  /* AWQ-like (SLiM-Quant^O) */
         bool joint;                 /* JSQ */
+        double mixing_factor;       /* JSQ: weight of the SS term in the pruning metric */
         char *input;                /* activation quantization emulation: NULL, "fp8", "int" ... */
         int input_bits, input_group_size;
     } quantization;

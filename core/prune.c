@@ -58,12 +58,40 @@ static int check_opts(const struct prune_opts *o, int d_in, struct slm_err *err)
 
 /* ---- magnitude / Wanda ---- */
 
+/* Per-row selection on metric t: N:M groups, or exactly floor(d_in * sparsity) per row in stable
+** ascending order (Wanda). */
+static int mask_rows(uint8_t *mask, const float *t, int d_out, int d_in, const struct prune_opts *o, struct slm_err *err)
+{
+    if (o->m) {
+        for (int r = 0; r < d_out; r++) nm_row(mask + (size_t)r * d_in, t + (size_t)r * d_in, d_in, o->n, o->m);
+        return 0;
+    }
+    int k = (int)floor((double)d_in * o->sparsity);
+    struct keyed *row = malloc(sizeof *row * (size_t)d_in);
+    if (!row) return slm_err_set(err, SLM_ENOMEM, "prune: out of memory");
+    for (int r = 0; r < d_out; r++) {
+        for (int c = 0; c < d_in; c++) { row[c].v = t[(size_t)r * d_in + c]; row[c].j = c; }
+        qsort(row, (size_t)d_in, sizeof *row, keyed_asc);
+        for (int c = 0; c < k; c++) mask[(size_t)r * d_in + row[c].j] = 1;
+    }
+    free(row);
+    return 0;
+}
+
+int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, const struct prune_opts *o,
+                      struct slm_err *err)
+{
+    int rc = check_opts(o, d_in, err);
+    if (rc) return rc;
+    memset(mask, 0, (size_t)d_out * d_in);
+    return mask_rows(mask, metric, d_out, d_in, o, err);
+}
+
 int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, int d_in,
                     const struct prune_opts *o, struct slm_err *err)
 {
     size_t n = (size_t)d_out * d_in;
     float *t = malloc(sizeof *t * n);
-    struct keyed *row = NULL;
     int rc = check_opts(o, d_in, err);
     if (rc) goto done;
     if (!t) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
@@ -73,9 +101,9 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
             size_t i = (size_t)r * d_in + c;
             t[i] = s ? fabsf(w[i]) * sqrtf(s[c]) : fabsf(w[i]);
         }
-    if (o->m) {
-        for (int r = 0; r < d_out; r++) nm_row(mask + (size_t)r * d_in, t + (size_t)r * d_in, d_in, o->n, o->m);
-    } else if (!s) {
+    if (o->m || s) {
+        rc = mask_rows(mask, t, d_out, d_in, o, err);
+    } else {
         /* magnitude: one threshold for the whole matrix */
         float *sorted = malloc(sizeof *sorted * n);
         if (!sorted) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
@@ -86,19 +114,9 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
         free(sorted);
         if (o->sparsity > 0)
             for (size_t i = 0; i < n; i++) mask[i] = t[i] <= thr;
-    } else {
-        /* Wanda: exactly floor(d_in * sparsity) per row, stable ascending order */
-        int k = (int)floor((double)d_in * o->sparsity);
-        if (!(row = malloc(sizeof *row * (size_t)d_in))) { rc = slm_err_set(err, SLM_ENOMEM, "prune: out of memory"); goto done; }
-        for (int r = 0; r < d_out; r++) {
-            for (int c = 0; c < d_in; c++) { row[c].v = t[(size_t)r * d_in + c]; row[c].j = c; }
-            qsort(row, (size_t)d_in, sizeof *row, keyed_asc);
-            for (int c = 0; c < k; c++) mask[(size_t)r * d_in + row[c].j] = 1;
-        }
     }
 done:
     free(t);
-    free(row);
     return rc;
 }
 

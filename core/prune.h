@@ -41,6 +41,11 @@ void prune_shift_scaler(float *s, int n);
 int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, int d_in,
                     const struct prune_opts *o, struct slm_err *err);
 
+/* Wanda's per-row selection on any metric (host [d_out x d_in], smaller = pruned first): N:M
+** groups, or floor(d_in * sparsity) per row. JSQ (core/jsq.c) uses it with its joint metric. */
+int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, const struct prune_opts *o,
+                      struct slm_err *err);
+
 /* Magnitude / Wanda on backend w: compute the mask (mask may be NULL) and zero the pruned
 ** entries. s: host [d_in] or NULL for magnitude. */
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,

@@ -30,19 +30,21 @@ struct bcfg {
     int group;
     enum lowrank_method lm;
     bool qlora;
+    bool jsq;
 };
 
 static const struct bcfg cfgs[] = {
-    { "magnitude 2:4 + absmax-4", PRUNE_MAGNITUDE, 2, 4, QUANT_ABSMAX, 0, LOWRANK_NONE, false },
-    { "wanda 2:4", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false },
-    { "wanda 50%", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false },
-    { "wanda 2:4 + group absmax-4", PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 128, LOWRANK_NONE, false },
-    { "wanda 2:4 + slim-quant-4", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false },
-    { "wanda 2:4 + slim-quant + naive-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false },
-    { "wanda 2:4 + slim-quant + slim-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false },
-    { "wanda 2:4 + slim-quant + slim-lora^Q", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true },
-    { "sparsegpt 2:4", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false },
-    { "sparsegpt 50% + optq-4", PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, 0, LOWRANK_NONE, false },
+    { "magnitude 2:4 + absmax-4", PRUNE_MAGNITUDE, 2, 4, QUANT_ABSMAX, 0, LOWRANK_NONE, false, false },
+    { "wanda 2:4", PRUNE_WANDA, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false },
+    { "wanda 50%", PRUNE_WANDA, 0, 0, QUANT_NONE, 0, LOWRANK_NONE, false, false },
+    { "wanda 2:4 + group absmax-4", PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 128, LOWRANK_NONE, false, false },
+    { "wanda 2:4 + slim-quant-4", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NONE, false, false },
+    { "wanda 2:4 + slim-quant + naive-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_NAIVE, false, false },
+    { "wanda 2:4 + slim-quant + slim-lora", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, false },
+    { "wanda 2:4 + slim-quant + slim-lora^Q", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, true, false },
+    { "sparsegpt 2:4", PRUNE_SPARSEGPT, 2, 4, QUANT_NONE, 0, LOWRANK_NONE, false, false },
+    { "sparsegpt 50% + optq-4", PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, 0, LOWRANK_NONE, false, false },
+    { "jsq 2:4 + group absmax-4", PRUNE_WANDA, 2, 4, QUANT_ABSMAX, 128, LOWRANK_NONE, false, true },
 };
 
 int main(int argc, char **argv)
@@ -92,15 +94,20 @@ int main(int argc, char **argv)
         if (c->qm == QUANT_OPTQ) o.prune.optq_bits = 4;
         o.lowrank.method = c->lm;
         o.lowrank.quantize = c->qlora;
-        o.shift_zero_metrics = true;
+        o.shift_zero_metrics = !c->jsq;
+        o.jsq.on = c->jsq;
+        o.unload_blocks = true;   /* as jobs run: one block resident */
+        struct compress_result res;
         if (model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
         t0 = now_s();
-        int rc = compress_model(m, ids, S, T, &o, NULL, &err);
+        int rc = compress_model(m, ids, S, T, &o, &res, &err);
         double dt = now_s() - t0;
         model_free(m);
         m = NULL;
         if (rc) { printf("  %-40s failed: %s\n", c->name, err.msg); slm_err_clear(&err); continue; }
-        printf("  %-40s %9.2f s  (%.1fx the forward pass)\n", c->name, dt, dt / t_fwd);
+        printf("  %-40s %9.2f s  (%.1fx the forward pass, peak %d block(s) resident)\n", c->name, dt, dt / t_fwd,
+               res.peak_blocks);
+        compress_result_free(&res);
         fflush(stdout);
     }
     free(ids);

@@ -60,6 +60,7 @@ static const struct ck ck_sparsegpt = { PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ, -1, L
 static const struct ck ck_l2qer = { PRUNE_NONE, 0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true, false };
 
 static bool g_prune_lora;   /* round_trip: prune the adapters too (§4.5) */
+static bool g_bf16;         /* bf16 emulation (precision "bf16"): every weight rounded in memory */
 
 static float *logits_of(struct model *m, const int32_t *ids, int T)
 {
@@ -133,6 +134,7 @@ static void opts_of(struct compress_opts *o, const struct ck *c)
     o->keep_codes = true;
     o->prune_lora = g_prune_lora;
     o->prune_lora_iters = 50;
+    o->bf16 = o->quant.bf16 = o->lowrank.bf16 = g_bf16;
 }
 
 static void round_trip(const struct ck *c, const char *tag)
@@ -489,6 +491,17 @@ static void test_core_checkpoint__streamed_sparsegpt(void **state)
     streamed_matches_in_memory(&ck_sparsegpt, "sparsegpt 50% + optq per row");
 }
 
+/* bf16 emulation rounds the embeddings, norms and head in memory: the checkpoint stores those
+** (not the source bytes), so the reload still gives the in-memory logits bit for bit. */
+static void test_core_checkpoint__streamed_bf16(void **state)
+{
+    (void)state;
+    g_bf16 = true;
+    streamed_matches_in_memory(&ck_slim_q, "bf16: wanda 2:4 slim-quant slim-lora^Q");
+    round_trip(&ck_sparsegpt, "bf16: sparsegpt 50% + optq per row");
+    g_bf16 = false;
+}
+
 /* An interrupted write (a block never handed over) leaves no checkpoint behind. */
 static void test_core_checkpoint__abort_leaves_no_checkpoint(void **state)
 {
@@ -553,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__streamed_quantized_adapters),
         cmocka_unit_test(test_core_checkpoint__streamed_adapters_with_blocks),
         cmocka_unit_test(test_core_checkpoint__streamed_sparsegpt),
+        cmocka_unit_test(test_core_checkpoint__streamed_bf16),
         cmocka_unit_test(test_core_checkpoint__abort_leaves_no_checkpoint),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };

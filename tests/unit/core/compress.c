@@ -17,6 +17,7 @@
 #include "../test_util.h"
 #include "core/compress.h"
 #include "core/safetensors.h"
+#include "ref_ids.h"
 
 static struct kbackend *kb;
 static char data_dir[4000], ref_dir[4096], model_dir[4096];
@@ -112,27 +113,6 @@ struct cfg {
     bool rank_deficient;   /* fc2 has more inputs (1024) than calibration tokens (512): see below */
 };
 
-static int32_t *load_ids(const char *name, int *rows, int *cols)
-{
-    char p[4200];
-    struct safetensors *st = NULL;
-    struct slm_err err = SLM_ERR_INIT;
-    snprintf(p, sizeof p, "%s/ids.safetensors", ref_dir);
-    assert_int_equal(safetensors_open(&st, p, &err), 0);
-    const struct st_tensor *t = safetensors_find(st, name);
-    assert_non_null(t);
-    *rows = (int)t->shape[0];
-    *cols = (int)t->shape[1];
-    int32_t *ids = malloc(sizeof *ids * t->numel);
-    for (int64_t i = 0; i < t->numel; i++) {
-        int64_t v;
-        memcpy(&v, (const char *)t->data + 8 * i, 8);
-        ids[i] = (int32_t)v;
-    }
-    safetensors_close(st);
-    return ids;
-}
-
 static double summary_ppl(const char *name)
 {
     char p[4200];
@@ -142,21 +122,6 @@ static double summary_ppl(const char *name)
     double v = json_number_value(json_object_get(json_object_get(j, name), "ppl"));
     json_decref(j);
     return v;
-}
-
-static double perplexity(struct model *m, const int32_t *ids, int nw, int T)
-{
-    float *nll = malloc(sizeof *nll * (T - 1));
-    struct slm_err err = SLM_ERR_INIT;
-    double sum = 0;
-    for (int w = 0; w < nw; w++) {
-        assert_int_equal(model_forward(m, ids + (size_t)w * T, 1, T, NULL, nll, NULL, NULL, &err), 0);
-        double s = 0;
-        for (int t = 0; t < T - 1; t++) s += nll[t];
-        sum += s / (T - 1);
-    }
-    free(nll);
-    return exp(sum / nw);
 }
 
 static void run_cfg(const struct cfg *c)
@@ -176,7 +141,7 @@ static void run_cfg(const struct cfg *c)
     assert_int_equal(safetensors_open(&ref, p, &err), 0);
     assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
     int nc, T, ne, Te;
-    int32_t *cal = load_ids("calibration_ids", &nc, &T), *ev = load_ids("eval_ids", &ne, &Te);
+    int32_t *cal = ref_ids_load(ref_dir, "calibration_ids", &nc, &T), *ev = ref_ids_load(ref_dir, "eval_ids", &ne, &Te);
     struct compress_opts o = COMPRESS_OPTS_INIT;
     o.prune.method = c->pm;
     o.prune.n = c->n;
@@ -232,7 +197,7 @@ static void run_cfg(const struct cfg *c)
             free(want);
             free(got);
         }
-    double ppl = perplexity(m, ev, ne, Te), want_ppl = summary_ppl(c->name);
+    double ppl = ref_perplexity(m, ev, ne, Te), want_ppl = summary_ppl(c->name);
     double dppl = fabs(ppl / want_ppl - 1);
     fprintf(stderr, "parity %-42s mask mismatches %ld/%ld  worst weight rel %.2e  ppl %.4f vs %.4f (%.3f%%)\n",
             c->name, mism, total, worst, ppl, want_ppl, 100 * dppl);

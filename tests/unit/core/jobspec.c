@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/compress.h"
 #include "core/jobspec.h"
 
 #define MODEL "\"model\":{\"source\":\"hf://facebook/opt-125m\"}"
@@ -101,6 +102,8 @@ static void test_core_jobspec__more_good_specs(void **state)
         "{" MODEL ",\"quantization\":{\"method\":\"absmax\",\"group_size\":0,\"bits\":8}}",
         "{" MODEL ",\"quantization\":{\"method\":\"absmax\",\"column_wise_grouping\":true}}",
         "{" MODEL ",\"pruning\":{\"method\":\"wanda\",\"sparsity\":0.5},\"quantization\":{\"method\":\"absmax\",\"joint\":true}}",
+        "{" MODEL ",\"pruning\":{\"method\":\"wanda\",\"pattern\":\"2:4\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":0}}",
+        "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":1000,\"column_wise_grouping\":true}}",
         "{" MODEL ",\"pruning\":{\"method\":\"wanda\",\"pattern\":\"2:4\"},\"quantization\":{\"method\":\"slim-quant\",\"scale_important_weights\":true}}",
         "{" MODEL ",\"quantization\":{\"method\":\"absmax\",\"input\":\"fp8\"}}",
         "{" MODEL ",\"quantization\":{\"method\":\"absmax\",\"input\":\"int\",\"input_bits\":4,\"input_group_size\":128}}",
@@ -127,6 +130,35 @@ static void test_core_jobspec__more_good_specs(void **state)
         jobspec_free(&s2);
         jobspec_free(&s);
     }
+}
+
+/* JSQ's mixing factor: default 2.1, given values kept, in the canonical document only with joint */
+static void test_core_jobspec__jsq_mixing_factor(void **state)
+{
+    (void)state;
+    struct jobspec s;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(parse(&s, "{" MODEL ",\"pruning\":{\"method\":\"wanda\",\"pattern\":\"2:4\"},"
+                               "\"quantization\":{\"method\":\"absmax\",\"joint\":true}}", NULL, 0, &err), 0);
+    assert_true(s.quantization.joint);
+    assert_true(s.quantization.mixing_factor == 2.1);
+    json_t *q = json_object_get(s.raw, "quantization");
+    assert_true(json_real_value(json_object_get(q, "mixing_factor")) == 2.1);
+    jobspec_free(&s);
+    assert_int_equal(parse(&s, "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},"
+                               "\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":0.75}}", NULL, 0, &err), 0);
+    assert_true(s.quantization.mixing_factor == 0.75);
+    struct compress_opts o;
+    assert_int_equal(compress_opts_from_spec(&o, &s, &err), 0);
+    assert_true(o.jsq.on);
+    assert_true(o.jsq.mixing_factor == 0.75);
+    jobspec_free(&s);
+    assert_int_equal(parse(&s, "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\"}}",
+                           NULL, 0, &err), 0);
+    assert_null(json_object_get(json_object_get(s.raw, "quantization"), "mixing_factor"));
+    assert_int_equal(compress_opts_from_spec(&o, &s, &err), 0);
+    assert_false(o.jsq.on);
+    jobspec_free(&s);
 }
 
 static void test_core_jobspec__slicegpt_defaults(void **state)
@@ -187,6 +219,14 @@ static void test_core_jobspec__bad_specs_name_the_field(void **state)
         { "{" MODEL ",\"pruning\":{\"method\":\"magnitude\"},\"quantization\":{\"method\":\"absmax\",\"scale_important_weights\":true}}", "/quantization/scale_important_weights" },
         { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"slim-quant\",\"joint\":true}}", "/quantization/joint" },
         { "{" MODEL ",\"pruning\":{\"method\":\"sparsegpt\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true}}", "/quantization/joint" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"group_size\":0,\"joint\":true}}", "/quantization/joint" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":-0.5}}", "/quantization/mixing_factor" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":1001}}", "/quantization/mixing_factor" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"mixing_factor\":\"2.1\"}}", "/quantization/mixing_factor" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"mixing_factor\":2.1}}", "/quantization/mixing_factor" },
+        { "{" MODEL ",\"quantization\":{\"method\":\"none\",\"mixing_factor\":2.1}}", "/quantization/mixing_factor" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true,\"scale_important_weights\":true}}", "/quantization/scale_important_weights" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"quantization\":{\"method\":\"absmax\",\"joint\":true},\"lowrank\":{\"method\":\"slim\"}}", "/lowrank/method" },
         { "{" MODEL ",\"lowrank\":{\"method\":\"slim\"}}", "/lowrank/method" },
         { "{" MODEL ",\"pruning\":{\"method\":\"magnitude\"},\"lowrank\":{\"method\":\"naive\"}}", "/lowrank/method" },
         { "{" MODEL ",\"pruning\":{\"method\":\"wanda\"},\"lowrank\":{\"method\":\"slim\",\"rank_ratio\":0}}", "/lowrank/rank_ratio" },
@@ -255,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_core_jobspec__headline_config),
         cmocka_unit_test(test_core_jobspec__more_good_specs),
         cmocka_unit_test(test_core_jobspec__slicegpt_defaults),
+        cmocka_unit_test(test_core_jobspec__jsq_mixing_factor),
         cmocka_unit_test(test_core_jobspec__bad_specs_name_the_field),
         cmocka_unit_test(test_core_jobspec__capabilities),
     };
