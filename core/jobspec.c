@@ -412,6 +412,8 @@ static int js_combinations(struct jsctx *c, const struct jobspec *s)
     enum js_quant qm = s->quantization.method;
     enum js_lowrank lm = s->lowrank.method;
 
+    if (pm == JS_PRUNE_SPARSEGPT && (qm == JS_QUANT_ABSMAX || qm == JS_QUANT_SLIM) && !s->quantization.joint)
+        return js_fail(c, "/quantization/method", "with sparsegpt pruning the weights are quantized inside the OBS loop: use \"optq\"");
     if (qm == JS_QUANT_OPTQ && pm != JS_PRUNE_NONE && pm != JS_PRUNE_SPARSEGPT)
         return js_fail(c, "/quantization/method", "optq runs inside the OBS loop: pruning must be \"sparsegpt\" or \"none\"");
     if (s->quantization.scale_important_weights) {

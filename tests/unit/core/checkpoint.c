@@ -491,6 +491,102 @@ static void test_core_checkpoint__streamed_sparsegpt(void **state)
     streamed_matches_in_memory(&ck_sparsegpt, "sparsegpt 50% + optq per row");
 }
 
+/* One spec of the published tables' matrix through compress -> save -> reload: logits finite and
+** identical after the reload, the measured sparsity and the stored encodings as the spec says, the
+** memory report equal to the bytes on disk. */
+static void matrix_case(const char *prune, const char *pattern, const char *quant, const char *lowrank, bool qlora,
+                        int *ran, int *refused)
+{
+    enum { NS = 4, T = 32 };
+    char tag[160];
+    snprintf(tag, sizeof tag, "%s %s + %s + %s%s", prune, pattern, quant, lowrank, qlora ? "^Q" : "");
+    json_t *doc = json_pack("{s:{s:s},s:{s:s,s:s},s:{s:s,s:i},s:{s:s,s:b,s:i}}", "model", "source", "file:///unused",
+                            "pruning", "method", prune, "pattern", pattern, "quantization", "method", quant, "bits", 4,
+                            "lowrank", "method", lowrank, "quantize", qlora, "tile", 4);
+    if (!strcmp(quant, "absmax")) json_object_set_new(json_object_get(doc, "quantization"), "group_size", json_integer(4));
+    if (!strcmp(quant, "optq")) json_object_set_new(json_object_get(doc, "quantization"), "group_size", json_integer(-1));
+    if (!strcmp(lowrank, "none")) json_object_del(doc, "lowrank");
+    if (!strcmp(quant, "none")) json_object_del(json_object_get(doc, "quantization"), "bits");
+    struct jobspec spec;
+    struct slm_err err = SLM_ERR_INIT;
+    if (jobspec_parse(&spec, doc, NULL, 0, &err)) {   /* a combination the reference rejects */
+        if (getenv("VERBOSE")) fprintf(stderr, "  %-44s refused: %s\n", tag, err.msg);
+        json_decref(doc);
+        ++*refused;
+        return;
+    }
+    json_decref(doc);
+    struct compress_opts o;
+    assert_int_equal(compress_opts_from_spec(&o, &spec, &err), 0);
+    o.keep_codes = true;
+    struct model *m = NULL, *r = NULL;
+    int32_t ids[NS * T];
+    for (int i = 0; i < NS * T; i++) ids[i] = 1 + (i * 41 + i / 3) % 500;
+    assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    struct compress_result res;
+    int rc = compress_model(m, ids, NS, T, &o, &res, &err);
+    if (rc) fprintf(stderr, "%s: %s\n", tag, err.msg);
+    assert_int_equal(rc, 0);
+    float *a = logits_of(m, ids, T);
+    for (size_t i = 0; i < (size_t)T * m->cfg.vocab; i++) assert_true(isfinite(a[i]));
+    double sp = (double)res.zeros / (double)res.weights;
+    assert_true(sp >= 0.5 && sp < 0.75);   /* half pruned, plus codes that round to zero */
+    char dir[] = "/tmp/slim-matrix-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    json_t *mem = NULL;
+    assert_int_equal(checkpoint_save(m, &res, &o, dir, spec.raw, NULL, &mem, &err), 0);
+    assert_int_equal((uint64_t)json_integer_value(json_object_get(mem, "stored_bytes")), stored_on_disk(dir));
+    assert_int_equal(checkpoint_open(&r, dir, kb, 0, &err), 0);
+    float *b = logits_of(r, ids, T);
+    assert_memory_equal(a, b, sizeof *a * T * m->cfg.vocab);
+    /* every linear stored as the spec says: N:M positions for 2:4, 4-bit codes when quantized */
+    char p[4200];
+    snprintf(p, sizeof p, "%s/slim_config.json", dir);
+    json_t *cfg = json_load_file(p, 0, NULL), *desc;
+    const char *name;
+    assert_non_null(cfg);
+    int nlayers = 0;
+    json_object_foreach(json_object_get(cfg, "layers"), name, desc) {
+        const char *enc = json_string_value(json_object_get(desc, "enc"));
+        assert_non_null(enc);
+        if (!strcmp(pattern, "2:4")) assert_int_equal(strncmp(enc, "nm_", 3), 0);
+        assert_int_equal(enc[strlen(enc) - 1] == 'q', strcmp(quant, "none") != 0);
+        if (strcmp(quant, "none")) assert_int_equal(json_integer_value(json_object_get(json_object_get(desc, "quant"), "bits")), 4);
+        assert_int_equal(json_integer_value(json_object_get(desc, "rank")) > 0, strcmp(lowrank, "none") != 0);
+        nlayers++;
+    }
+    assert_int_equal(nlayers, 7 * m->cfg.n_layers);
+    fprintf(stderr, "  %-44s sparsity %.3f, ratio %.3f\n", tag, sp, json_real_value(json_object_get(mem, "ratio")));
+    ++*ran;
+    json_decref(cfg);
+    json_decref(mem);
+    free(a);
+    free(b);
+    compress_result_free(&res);
+    model_free(m);
+    model_free(r);
+    jobspec_free(&spec);
+    rm_folder(dir);
+}
+
+/* ALGORITHMS.md §9's tables: magnitude / wanda / sparsegpt x 2:4 / 50% x 4-bit absmax / slim-quant /
+** optq (or none) x no / naive / slim adapters, quantized or not. */
+static void test_core_checkpoint__published_matrix(void **state)
+{
+    (void)state;
+    static const char *const prune[] = { "magnitude", "wanda", "sparsegpt" }, *const pattern[] = { "2:4", "unstructured" },
+                      *const quant[] = { "none", "absmax", "slim-quant", "optq" }, *const lowrank[] = { "none", "naive", "slim" };
+    int ran = 0, refused = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 2; b++)
+            for (int q = 0; q < 4; q++)
+                for (int l = 0; l < 3; l++)
+                    for (int z = 0; z < (l ? 2 : 1); z++) matrix_case(prune[a], pattern[b], quant[q], lowrank[l], z, &ran, &refused);
+    fprintf(stderr, "published matrix: %d combinations run, %d refused by validation\n", ran, refused);
+    /* every pruning method with every quantizer it takes, wanda with every adapter kind */
+    assert_true(ran >= 30);
+}
+
 /* bf16 emulation rounds the embeddings, norms and head in memory: the checkpoint stores those
 ** (not the source bytes), so the reload still gives the in-memory logits bit for bit. */
 static void test_core_checkpoint__streamed_bf16(void **state)
@@ -567,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__streamed_adapters_with_blocks),
         cmocka_unit_test(test_core_checkpoint__streamed_sparsegpt),
         cmocka_unit_test(test_core_checkpoint__streamed_bf16),
+        cmocka_unit_test(test_core_checkpoint__published_matrix),
         cmocka_unit_test(test_core_checkpoint__abort_leaves_no_checkpoint),
         cmocka_unit_test(test_core_checkpoint__rejects_foreign_folder),
     };

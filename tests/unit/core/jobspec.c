@@ -191,6 +191,8 @@ static void test_core_jobspec__bad_specs_name_the_field(void **state)
         { "{" MODEL ",\"method\":\"gptq\"}", "/method" },
         { "{" MODEL ",\"device\":\"tpu\"}", "/device" },
         { "{" MODEL ",\"precision\":\"fp16\"}", "/precision" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"sparsegpt\"},\"quantization\":{\"method\":\"absmax\"}}", "/quantization/method" },
+        { "{" MODEL ",\"pruning\":{\"method\":\"sparsegpt\"},\"quantization\":{\"method\":\"slim-quant\"}}", "/quantization/method" },
         { "{" MODEL ",\"method\":\"slicegpt\",\"precision\":\"bf16\",\"slicegpt\":{\"sparsity\":0.25}}", "/precision" },
         { "{" MODEL ",\"pruning\":[]}", "/pruning" },
         { "{" MODEL ",\"pruning\":{}}", "/pruning/method" },
