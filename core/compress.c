@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "arch.h"
 #include "dtype.h"
 #include "jsq.h"
 
@@ -426,6 +427,36 @@ static int report(const struct compress_opts *o, const char *stage, int b, int n
     return o->progress(&p, o->payload) ? slm_err_set(err, SLM_ECANCELLED, "cancelled") : 0;
 }
 
+/* Groups of g rows (row-wise) or g columns (column-wise) must tile a rows x cols matrix. */
+static bool groups_tile(int rows, int cols, int g, bool column_wise)
+{
+    return g <= 0 || (column_wise ? cols % g == 0 : rows % g == 0);
+}
+
+int compress_check_model(const struct model *m, const struct compress_opts *o, struct slm_err *err)
+{
+    const struct model_config *c = &m->cfg;
+    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    const int shape[LIN_COUNT][2] = { { q, c->hidden }, { kv, c->hidden }, { kv, c->hidden }, { c->hidden, q },
+                                      { c->ffn, c->hidden }, { c->ffn, c->hidden }, { c->hidden, c->ffn } };
+    bool qlora = o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora && o->quant.method != QUANT_NONE;
+    for (int r = 0; r < LIN_COUNT; r++) {
+        if (!m->arch->names->lin[r]) continue;
+        int d_out = shape[r][0], d_in = shape[r][1];
+        if (o->quant.method == QUANT_ABSMAX && !groups_tile(d_out, d_in, o->quant.group_size, o->quant.column_wise))
+            return slm_err_set(err, SLM_EINVAL, "/quantization/group_size: %d does not divide the %s of %s (%d x %d)",
+                               o->quant.group_size, o->quant.column_wise ? "input columns" : "output rows",
+                               m->arch->names->lin[r], d_out, d_in);
+        if (!qlora) continue;
+        int rank = lowrank_rank(d_out, d_in, &o->lowrank), t = o->lowrank.tile;
+        /* L' [d_in x rank] and R' [rank x d_out] are group-quantized with tiles of t (§4.6) */
+        if (rank && (!groups_tile(d_in, rank, t, o->lowrank.column_wise) || !groups_tile(rank, d_out, t, o->lowrank.column_wise)))
+            return slm_err_set(err, SLM_EINVAL, "/lowrank/tile: quantized adapters of %s (%d x %d, rank %d) are not a multiple "
+                               "of %d", m->arch->names->lin[r], d_out, d_in, rank, t);
+    }
+    return 0;
+}
+
 static int check_supported(const struct model *m, const struct compress_opts *o, struct slm_err *err)
 {
     if (o->version != COMPRESS_OPTS_VERSION) return slm_err_set(err, SLM_EINVAL, "compress_opts: version %d", o->version);
@@ -700,7 +731,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     double t0 = now_s();
     struct compress_result local = { 0 };
     bool adapters_later = o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora;
-    if ((rc = check_supported(m, o, err))) return rc;
+    if ((rc = check_supported(m, o, err)) || (rc = compress_check_model(m, o, err))) return rc;
     if (nsamples < 1 || seqlen < 2) return slm_err_set(err, SLM_EINVAL, "compress: %d calibration windows of %d tokens", nsamples, seqlen);
     if ((o->on_block || o->unload_blocks) && !res)
         return slm_err_set(err, SLM_EINVAL, "compress: block streaming needs a compress_result (codes and adapters are handed over in it)");

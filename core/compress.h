@@ -107,6 +107,11 @@ struct compress_opts {
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);
 
+/* Shapes the grouped quantizers need (group AbsMax, quantized adapters), checked on m's config
+** before any work: a model the spec cannot handle fails at once, not after hours of calibration.
+** compress_model calls it too. -SLM_EINVAL naming the spec field and the layer. */
+int compress_check_model(const struct model *m, const struct compress_opts *o, struct slm_err *err);
+
 /* Compress m in place with calibration windows ids [nsamples x seqlen] (host). The model may be
 ** opened with MODEL_LAZY_BLOCKS: each block is loaded when reached and stays loaded (it holds
 ** the compressed weights) unless o->unload_blocks, when only the block being compressed is

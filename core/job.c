@@ -159,6 +159,8 @@ static int job_compress_slim(struct job_state *js, struct model *m, struct token
         t = now_s();
         rc = checkpoint_writer_finish(w, &cr, js->spec->raw, fig, &mem, err);
         w = NULL;   /* freed by finish */
+        /* the tokenizer travels with the checkpoint: `slim eval OUT --text` works on it alone */
+        if (!rc) rc = tokenizer_copy_files(ctx->model_dir, ctx->out_dir, NULL, err);
         if (rc) goto done;
         json_object_set_new(out, "memory", mem);   /* the measured report replaces the dense figure */
         json_object_set_new(timings, "saving", json_real(now_s() - t));
@@ -274,7 +276,8 @@ static int run_slicegpt(struct job_state *js, struct model *m, struct tokenizer 
     enum dtype dt = st_model_count(m->st) ? st_model_at(m->st, 0)->dtype : DT_F32;
     if (dt != DT_BF16 && dt != DT_F16) dt = DT_F32;
     if (!js->ctx->out_dir) return slm_err_set(err, SLM_EINVAL, "job: no output folder for the compressed model");
-    if ((rc = model_save(m, js->ctx->out_dir, dt, err))) return rc;
+    if ((rc = model_save(m, js->ctx->out_dir, dt, err)) || (rc = tokenizer_copy_files(js->ctx->model_dir, js->ctx->out_dir, NULL, err)))
+        return rc;
     json_object_set_new(timings, "saving", json_real(now_s() - t));
     char path[4200];
     struct stat stt;
@@ -309,6 +312,11 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
     if (!tok && spec->method == JS_METHOD_SLICEGPT && tokenizer_open(&tok, ctx->model_dir, err)) {
         tok = NULL;          /* calibration from an ids file needs none; calib_ids says so otherwise */
         slm_err_clear(err);
+    }
+    if (spec->method == JS_METHOD_SLIM) {
+        /* what the model's shapes rule out fails before the baseline evaluation */
+        struct compress_opts co;
+        if ((rc = compress_opts_from_spec(&co, spec, err)) || (rc = compress_check_model(m, &co, err))) goto done;
     }
     json_object_set_new(out, "device", json_string(kb_name(kb)));
     json_object_set_new(out, "architecture", json_string(m->cfg.model_type));

@@ -616,3 +616,21 @@ int tokenizer_vocab_size(const struct tokenizer *t)
 int tokenizer_bos_id(const struct tokenizer *t) { return t->bos_id; }
 int tokenizer_eos_id(const struct tokenizer *t) { return t->eos_id; }
 const char *tokenizer_kind(const struct tokenizer *t) { return t->kind; }
+
+int tokenizer_copy_files(const char *from_dir, const char *to_dir, int *copied, struct slm_err *err)
+{
+    static const char *const files[] = { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                         "vocab.json", "merges.txt", "tokenizer.model" };
+    char src[4200], dst[4200];
+    int n = 0;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(src, sizeof src, "%s/%s", from_dir, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to_dir, files[i]);
+        int rc = file_copy(src, dst, err);
+        if (rc == -SLM_ENOTFOUND) { slm_err_clear(err); continue; }
+        if (rc) return rc;
+        n++;
+    }
+    if (copied) *copied = n;
+    return 0;
+}

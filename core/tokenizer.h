@@ -22,6 +22,11 @@ struct tokenizer;
 /* Open the tokenizer files in dir. -SLM_ENOTFOUND if none is there. *out: tokenizer_free(). */
 int tokenizer_open(struct tokenizer **out, const char *dir, struct slm_err *err);
 void tokenizer_free(struct tokenizer *t);
+/* Copy the tokenizer files of from_dir that exist (tokenizer.json, tokenizer_config.json,
+** special_tokens_map.json, vocab.json, merges.txt, tokenizer.model) into to_dir, so a compressed
+** model folder is as usable as its source. *copied (may be NULL) gets how many were copied. */
+int tokenizer_copy_files(const char *from_dir, const char *to_dir, int *copied, struct slm_err *err);
+
 /* Open from explicit files: tokenizer_json, or vocab_json + merges_txt (GPT-2 layout; the other of the
 ** two forms NULL). config_json (tokenizer_config.json) and special_map_json (special_tokens_map.json)
 ** are optional and may be NULL or name absent files. *out: tokenizer_free(). */

@@ -80,7 +80,8 @@ run eval_dense 0 "$SLIM" eval "$M" --text "$M/tinystories-sample.txt" --seqlen 6
 
 for method in wanda slicegpt; do
     run "compress_$method" 0 "$SLIM" compress "$M" "$T/$method.json" "$T/out-$method" --data-dir "$T/data" || continue
-    run "eval_$method" 0 "$SLIM" eval "$T/out-$method" --tokenizer "$M" --text "$M/tinystories-sample.txt" \
+    # the output folder carries the model's tokenizer: no --tokenizer needed
+    run "eval_$method" 0 "$SLIM" eval "$T/out-$method" --text "$M/tinystories-sample.txt" \
         --seqlen 64 --json || continue
     json_check compressed "$method" "$T/compress_$method.out" "$T/eval_dense.out" "$T/eval_$method.out"
 done

@@ -97,6 +97,41 @@ static void test_core_compress__calibration_documents(void **state)
     tokenizer_free(tok);
 }
 
+/* Shapes a spec cannot handle fail before any work, naming the field and the layer. */
+static void test_core_compress__shape_checks_before_work(void **state)
+{
+    (void)state;
+    char dir[4200];
+    struct model *m = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    snprintf(dir, sizeof dir, "%s/stories260K", data_dir);   /* hidden 64, ffn 172 */
+    assert_int_equal(model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    struct compress_opts o = COMPRESS_OPTS_INIT;
+    o.prune.method = PRUNE_WANDA;
+    o.prune.n = 2, o.prune.m = 4, o.prune.sparsity = 0.5;
+    o.quant.method = QUANT_ABSMAX;
+    o.quant.group_size = 4;                 /* divides 64 and 172 */
+    assert_int_equal(compress_check_model(m, &o, &err), 0);
+    o.quant.group_size = 128;               /* row-wise groups of 128 over 64 output rows */
+    assert_int_equal(compress_check_model(m, &o, &err), -SLM_EINVAL);
+    assert_non_null(strstr(err.msg, "/quantization/group_size"));
+    int32_t ids[2 * 16] = { 1 };
+    assert_int_equal(compress_model(m, ids, 2, 16, &o, NULL, &err), -SLM_EINVAL);   /* before any block loads */
+    for (int b = 0; b < m->cfg.n_layers; b++) assert_false(m->blocks[b].loaded);
+    slm_err_clear(&err);   /* the first error of a slm_err is kept */
+    o.quant.method = QUANT_SLIM;
+    o.quant.group_size = 0;
+    o.lowrank.method = LOWRANK_SLIM;
+    o.lowrank.quantize = true;
+    o.lowrank.tile = 16;                    /* down_proj's L' has 172 rows */
+    assert_int_equal(compress_check_model(m, &o, &err), -SLM_EINVAL);
+    assert_non_null(strstr(err.msg, "/lowrank/tile"));
+    assert_non_null(strstr(err.msg, "down_proj"));
+    o.lowrank.tile = 4;
+    assert_int_equal(compress_check_model(m, &o, &err), 0);
+    model_free(m);
+}
+
 /* ---- parity with the reference ---- */
 
 struct cfg {
@@ -278,15 +313,16 @@ int main(void)
 {
     /* one named test per fixture configuration: test_core_compress__parity[_opt]_<config> */
     static char names[NCFG][96];
-    struct CMUnitTest tests[3 + NCFG] = {
+    struct CMUnitTest tests[4 + NCFG] = {
         cmocka_unit_test(test_core_compress__pyrandom_matches_cpython),
         cmocka_unit_test(test_core_compress__sampler_windows),
         cmocka_unit_test(test_core_compress__calibration_documents),
+        cmocka_unit_test(test_core_compress__shape_checks_before_work),
     };
     for (size_t i = 0; i < NCFG; i++) {
         snprintf(names[i], sizeof names[i], "test_core_compress__parity%s_%s", cfgs[i].opt ? "_opt" : "", cfgs[i].name);
-        tests[3 + i] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_compress__parity,
+        tests[4 + i] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_compress__parity,
                                             .initial_state = (void *)&cfgs[i] };
     }
-    return _cmocka_run_group_tests("t-core-compress", tests, 3 + NCFG, setup, teardown);
+    return _cmocka_run_group_tests("t-core-compress", tests, 4 + NCFG, setup, teardown);
 }
