@@ -36,6 +36,7 @@ struct api_ctx {
     atomic_long bytes_downloaded;
     atomic_long jobs_finished, job_seconds_ms;  /* for the duration summary */
     int workers;
+    const char *const *worker_devices;  /* [workers] backend of each slot ("cpu", "cuda:0"); may be NULL */
 };
 
 enum api_scope { SCOPE_NONE = 0, SCOPE_READ, SCOPE_SUBMIT };

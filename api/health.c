@@ -16,8 +16,25 @@ int health_capabilities(struct api_req *rq, struct api_resp *rs, struct slm_err 
     if (!caps) return slm_err_set(err, SLM_ENOMEM, "capabilities: out of memory");
     json_t *devs = json_array();
     json_array_append_new(devs, json_pack("{s:s,s:s}", "name", "cpu", "info", kbackend_cpu_info()));
-    if (kbackend_cuda_available()) json_array_append_new(devs, json_pack("{s:s}", "name", "cuda"));
+    for (int i = 0, n = kbackend_gpu_count(); i < n; i++) {
+        struct kgpu_info g;
+        struct slm_err e = SLM_ERR_INIT;
+        char name[32];
+        snprintf(name, sizeof name, "cuda:%d", i);
+        if (kbackend_gpu_info(i, &g, &e)) {
+            json_array_append_new(devs, json_pack("{s:s,s:s}", "name", name, "error", e.msg));
+            continue;
+        }
+        /* -1: NVML (the driver's library) could not say */
+        json_array_append_new(devs, json_pack("{s:s,s:s,s:s,s:I,s:I,s:i}", "name", name, "gpu", g.name, "pci_bus_id",
+                                              g.pci_bus_id, "memory_total", (json_int_t)g.memory_total, "memory_used",
+                                              (json_int_t)g.memory_used, "utilization", g.utilization));
+    }
     json_object_set_new(caps, "devices", devs);
+    json_t *wd = json_array();
+    for (int i = 0; wd && rq->ctx->worker_devices && i < rq->ctx->workers; i++)
+        json_array_append_new(wd, json_string(rq->ctx->worker_devices[i]));
+    json_object_set_new(caps, "worker_devices", wd ? wd : json_null());
     json_object_set_new(caps, "limits", json_pack("{s:I,s:i,s:I}", "max_body_bytes", (json_int_t)rq->ctx->cfg->max_body_bytes,
                                                   "max_attempts", rq->ctx->cfg->max_attempts, "max_download_bytes",
                                                   (json_int_t)rq->ctx->cfg->max_download_bytes));
@@ -87,6 +104,27 @@ int health_metrics(struct api_req *rq, struct api_resp *rs, struct slm_err *err)
         if (n) put(&b, &len, &cap, "slimd_http_requests_total{code=\"%d\"} %ld\n", code, n);
     }
     put(&b, &len, &cap, "# HELP slimd_workers Worker slots.\n# TYPE slimd_workers gauge\nslimd_workers %d\n", rq->ctx->workers);
+    put(&b, &len, &cap, "# HELP slimd_worker_info Backend of each worker slot.\n# TYPE slimd_worker_info gauge\n");
+    for (int i = 0; rq->ctx->worker_devices && i < rq->ctx->workers; i++)
+        put(&b, &len, &cap, "slimd_worker_info{slot=\"%d\",device=\"%s\"} 1\n", i, rq->ctx->worker_devices[i]);
+    int ngpu = kbackend_gpu_count();
+    if (ngpu > 0)
+        put(&b, &len, &cap, "# HELP slimd_gpu_memory_total_bytes GPU memory.\n# TYPE slimd_gpu_memory_total_bytes gauge\n"
+                            "# HELP slimd_gpu_memory_used_bytes GPU memory in use (NVML).\n# TYPE slimd_gpu_memory_used_bytes gauge\n"
+                            "# HELP slimd_gpu_utilization_ratio GPU busy fraction over NVML's last sample period.\n"
+                            "# TYPE slimd_gpu_utilization_ratio gauge\n");
+    for (int i = 0; i < ngpu; i++) {
+        struct kgpu_info g;
+        struct slm_err e = SLM_ERR_INIT;
+        if (kbackend_gpu_info(i, &g, &e)) continue;
+        for (char *c = g.name; *c; c++)
+            if (*c == '"' || *c == '\\' || *c == '\n') *c = ' ';   /* label value stays valid */
+        put(&b, &len, &cap, "slimd_gpu_memory_total_bytes{device=\"cuda:%d\",gpu=\"%s\"} %lld\n", i, g.name, (long long)g.memory_total);
+        if (g.memory_used >= 0)
+            put(&b, &len, &cap, "slimd_gpu_memory_used_bytes{device=\"cuda:%d\",gpu=\"%s\"} %lld\n", i, g.name, (long long)g.memory_used);
+        if (g.utilization >= 0)
+            put(&b, &len, &cap, "slimd_gpu_utilization_ratio{device=\"cuda:%d\",gpu=\"%s\"} %.2f\n", i, g.name, g.utilization / 100.0);
+    }
     if (!b) return slm_err_set(err, SLM_ENOMEM, "metrics: out of memory");
     rs->text = b;
     rs->content_type = "text/plain; version=0.0.4";

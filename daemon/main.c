@@ -116,10 +116,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < nslots; i++) {
         char d[32];
         if (ngpu > 0 && !strcmp(cfg.device, "auto")) snprintf(d, sizeof d, "cuda:%d", i % ngpu);
-        else snprintf(d, sizeof d, "%s", cfg.device);
+        else snprintf(d, sizeof d, "%s", strcmp(cfg.device, "auto") ? cfg.device : "cpu");   /* auto, no GPU: CPU workers */
         if (!(devices[i] = strdup(d))) goto done;
     }
     ctx->workers = nslots;
+    ctx->worker_devices = (const char *const *)devices;
 
     if (pipe2(wake, O_CLOEXEC | O_NONBLOCK)) goto done;
     ctx->wake_fd = wake[1];

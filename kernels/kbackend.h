@@ -136,6 +136,20 @@ void kbackend_free(struct kbackend *kb);
 /* True when this build includes the CUDA backend and at least one device is visible. */
 bool kbackend_cuda_available(void);
 
+/* A visible GPU, numbered as the CUDA runtime numbers it (CUDA_VISIBLE_DEVICES applies). Memory in
+** bytes. memory_used and utilization (percent, last sample period) come from NVML when the
+** driver's libnvidia-ml loads; else -1. Queried without creating a CUDA context. */
+struct kgpu_info {
+    char name[96];
+    char pci_bus_id[32];
+    int64_t memory_total, memory_used;
+    int utilization;
+};
+/* Visible GPUs: 0 without CUDA in the build or without a device. */
+int kbackend_gpu_count(void);
+/* Info of GPU i (0 <= i < kbackend_gpu_count()); -SLM_EUNSUPPORTED in a build without CUDA. */
+int kbackend_gpu_info(int i, struct kgpu_info *out, struct slm_err *err);
+
 /* One-line description of the BLAS/CPU build ("OpenBLAS 0.3.21 DYNAMIC_ARCH core=Haswell ..."). */
 const char *kbackend_cpu_info(void);
 

@@ -14,5 +14,10 @@ void kcpu_round_bf16(float *y, size_t n);
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */
 int kbackend_cuda_open(struct kbackend **out, int device, struct slm_err *err);
 int kbackend_cuda_device_count(void);
+/* Name, PCI bus id and total memory from the runtime (kbackend_gpu_info fills the rest). */
+int kbackend_cuda_device_info(int i, struct kgpu_info *out, struct slm_err *err);
+/* memory_used and utilization of the GPU at pci_bus_id through NVML (dlopen'ed once); -1 each
+** when NVML is missing or does not know the device. */
+void kgpu_nvml_query(const char *pci_bus_id, int64_t *memory_used, int *utilization);
 #endif
 #endif

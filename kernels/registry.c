@@ -17,6 +17,31 @@ bool kbackend_cuda_available(void)
 #endif
 }
 
+int kbackend_gpu_count(void)
+{
+#ifdef SLM_HAVE_CUDA
+    return kbackend_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
+int kbackend_gpu_info(int i, struct kgpu_info *out, struct slm_err *err)
+{
+    memset(out, 0, sizeof *out);
+    out->memory_used = -1;
+    out->utilization = -1;
+#ifdef SLM_HAVE_CUDA
+    if (i < 0 || i >= kbackend_cuda_device_count()) return slm_err_set(err, SLM_EINVAL, "gpu %d is not visible", i);
+    int rc = kbackend_cuda_device_info(i, out, err);
+    if (!rc) kgpu_nvml_query(out->pci_bus_id, &out->memory_used, &out->utilization);
+    return rc;
+#else
+    (void)i;
+    return slm_err_set(err, SLM_EUNSUPPORTED, "this build has no CUDA backend");
+#endif
+}
+
 int kbackend_open(struct kbackend **out, const char *spec, struct slm_err *err)
 {
     if (!spec || !*spec || strcmp(spec, "auto") == 0)

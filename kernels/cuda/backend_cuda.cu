@@ -230,6 +230,16 @@ extern "C" int kbackend_cuda_device_count(void)
     return n;
 }
 
+extern "C" int kbackend_cuda_device_info(int i, struct kgpu_info *out, struct slm_err *err)
+{
+    cudaDeviceProp prop;
+    CU_TRY(cudaGetDeviceProperties(&prop, i));
+    snprintf(out->name, sizeof out->name, "%.95s", prop.name);
+    out->memory_total = (int64_t)prop.totalGlobalMem;
+    CU_TRY(cudaDeviceGetPCIBusId(out->pci_bus_id, (int)sizeof out->pci_bus_id, i));
+    return 0;
+}
+
 static int open_ctx(struct cu_ctx *c, int device, struct slm_err *err)
 {
     cudaDeviceProp prop;

@@ -188,12 +188,20 @@ def test_integration_api__list_pagination_and_filter(d):
 def test_integration_api__capabilities_health_metrics(d):
     st, caps = d.json('GET', '/v1/capabilities')
     assert st == 200 and any(x['name'] == 'cpu' for x in caps['devices']) and 'limits' in caps
+    # one backend per worker slot; with no GPU visible every slot is a CPU worker and no cuda device is listed
+    assert len(caps['worker_devices']) == caps['workers'] >= 1, caps
+    gpus = [x for x in caps['devices'] if x['name'].startswith('cuda:')]
+    if not gpus:
+        assert set(caps['worker_devices']) == {'cpu'}, caps
+    for g in gpus:
+        assert g['memory_total'] > 0 and g['gpu'], g
     assert d.json('GET', '/healthz') == (200, {'status': 'ok'})
     assert d.json('GET', '/readyz')[0] == 200
     d.submit(local_spec())
     st, h, m = d.request('GET', '/metrics')
     m = m.decode()
     assert st == 200 and 'slimd_jobs{state="queued"}' in m and 'slimd_http_requests_total{code="201"} 1' in m
+    assert 'slimd_worker_info{slot="0",device="%s"} 1' % caps['worker_devices'][0] in m, m
     st, h, page = d.request('GET', '/')
     assert st == 200 and h['content-type'].startswith('text/html')
 

@@ -199,7 +199,7 @@ static void run_cfg(const struct cfg *c)
     int rc = compress_model(m, cal, nc, T, &o, &res, &err);
     if (rc) fprintf(stderr, "%s: %s\n", c->name, err.msg);
     assert_int_equal(rc, 0);
-    long mism = 0, total = 0;
+    long mism = 0, total = 0, mism_qkv0 = 0;
     double worst = 0;
     for (int b = 0; b < m->cfg.n_layers; b++)
         for (int r = 0; r < LIN_COUNT; r++) {
@@ -221,7 +221,9 @@ static void run_cfg(const struct cfg *c)
                     ** "zero there, non-zero here" are mask disagreements */
                     bool pruned = res.lin[b][r].mask[i];
                     total++;
-                    mism += c->qm == QUANT_NONE ? pruned != (want[i] == 0) : pruned ? want[i] != 0 : want[i] == 0 && got[i] != 0;
+                    bool bad = c->qm == QUANT_NONE ? pruned != (want[i] == 0) : pruned ? want[i] != 0 : want[i] == 0 && got[i] != 0;
+                    mism += bad;
+                    mism_qkv0 += bad && b == 0 && r <= LIN_V;
                 }
             }
             double rel = sqrt(num / den);
@@ -253,10 +255,17 @@ static void run_cfg(const struct cfg *c)
         ** and chaotic 2:4 models amplify them. With adapters, the fresh SLiM-Quant scale of
         ** M.(W - LR) sits on a near-flat error curve and moves by bins. Measured (stories260K /
         ** fixture OPT): masks <= 4.8% (SparseGPT 2:4; the reference's own f32 and bf16 runs differ
-        ** on 10%), <= 1.2% otherwise; ppl <= 1.0% without adapters, <= 12.7% with. */
+        ** on 10%), <= 1.2% otherwise; ppl <= 2.4% without adapters, <= 12.7% with. */
         assert_true(mism <= (c->pm == PRUNE_SPARSEGPT ? 7 : 2) * total / 100);   /* fixture OPT 2:4 (rank-deficient fc2): 5.8% */
         assert_true(worst < 0.5);
-        assert_true(dppl < (c->lm == LOWRANK_NONE ? 0.015 : 0.15));
+        /* From the first BLAS product on, which bf16 roundings fall differently depends on the BLAS
+        ** kernel's summation order (OpenBLAS Haswell vs another core type moved SparseGPT 2:4 from
+        ** 0.97% to 2.4%), so perplexity is held to the spread the reference's own f32 and bf16
+        ** runs show (up to 9.6%), not to 0.5%. What needs no BLAS is exact on any machine: block
+        ** 0's q/k/v read the embeddings through the norm, so Wanda's masks there must match (with
+        ** adapters the fresh scale of M(W - LR) decides which kept weights round to zero). */
+        assert_true(dppl < (c->lm == LOWRANK_NONE ? 0.05 : 0.25));   /* adapters: 17.5% seen with OpenBLAS Sandybridge */
+        if (c->pm == PRUNE_WANDA && c->lm == LOWRANK_NONE) assert_int_equal(mism_qkv0, 0);
         if (c->pm == PRUNE_MAGNITUDE) {
             assert_int_equal(mism, 0);
             assert_true(worst == 0);
