@@ -13,6 +13,32 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Activations kept per chunk of windows when blocks are not resident (eval_block_major). */
+#define EVAL_CHUNK_BYTES ((size_t)1 << 30)
+
+/* Windows w0..w0+nk through a model whose blocks load on demand: block-major, so each block is
+** loaded (and, for a checkpoint, dequantized) once per chunk instead of once per window. Same
+** ops per window as model_forward with B = 1, so the same numbers bit for bit. nll: [L-1]. */
+static int eval_chunk(struct model *m, const int32_t *ids, size_t w0, int nk, int L, float *x, size_t per, float *nll,
+                      double *wn, struct slm_err *err)
+{
+    int rc = 0;
+    for (int k = 0; k < nk && !rc; k++) rc = model_embed(m, x + (size_t)k * per, ids + (w0 + k) * (size_t)L, 1, L, err);
+    for (int b = 0; b < m->cfg.n_layers && !rc; b++) {
+        bool transient = !m->blocks[b].loaded;
+        if (transient && (rc = model_block_load(m, b, err))) break;
+        for (int k = 0; k < nk && !rc; k++) rc = model_block_forward(m, b, x + (size_t)k * per, 1, L, NULL, NULL, err);
+        if (transient) model_block_unload(m, b);
+    }
+    for (int k = 0; k < nk && !rc; k++) {
+        if ((rc = model_head_nll(m, x + (size_t)k * per, ids + (w0 + k) * (size_t)L, 1, L, NULL, nll, err))) break;
+        double s = 0;
+        for (int t = 0; t < L - 1; t++) s += nll[t];
+        wn[w0 + k] = s / (L - 1);
+    }
+    return rc;
+}
+
 int eval_perplexity(struct model *m, const int32_t *ids, size_t n, const struct eval_opts *o, struct eval_result *out,
                     struct slm_err *err)
 {
@@ -27,7 +53,27 @@ int eval_perplexity(struct model *m, const int32_t *ids, size_t n, const struct 
     int rc = 0;
     if (!wn || !nll) { rc = slm_err_set(err, SLM_ENOMEM, "eval: buffers"); goto fail; }
     double t0 = now_s(), sum = 0;
-    for (size_t w0 = 0; w0 < nwin; w0 += bs) {
+    bool resident = true;
+    for (int b = 0; b < m->cfg.n_layers; b++) resident &= m->blocks[b].loaded;
+    if (!resident) {
+        /* blocks load on demand (a model larger than memory, a compressed checkpoint) */
+        size_t per = (size_t)L * model_max_width(m), K = EVAL_CHUNK_BYTES / (per * sizeof(float));
+        if (K < 1) K = 1;
+        if (K > nwin) K = nwin;
+        float *x = NULL;
+        if ((rc = kb_alloc(m->kb, (void **)&x, sizeof *x * per * K, err))) goto fail;
+        for (size_t w0 = 0; w0 < nwin && !rc; w0 += K) {
+            int nk = (int)(nwin - w0 < K ? nwin - w0 : K);
+            if (o->cancel && *o->cancel) rc = slm_err_set(err, SLM_ECANCELLED, "evaluation cancelled");
+            if (!rc) rc = eval_chunk(m, ids, w0, nk, L, x, per, nll, wn, err);
+            if (!rc && o->progress && o->progress((int)(w0 + nk), (int)nwin, o->payload))
+                rc = slm_err_set(err, SLM_ECANCELLED, "evaluation cancelled");
+        }
+        kb_release(m->kb, x);
+        if (rc) goto fail;
+        for (size_t w = 0; w < nwin; w++) sum += wn[w];
+    }
+    for (size_t w0 = 0; resident && w0 < nwin; w0 += bs) {
         if (o->cancel && *o->cancel) { rc = slm_err_set(err, SLM_ECANCELLED, "evaluation cancelled"); goto fail; }
         int nb = (int)(nwin - w0 < (size_t)bs ? nwin - w0 : (size_t)bs);
         if ((rc = model_forward(m, ids + w0 * L, nb, L, NULL, nll, NULL, NULL, err))) goto fail;

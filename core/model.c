@@ -737,40 +737,26 @@ int model_head(struct model *m, float *logits, float *x, int B, int T, struct sl
     return rc;
 }
 
-int model_forward(struct model *m, const int32_t *ids, int B, int T, float *logits, float *nll, hidden_cb hcb,
-                  void *payload, struct slm_err *err)
+/* Final norm, head and per-token loss of x [B*T x d_head] (clobbered); the tail of model_forward. */
+static int head_nll(struct model *m, float *x, const int32_t *ids, int B, int T, float *logits, float *nll, hidden_cb hcb,
+                    void *payload, struct slm_err *err)
 {
     const struct model_config *c = &m->cfg;
     struct kbackend *kb = m->kb;
-    int rows = B * T, rc, W = model_max_width(m);
+    int rows = B * T, rc;
     int chunk = rows < HEAD_CHUNK_ROWS ? rows : HEAD_CHUNK_ROWS;
-    float *x = NULL, *lg = NULL, *y = NULL, *nl = NULL, *nl_host = NULL;
+    float *lg = NULL, *y = NULL, *nl = NULL, *nl_host = NULL;
     int32_t *tg = NULL, *tg_host = NULL;
-    if (B < 1 || T < 1) return slm_err_set(err, SLM_EINVAL, "forward: empty batch (%d x %d)", B, T);
-    if ((rc = kb_alloc(kb, (void **)&x, (size_t)rows * W * sizeof(float), err))) goto done;
-    if ((rc = model_embed(m, x, ids, B, T, err))) goto done;
-    if (hcb && hcb(0, x, rows, m->blocks[0].d_in, payload)) { rc = slm_err_set(err, SLM_ECANCELLED, "forward cancelled"); goto done; }
-    for (int b = 0; b < c->n_layers; b++) {
-        bool transient = !m->blocks[b].loaded;
-        if (transient && (rc = model_block_load(m, b, err))) goto done;
-        rc = model_block_forward(m, b, x, B, T, NULL, NULL, err);
-        if (transient) model_block_unload(m, b);
-        if (rc) goto done;
-        if (hcb && hcb(b + 1, x, rows, m->blocks[b].d_out, payload)) {
-            rc = slm_err_set(err, SLM_ECANCELLED, "forward cancelled");
-            goto done;
-        }
-    }
-    if ((rc = final_norm(m, x, rows, err))) goto done;
-    if (hcb && hcb(c->n_layers + 1, x, rows, m->d_head, payload)) { rc = slm_err_set(err, SLM_ECANCELLED, "forward cancelled"); goto done; }
-    if (!logits && !nll) goto done;
+    if ((rc = final_norm(m, x, rows, err))) return rc;
+    if (hcb && hcb(c->n_layers + 1, x, rows, m->d_head, payload)) return slm_err_set(err, SLM_ECANCELLED, "forward cancelled");
+    if (!logits && !nll) return 0;
     /* head buffers live with the model: re-allocating ~50 MB per call costs page faults */
     size_t need = (size_t)chunk * c->vocab + (size_t)chunk * c->embed_dim + 2 * (size_t)chunk + 64;
     if (m->head_work_n < need) {
         kb_release(kb, m->head_work);
         m->head_work = NULL;
         m->head_work_n = 0;
-        if ((rc = kb_alloc(kb, (void **)&m->head_work, need * sizeof(float), err))) goto done;
+        if ((rc = kb_alloc(kb, (void **)&m->head_work, need * sizeof(float), err))) return rc;
         m->head_work_n = need;
     }
     lg = m->head_work;
@@ -801,8 +787,41 @@ int model_forward(struct model *m, const int32_t *ids, int B, int T, float *logi
     }
     rc = kb_sync(kb, err);
 done:
-    kb_release(kb, x);
     free(nl_host);
     free(tg_host);
+    return rc;
+}
+
+int model_head_nll(struct model *m, float *x, const int32_t *ids, int B, int T, float *logits, float *nll,
+                   struct slm_err *err)
+{
+    return head_nll(m, x, ids, B, T, logits, nll, NULL, NULL, err);
+}
+
+int model_forward(struct model *m, const int32_t *ids, int B, int T, float *logits, float *nll, hidden_cb hcb,
+                  void *payload, struct slm_err *err)
+{
+    const struct model_config *c = &m->cfg;
+    struct kbackend *kb = m->kb;
+    int rows = B * T, rc, W = model_max_width(m);
+    float *x = NULL;
+    if (B < 1 || T < 1) return slm_err_set(err, SLM_EINVAL, "forward: empty batch (%d x %d)", B, T);
+    if ((rc = kb_alloc(kb, (void **)&x, (size_t)rows * W * sizeof(float), err))) goto done;
+    if ((rc = model_embed(m, x, ids, B, T, err))) goto done;
+    if (hcb && hcb(0, x, rows, m->blocks[0].d_in, payload)) { rc = slm_err_set(err, SLM_ECANCELLED, "forward cancelled"); goto done; }
+    for (int b = 0; b < c->n_layers; b++) {
+        bool transient = !m->blocks[b].loaded;
+        if (transient && (rc = model_block_load(m, b, err))) goto done;
+        rc = model_block_forward(m, b, x, B, T, NULL, NULL, err);
+        if (transient) model_block_unload(m, b);
+        if (rc) goto done;
+        if (hcb && hcb(b + 1, x, rows, m->blocks[b].d_out, payload)) {
+            rc = slm_err_set(err, SLM_ECANCELLED, "forward cancelled");
+            goto done;
+        }
+    }
+    rc = head_nll(m, x, ids, B, T, logits, nll, hcb, payload, err);
+done:
+    kb_release(kb, x);
     return rc;
 }

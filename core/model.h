@@ -172,6 +172,11 @@ typedef int (*hidden_cb)(int i, const float *h, int rows, int width, void *paylo
 int model_forward(struct model *m, const int32_t *ids, int B, int T, float *logits, float *nll,
                   hidden_cb hcb, void *payload, struct slm_err *err);
 
+/* The tail of model_forward: final norm, head and per-token loss of hidden states x (backend
+** [B*T x model_max_width], clobbered) of the windows ids [B*T]. logits / nll as model_forward. */
+int model_head_nll(struct model *m, float *x, const int32_t *ids, int B, int T, float *logits, float *nll,
+                   struct slm_err *err);
+
 /* Largest row width any stage of the forward pass needs (for sizing activation buffers). */
 int model_max_width(const struct model *m);
 

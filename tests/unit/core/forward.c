@@ -194,6 +194,21 @@ static void test_core_forward__stories260k_perplexity_protocol(void **state)
     assert_int_equal(res.nwindows, r.B);
     double want = json_num("stories260K", "ppl");
     assert_true(fabs(res.ppl - want) <= 1e-5 * want);
+    /* blocks loaded on demand: evaluated block-major (each block once per chunk of windows),
+    ** the same numbers as the resident model with one window per forward, bit for bit */
+    struct model *lazy;
+    struct eval_result res1, resl;
+    assert_int_equal(model_open(&lazy, dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    o.batch = 1;
+    assert_int_equal(eval_perplexity(m, ids, n, &o, &res1, &err), 0);
+    assert_int_equal(eval_perplexity(lazy, ids, n, &o, &resl, &err), 0);
+    assert_int_equal(resl.nwindows, res1.nwindows);
+    assert_memory_equal(resl.window_nll, res1.window_nll, sizeof *res1.window_nll * res1.nwindows);
+    assert_true(resl.ppl == res1.ppl);
+    for (int b = 0; b < lazy->cfg.n_layers; b++) assert_false(lazy->blocks[b].loaded);
+    free(res1.window_nll);
+    free(resl.window_nll);
+    model_free(lazy);
     free(res.window_nll);
     o.seqlen = (int)n + 1;
     assert_int_equal(eval_perplexity(m, ids, n, &o, &res, &err), -SLM_EINVAL);
