@@ -65,7 +65,25 @@ static int cmd_info(int argc, char **argv)
     printf("layers       %d\n", c.n_layers);
     printf("hidden       %d (ffn %d, heads %d, kv heads %d, head dim %d)\n", c.hidden, c.ffn, c.n_heads, c.n_kv_heads, c.head_dim);
     printf("vocab        %d\n", c.vocab);
-    printf("parameters   %lld stored (%lld by config)\n", (long long)params, (long long)model_config_param_count(&c));
+    /* a SliceGPT folder holds sliced shapes, a SLiM checkpoint packed codes: say so beside the counts */
+    char p[4200];
+    snprintf(p, sizeof p, "%s/config.json", argv[0]);
+    json_t *cj = json_load_file(p, 0, NULL), *sg = json_object_get(cj, "slicegpt");
+    snprintf(p, sizeof p, "%s/slim_config.json", argv[0]);
+    json_t *sc = checkpoint_is(argv[0]) ? json_load_file(p, 0, NULL) : NULL, *mem = json_object_get(sc, "memory");
+    printf("parameters   %lld %s (%lld by the dense config)\n", (long long)params, sc ? "stored tensor elements (codes packed into U8)" : "stored",
+           (long long)model_config_param_count(&c));
+    if (sg)
+        printf("sliced       SliceGPT %.0f%%: residual width %lld of %lld\n", 100 * json_number_value(json_object_get(sg, "sparsity")),
+               (long long)json_integer_value(json_object_get(sg, "embedding_dim")),
+               (long long)json_integer_value(json_object_get(sg, "hidden_size")));
+    if (mem)
+        printf("compressed   %lld of %lld dense bytes (ratio %.3f; the reference's formula: %.3f)\n",
+               (long long)json_integer_value(json_object_get(mem, "stored_bytes")),
+               (long long)json_integer_value(json_object_get(mem, "dense_bytes")), json_real_value(json_object_get(mem, "ratio")),
+               json_real_value(json_object_get(mem, "theoretical_ratio")));
+    json_decref(cj);
+    json_decref(sc);
     printf("dtype       ");
     for (int d = 0; d < DT_COUNT; d++)
         if (by_dtype[d]) printf(" %s:%lld", dtype_traits((enum dtype)d)->name, (long long)by_dtype[d]);

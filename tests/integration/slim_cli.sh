@@ -43,7 +43,7 @@ json_check() { checks+=("$*"); }
 # ---- slim info ----
 if run info 0 "$SLIM" info "$M"; then
     has info out "architecture llama"
-    has info out "parameters   260032 stored (260032 by config)"
+    has info out "parameters   260032 stored (260032 by the dense config)"
 fi
 
 # ---- slim eval: text, JSON, ids ----
@@ -86,6 +86,8 @@ for method in wanda slicegpt; do
     json_check compressed "$method" "$T/compress_$method.out" "$T/eval_dense.out" "$T/eval_$method.out"
 done
 [ -f "$T/out-wanda/slim_config.json" ] && ok "wanda output is a slim checkpoint" || fail "no slim_config.json in the wanda output"
+run info_wanda 0 "$SLIM" info "$T/out-wanda" && has info_wanda out "compressed   " && has info_wanda out "dense bytes (ratio"
+run info_slicegpt 0 "$SLIM" info "$T/out-slicegpt" && has info_slicegpt out "sliced       SliceGPT 25%: residual width 48 of 64"
 
 # ---- errors ----
 run usage_none 2 "$SLIM"
