@@ -308,9 +308,7 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
         rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name);
         goto done;
     }
-    if ((rc = kb_download(kb, w.W, l->w, sizeof *w.W * n, err))) goto done;
-    if (o->bf16)
-        for (size_t i = 0; i < n; i++) w.W[i] = bf16_round(w.W[i]);
+    if ((rc = kb_download(kb, w.W, l->w, sizeof *w.W * n, err))) goto done;   /* bf16 already (model_set_bf16) */
     memcpy(w.s, st->scaler, sizeof *w.s * (size_t)d_in);
     if (o->shift_zero_metrics) prune_shift_scaler(w.s, d_in);
     if (o->scale_important_weights) {
@@ -325,7 +323,6 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
         if ((rc = kb_alloc(kb, (void **)&Hc, sizeof(float) * (size_t)d_in * d_in, err)) ||
             (rc = kb->iface->copy(kb, Hc, st->H, sizeof(float) * (size_t)d_in * d_in, err)))
             goto done;
-        if (o->bf16 && (rc = kb_upload(kb, l->w, w.W, sizeof *w.W * n, err))) goto done;
         if ((rc = prune_sparsegpt(kb, l->w, Hc, d_out, d_in, &po, mask, codes, &qp, err))) goto done;
         if ((rc = kb_download(kb, w.Wc, l->w, sizeof *w.Wc * n, err))) goto done;
         if (o->bf16)
@@ -641,8 +638,6 @@ static int jsq_prune_linear(struct model *m, struct linear *l, const struct stat
     jb->mask[r] = malloc(n);
     if (!t || !jb->W[r] || !jb->mask[r]) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
     if ((rc = kb_download(kb, jb->W[r], l->w, sizeof *t * n, err))) goto done;
-    if (o->bf16)
-        for (size_t i = 0; i < n; i++) jb->W[r][i] = bf16_round(jb->W[r][i]);
     if ((rc = jsq_metric(kb, t, jb->W[r], st->scaler, &st->jsq, o->jsq.mixing_factor, l->d_out, l->d_in, err)) ||
         (rc = prune_mask_metric(jb->mask[r], t, l->d_out, l->d_in, &o->prune, err)))
         goto done;
@@ -744,7 +739,8 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     }
     struct compress_opts oo = *o;
     oo.keep_codes = o->keep_codes && res;
-    /* the reference casts the model to bf16 and compresses in bf16; it evaluates in f32 after */
+    /* the reference casts the model to bf16 and compresses in bf16; it evaluates in f32 after.
+    ** Every block weight is rounded as it loads, so the per-linear steps start from bf16 values. */
     if (o->bf16 && (rc = model_set_bf16(m, true, true, err))) goto done;
     if ((rc = kb_alloc(kb, (void **)&inps, sizeof *inps * per * nsamples, err)) || (rc = kb_alloc(kb, (void **)&x, sizeof *x * per, err)))
         goto done;
