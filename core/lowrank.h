@@ -4,7 +4,7 @@
 ** the activation norm sqrt(s_j), undone on L) and L2QER (the same with the mean |activation|).
 ** Orientation as in the model: y += (x L) R, L [d_in x r], R [r x d_out], so L R ~= E^T for the
 ** error E = W - W_compressed [d_out x d_in].
-** The SVD runs on the backend (kb->iface->svd); the rest are host loops on the caller's host
+** The factorization runs on the backend (svd, or gram_f64 + eigh_f64 + gemm); the rest are host loops on the caller's host
 ** copies. Ownership: outputs are caller-allocated.
 */
 #ifndef SLM_LOWRANK_H
@@ -42,6 +42,16 @@ int lowrank_rank(int d_out, int d_in, const struct lowrank_opts *o);
 ** ||(E - (L R)^T) D||_F over rank r (Eckart-Young in the scaled norm). */
 int lowrank_fit(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
                 int d_out, int d_in, int r, bool bf16, struct slm_err *err);
+
+/* How lowrank_fit factors: the full thin SVD (the reference's torch.svd; the CPU default), or the
+** top r eigenpairs of the f64 Gram matrix of E D (its smaller side) with the other factor from one
+** GEMM — the default on a GPU backend when r <= min(d_out, d_in) / 2. Both give the best rank-r
+** pair; they differ by f32 rounding and by the arbitrary sign of each singular pair. */
+enum lowrank_svd { LOWRANK_SVD_EXACT = 0, LOWRANK_SVD_GRAM };
+enum lowrank_svd lowrank_svd_choice(struct kbackend *kb, int d_out, int d_in, int r);
+/* lowrank_fit through the Gram path whatever the backend (needs gram_f64 and eigh_f64). */
+int lowrank_fit_gram(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
+                     int d_out, int d_in, int r, bool bf16, struct slm_err *err);
 
 /* (L R)^T = R^T L^T [d_out x d_in] into out (host; a backend gemm), rounded to bf16 when bf16. */
 int lowrank_product(struct kbackend *kb, float *out, const float *L, const float *R, int d_out, int d_in, int r,

@@ -49,15 +49,20 @@ static double tail_energy(const double *A, int m, int n, int r)
     return t;
 }
 
-static void eckart_young(bool scaled)
+typedef int (*fit_fn)(struct kbackend *, float *, float *, const float *, const float *, int, int, int, bool,
+                      struct slm_err *);
+
+/* E [R x C]: wide (d_in > d_out) or tall; fit is lowrank_fit or the Gram path */
+static void eckart_young(bool scaled, fit_fn fit, int R, int C)
 {
-    enum { R = 20, C = 30, RK = 5 };
-    float E[R * C], d[C], L[C * RK], Rm[RK * R], P[R * C];
-    double Ad[R * C];
+    enum { MAXN = 30 * 20, RK = 5 };
+    float E[MAXN], d[30], L[30 * RK], Rm[RK * 30], P[MAXN];
+    double Ad[MAXN];
+    assert_true(R * C <= MAXN && R <= 30 && C <= 30);
     for (int i = 0; i < R * C; i++) E[i] = nrand();
     for (int j = 0; j < C; j++) d[j] = (float)(0.2 + 3 * urand());
     struct slm_err err = SLM_ERR_INIT;
-    assert_int_equal(lowrank_fit(kb, L, Rm, E, scaled ? d : NULL, R, C, RK, false, &err), 0);
+    assert_int_equal(fit(kb, L, Rm, E, scaled ? d : NULL, R, C, RK, false, &err), 0);
     assert_int_equal(lowrank_product(kb, P, L, Rm, R, C, RK, false, &err), 0);
     double res = 0;
     for (int i = 0; i < R; i++)
@@ -82,8 +87,53 @@ static void eckart_young(bool scaled)
     assert_true(fabs(y1 - y2) < 1e-3 * (fabs(y1) + 1));
 }
 
-static void test_core_lowrank__naive_is_optimal(void **state) { (void)state; eckart_young(false); }
-static void test_core_lowrank__slim_optimal_in_scaled_norm(void **state) { (void)state; eckart_young(true); }
+static void test_core_lowrank__naive_is_optimal(void **state) { (void)state; eckart_young(false, lowrank_fit, 20, 30); }
+static void test_core_lowrank__slim_optimal_in_scaled_norm(void **state) { (void)state; eckart_young(true, lowrank_fit, 20, 30); }
+/* the GPU default (top eigenpairs of the f64 Gram matrix) reaches the same bound, on either side */
+static void test_core_lowrank__gram_path_optimal(void **state)
+{
+    (void)state;
+    eckart_young(false, lowrank_fit, 30, 20);
+    eckart_young(true, lowrank_fit, 30, 20);
+    eckart_young(false, lowrank_fit_gram, 20, 30);
+    eckart_young(true, lowrank_fit_gram, 20, 30);
+    eckart_young(false, lowrank_fit_gram, 30, 20);
+    eckart_young(true, lowrank_fit_gram, 30, 20);
+}
+
+/* the Gram path and the full SVD give the same product L R (the pair's signs may differ) */
+static void test_core_lowrank__gram_matches_exact_svd(void **state)
+{
+    (void)state;
+    enum { R = 48, C = 64, RK = 8 };
+    static float E[R * C], d[C], L1[C * RK], R1[RK * C], L2[C * RK], R2[RK * C], P1[R * C], P2[R * C];   /* either side */
+    /* a decaying spectrum, so the rank-8 subspace is well separated */
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) {
+            double v = 0;
+            for (int c = 0; c < 16; c++) v += pow(0.7, c) * sin(0.37 * (c + 1) * (i + 1) + c) * cos(0.23 * (c + 2) * (j + 1));
+            E[i * C + j] = (float)(v + 1e-3 * nrand());
+        }
+    for (int j = 0; j < C; j++) d[j] = (float)(0.5 + urand());
+    struct slm_err err = SLM_ERR_INIT;
+    for (int t = 0; t < 2; t++) {   /* the wide matrix, then its transpose as a tall one */
+        int dout = t ? C : R, din = t ? R : C;
+        float *Et = E;
+        static float T[R * C];
+        if (t) {
+            for (int i = 0; i < R; i++) for (int j = 0; j < C; j++) T[j * R + i] = E[i * C + j];
+            Et = T;
+        }
+        assert_int_equal(lowrank_fit(kb, L1, R1, Et, t ? NULL : d, dout, din, RK, false, &err), 0);
+        assert_int_equal(lowrank_fit_gram(kb, L2, R2, Et, t ? NULL : d, dout, din, RK, false, &err), 0);
+        assert_int_equal(lowrank_product(kb, P1, L1, R1, dout, din, RK, false, &err), 0);
+        assert_int_equal(lowrank_product(kb, P2, L2, R2, dout, din, RK, false, &err), 0);
+        double num = 0, den = 0;
+        for (int i = 0; i < R * C; i++) { num += ((double)P1[i] - P2[i]) * (P1[i] - P2[i]); den += (double)P1[i] * P1[i]; }
+        assert_true(sqrt(num / den) < 1e-5);   /* f32 rounding of two different factorizations */
+    }
+    assert_int_equal(lowrank_svd_choice(kb, 4096, 11008, 512), strcmp(kb_name(kb), "cpu") ? LOWRANK_SVD_GRAM : LOWRANK_SVD_EXACT);
+}
 
 static void test_core_lowrank__quantized_adapters_on_grid(void **state)
 {
@@ -151,6 +201,8 @@ int main(void)
         cmocka_unit_test(test_core_lowrank__rank_rounding),
         cmocka_unit_test(test_core_lowrank__naive_is_optimal),
         cmocka_unit_test(test_core_lowrank__slim_optimal_in_scaled_norm),
+        cmocka_unit_test(test_core_lowrank__gram_path_optimal),
+        cmocka_unit_test(test_core_lowrank__gram_matches_exact_svd),
         cmocka_unit_test(test_core_lowrank__quantized_adapters_on_grid),
         cmocka_unit_test(test_core_lowrank__prune_lora),
     };
