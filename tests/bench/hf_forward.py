@@ -1,6 +1,7 @@
 """tests/bench/hf_forward.py: the transformers side of tests/bench/gpu_bench.sh.
 
-  hf_forward.py make opt125m|llama7b:L DIR   random model (fp32) saved with save_pretrained (safetensors)
+  hf_forward.py make opt125m|llama7b:L DIR [bf16]   random model (fp32, or bf16 to halve the files)
+                                              saved with save_pretrained (safetensors)
   hf_forward.py time DIR [SEQLEN] [REPS]      forward + loss throughput on CUDA, same token ids as
                                               gpu_forward_bench.c: ids[t] = (t * 7919) % vocab
 Prints one line like gpu-forward-bench so the table lines up.
@@ -13,7 +14,7 @@ import torch
 import transformers
 
 
-def make(kind, out):
+def make(kind, out, dtype="fp32"):
     torch.manual_seed(0)
     if kind == "opt125m":  # OPTConfig's defaults are facebook/opt-125m's shape
         cfg = transformers.OPTConfig()
@@ -28,6 +29,8 @@ def make(kind, out):
         raise SystemExit(f"unknown model kind {kind}")
     with torch.device("cuda"):
         model = cls(cfg).float()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
 
 
@@ -53,6 +56,6 @@ def timeit(path, T=2048, reps=5):
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
-        make(sys.argv[2], sys.argv[3])
+        make(*sys.argv[2:5])
     else:
         timeit(sys.argv[2], *(int(a) for a in sys.argv[3:]))
