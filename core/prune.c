@@ -141,167 +141,176 @@ done:
 
 /* ---- SparseGPT (§2.3) ---- */
 
-struct sgpt {
-    int d_out, d_in, bits, group;
-    float *W;          /* host [d_out x d_in], mirrors the backend weight between steps */
-    float *Hinv;       /* host [d_in x d_in] upper Cholesky factor of H^-1 */
-    float *step;       /* OPTQ steps: 1, d_out, or d_out x ngroups */
-    int ngroups;
-};
-
-static inline float *step_of(struct sgpt *g, int r, int col)
+/* Prepare H in place on the backend: dead columns (H_jj = 0) get H_jj = 1 and are flagged in
+** dead [n] (the caller zeroes them in W), damping, then H <- chol_upper(H^-1). Only H's round
+** trip for the damping crosses to the host; the factorizations run on the backend. */
+static int sgpt_hinv(struct kbackend *kb, float *H, int n, double damp, uint8_t *dead, int *ndead, struct slm_err *err)
 {
-    if (g->group > 0) return &g->step[(size_t)r * g->ngroups + col / g->group];
-    return &g->step[g->group == -1 ? r : 0];
-}
-
-/* Prepare H in place on the backend: dead columns, damping, then H <- chol_upper(H^-1). */
-static int sgpt_hinv(struct kbackend *kb, struct sgpt *g, float *H, double damp, struct slm_err *err)
-{
-    int n = g->d_in, rc;
     size_t nb = sizeof(float) * (size_t)n * n;
+    int rc;
     if (!kb->iface->spd_inverse || !kb->iface->cholesky_upper)
         return slm_err_set(err, SLM_EUNSUPPORTED, "SparseGPT needs spd_inverse and cholesky_upper on backend %s", kb_name(kb));
-    if ((rc = kb_download(kb, g->Hinv, H, nb, err))) return rc;
+    float *h = malloc(nb);
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "SparseGPT: out of memory for a %d x %d Hessian", n, n);
+    if ((rc = kb_download(kb, h, H, nb, err))) goto done;
     double mean = 0;
+    *ndead = 0;
     for (int j = 0; j < n; j++) {
-        float *d = &g->Hinv[(size_t)j * n + j];
-        if (*d == 0) {
-            *d = 1;
-            for (int r = 0; r < g->d_out; r++) g->W[(size_t)r * n + j] = 0;
-        }
+        float *d = &h[(size_t)j * n + j];
+        dead[j] = *d == 0;
+        if (dead[j]) { *d = 1; ++*ndead; }
         mean += *d;
     }
     float add = (float)(damp * mean / n);
-    for (int j = 0; j < n; j++) g->Hinv[(size_t)j * n + j] += add;
-    if ((rc = kb_upload(kb, H, g->Hinv, nb, err))) return rc;
-    if ((rc = kb->iface->spd_inverse(kb, H, n, err))) return rc;
-    if ((rc = kb->iface->cholesky_upper(kb, H, n, err))) return rc;
-    return kb_download(kb, g->Hinv, H, nb, err);
+    for (int j = 0; j < n; j++) h[(size_t)j * n + j] += add;
+    if ((rc = kb_upload(kb, H, h, nb, err))) goto done;
+    if ((rc = kb->iface->spd_inverse(kb, H, n, err))) goto done;
+    rc = kb->iface->cholesky_upper(kb, H, n, err);
+done:
+    free(h);
+    return rc;
 }
 
-/* One column block [i1, i2) of the OBS loop on host W; Err (host [d_out x cnt]) gets the scaled errors. */
-static int sgpt_block(struct sgpt *g, const struct prune_opts *o, int i1, int i2, float *Err, uint8_t *mblk,
-                      uint8_t *mask, struct slm_err *err)
+/* The k-th smallest of t [n] (k < n), as t sorted ascending would hold at k; t is reordered.
+** Quickselect with three-way partitions: linear on average, and blocks full of equal metrics
+** (zeroed columns) cost one pass. */
+static float kth_smallest(float *t, size_t n, size_t k)
 {
-    int cnt = i2 - i1, n = g->d_in, d_out = g->d_out;
-    float *W = g->W;
-    const float *Hv = g->Hinv;
-    memset(mblk, 0, (size_t)d_out * cnt);
-    if (!o->m && o->sparsity > 0) {
-        size_t nt = (size_t)d_out * cnt;
-        float *T = malloc(sizeof *T * nt * 2);
-        if (!T) return slm_err_set(err, SLM_ENOMEM, "SparseGPT: out of memory");
+    size_t lo = 0, hi = n;   /* the answer lies in t[lo, hi) */
+    uint64_t x = 0x9e3779b97f4a7c15ull ^ n;
+    for (;;) {
+        if (hi - lo == 1) return t[lo];
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        float p = t[lo + x % (hi - lo)];
+        size_t lt = lo, i = lo, gt = hi;   /* [lo, lt) < p, [lt, i) == p, [gt, hi) > p */
+        while (i < gt) {
+            float v = t[i];
+            if (v < p) { t[i] = t[lt]; t[lt++] = v; i++; }
+            else if (v > p) { t[i] = t[--gt]; t[gt] = v; }
+            else i++;
+        }
+        if (k < lt) hi = lt;
+        else if (k >= gt) lo = gt;
+        else return p;
+    }
+}
+
+/* Zero the dead input columns of backend w and fit OPTQ's per-tensor / per-row steps from the
+** dense weight (§3.5): both need W on the host once, so only then is it downloaded. */
+static int sgpt_prepare_w(struct kbackend *kb, float *w, int d_out, int d_in, const uint8_t *dead, int ndead,
+                          const struct prune_opts *o, float *step, struct slm_err *err)
+{
+    bool fit = o->optq_bits && o->optq_group <= 0;
+    if (!fit && !ndead) return 0;
+    size_t nw = (size_t)d_out * d_in;
+    float *h = malloc(sizeof *h * nw);
+    int rc;
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in);
+    if ((rc = kb_download(kb, h, w, sizeof *h * nw, err))) goto done;
+    if (fit) quant_optq_fit(step, h, d_out, d_in, d_in, o->optq_group == -1, o->optq_bits);
+    if (ndead) {
         for (int r = 0; r < d_out; r++)
-            for (int c = 0; c < cnt; c++) {
-                float d = Hv[(size_t)(i1 + c) * n + i1 + c], v = W[(size_t)r * n + i1 + c];
-                T[(size_t)r * cnt + c] = v * v / (d * d);
-            }
-        memcpy(T + nt, T, sizeof *T * nt);
-        qsort(T + nt, nt, sizeof *T, float_asc);
-        size_t k = (size_t)floor((double)nt * o->sparsity);
-        float thr = T[nt + (k < nt ? k : nt - 1)];
-        for (size_t i = 0; i < nt; i++) mblk[i] = T[i] <= thr;
-        free(T);
+            for (int j = 0; j < d_in; j++)
+                if (dead[j]) h[(size_t)r * d_in + j] = 0;
+        rc = kb_upload(kb, w, h, sizeof *h * nw, err);
     }
-    for (int i = 0; i < cnt; i++) {
-        int col = i1 + i;
-        float dd = Hv[(size_t)col * n + col];
-        if (o->m && i % o->m == 0) {
-            float t[256];
-            int mm = i + o->m <= cnt ? o->m : cnt - i;
-            for (int r = 0; r < d_out; r++) {
-                for (int k = 0; k < mm; k++) {
-                    float d = Hv[(size_t)(col + k) * n + col + k], v = W[(size_t)r * n + col + k];
-                    t[k] = v * v / (d * d);
-                }
-                nm_row(mblk + (size_t)r * cnt + i, t, mm, o->n * mm / o->m, mm);
-            }
-        }
-        if (g->group > 0 && col % g->group == 0) {
-            int gc = col + g->group <= n ? g->group : n - col;
-            for (int r = 0; r < d_out; r++) quant_optq_fit(step_of(g, r, col), W + (size_t)r * n + col, 1, gc, n, false, g->bits);
-        }
-        for (int r = 0; r < d_out; r++) {
-            float w = W[(size_t)r * n + col], q = mblk[(size_t)r * cnt + i] ? 0 : w;
-            if (g->bits && q != 0) q = quant_optq_apply(q, *step_of(g, r, col), g->bits);
-            float e = (w - q) / dd;
-            W[(size_t)r * n + col] = q;
-            float *row = W + (size_t)r * n;
-            const float *hrow = Hv + (size_t)col * n;
-            for (int c = col + 1; c < i2; c++) row[c] -= e * hrow[c];
-            Err[(size_t)r * cnt + i] = e;
-            if (mask) mask[(size_t)r * n + col] = mblk[(size_t)r * cnt + i];
-        }
-    }
+done:
+    free(h);
+    return rc;
+}
+
+/* The unstructured threshold of block [i1, i2): the floor(numel * sparsity)-th smallest metric. */
+static int sgpt_threshold(struct kbackend *kb, struct ksgpt_args *a, float *host_t, double sparsity, struct slm_err *err)
+{
+    size_t nt = (size_t)a->rows * (a->i2 - a->i1);
+    float *metric = a->err;   /* the block's err buffer is free until the loop runs */
+    int rc;
+    a->metric = metric;
+    rc = kb_sparsegpt_block(kb, a, err);
+    a->metric = NULL;
+    if (rc || (rc = kb_download(kb, host_t, metric, sizeof *host_t * nt, err))) return rc;
+    size_t k = (size_t)floor((double)nt * sparsity);
+    a->thr = kth_smallest(host_t, nt, k < nt ? k : nt - 1);
     return 0;
 }
 
 int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in, const struct prune_opts *o,
                     uint8_t *mask, int8_t *codes, struct quant_params *params, struct slm_err *err)
 {
-    struct sgpt g = { d_out, d_in, o->optq_bits, o->optq_group, NULL, NULL, NULL, 0 };
-    int B = o->blocksize > 0 ? o->blocksize : 128;
+    int B = o->blocksize > 0 ? o->blocksize : 128, bits = o->optq_bits, group = o->optq_group, ndead = 0;
     size_t nw = (size_t)d_out * d_in;
-    float *Err = NULL, *errb = NULL;
-    uint8_t *mblk = NULL;
+    bool unstructured = !o->m && o->sparsity > 0;
+    float *step = NULL, *hostw = NULL, *host_t = NULL, *errb = NULL, *stepb = NULL;
+    uint8_t *dead = NULL, *maskb = NULL;
     int rc = check_opts(o, d_in, err);
     if (rc) return rc;
     if (o->m && B % o->m) return slm_err_set(err, SLM_EINVAL, "SparseGPT block %d is not a multiple of M=%d", B, o->m);
-    if (g.bits && (g.bits < 2 || g.bits > 8)) return slm_err_set(err, SLM_EINVAL, "OPTQ: %d bits", g.bits);
-    g.ngroups = g.group > 0 ? (d_in + g.group - 1) / g.group : 1;
-    size_t nstep = g.group > 0 ? (size_t)d_out * g.ngroups : g.group == -1 ? (size_t)d_out : 1;
-    g.W = malloc(sizeof *g.W * nw);
-    g.Hinv = malloc(sizeof *g.Hinv * (size_t)d_in * d_in);
-    g.step = malloc(sizeof *g.step * nstep);
-    Err = malloc(sizeof *Err * (size_t)d_out * B);
-    mblk = malloc((size_t)d_out * B);
-    if (!g.W || !g.Hinv || !g.step || !Err || !mblk) { rc = slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in); goto done; }
-    if ((rc = kb_alloc(kb, (void **)&errb, sizeof *Err * (size_t)d_out * B, err))) goto done;
-    if ((rc = kb_download(kb, g.W, w, sizeof *g.W * nw, err))) goto done;
-    /* OPTQ parameters come from the dense weight, before pruning (§3.5) */
-    if (g.bits && g.group <= 0) quant_optq_fit(g.step, g.W, d_out, d_in, d_in, g.group == -1, g.bits);
-    if ((rc = sgpt_hinv(kb, &g, H, o->damp, err))) goto done;
+    if (bits && (bits < 2 || bits > 8)) return slm_err_set(err, SLM_EINVAL, "OPTQ: %d bits", bits);
+    if (!kb->iface->sparsegpt_block)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "SparseGPT needs sparsegpt_block on backend %s", kb_name(kb));
+    int ngroups = group > 0 ? (d_in + group - 1) / group : 1;
+    size_t nstep = group > 0 ? (size_t)d_out * ngroups : group == -1 ? (size_t)d_out : 1;
+    /* the whole mask stays on the backend when the caller wants it, else one block's */
+    size_t nmask = mask ? nw : (size_t)d_out * B;
+    step = malloc(sizeof *step * nstep);
+    dead = malloc((size_t)d_in);
+    host_t = unstructured ? malloc(sizeof *host_t * (size_t)d_out * B) : NULL;
+    if (!step || !dead || (unstructured && !host_t)) { rc = slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in); goto done; }
+    if ((rc = kb_alloc(kb, (void **)&errb, sizeof *errb * (size_t)d_out * B, err)) ||
+        (rc = kb_alloc(kb, (void **)&maskb, nmask, err)) ||
+        (rc = kb_alloc(kb, (void **)&stepb, sizeof *stepb * nstep, err)))
+        goto done;
+    if ((rc = sgpt_hinv(kb, H, d_in, o->damp, dead, &ndead, err))) goto done;
+    if ((rc = sgpt_prepare_w(kb, w, d_out, d_in, dead, ndead, o, step, err))) goto done;
+    if (bits && group <= 0 && (rc = kb_upload(kb, stepb, step, sizeof *step * nstep, err))) goto done;
     for (int i1 = 0; i1 < d_in; i1 += B) {
         int i2 = i1 + B < d_in ? i1 + B : d_in, cnt = i2 - i1;
-        if ((rc = sgpt_block(&g, o, i1, i2, Err, mblk, mask, err))) goto done;
-        if ((rc = kb_upload(kb, w, g.W, sizeof *g.W * nw, err))) goto done;
+        struct ksgpt_args a = { .w = w, .ldw = d_in, .rows = d_out, .cols = d_in, .i1 = i1, .i2 = i2,
+                                .hinv = H, .ldh = d_in, .mask = mask ? maskb + i1 : maskb, .ldm = mask ? d_in : cnt,
+                                .err = errb, .n = o->n, .m = o->m, .thr = -INFINITY,
+                                .bits = bits, .group = group, .ngroups = ngroups, .step = stepb };
+        if (unstructured && (rc = sgpt_threshold(kb, &a, host_t, o->sparsity, err))) goto done;
+        if ((rc = kb_sparsegpt_block(kb, &a, err))) goto done;
         if (i2 < d_in) {
             /* lazy update of the remaining columns: W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:] */
-            if ((rc = kb_upload(kb, errb, Err, sizeof *Err * (size_t)d_out * cnt, err))) goto done;
             struct kgemm_args ga = { .ta = KB_N, .tb = KB_N, .m = d_out, .n = d_in - i2, .k = cnt,
                                      .alpha = -1.0f, .beta = 1.0f, .a = errb, .lda = cnt,
                                      .b = H + (size_t)i1 * d_in + i2, .ldb = d_in,
                                      .c = w + i2, .ldc = d_in, .batch = 1 };
             if ((rc = kb->iface->gemm(kb, &ga, err))) goto done;
-            if ((rc = kb_download(kb, g.W, w, sizeof *g.W * nw, err))) goto done;
         }
     }
-    if (g.bits && (codes || params)) {
-        for (int r = 0; r < d_out; r++)
-            for (int c = 0; c < d_in; c++) {
-                size_t i = (size_t)r * d_in + c;
-                float st = *step_of(&g, r, c);
-                if (codes) codes[i] = (int8_t)nearbyintf(g.W[i] / st);
-            }
+    if (mask && (rc = kb_download(kb, mask, maskb, nw, err))) goto done;
+    if (bits && (codes || params)) {
+        if (group > 0 && (rc = kb_download(kb, step, stepb, sizeof *step * nstep, err))) goto done;
+        if (codes) {
+            if (!(hostw = malloc(sizeof *hostw * nw))) { rc = slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in); goto done; }
+            if ((rc = kb_download(kb, hostw, w, sizeof *hostw * nw, err))) goto done;
+            for (int r = 0; r < d_out; r++)
+                for (int c = 0; c < d_in; c++) {
+                    float st = step[group > 0 ? (size_t)r * ngroups + c / group : group == -1 ? (size_t)r : 0];
+                    codes[(size_t)r * d_in + c] = (int8_t)nearbyintf(hostw[(size_t)r * d_in + c] / st);
+                }
+        }
         if (params) {
             params->kind = QK_STEP;
-            params->bits = g.bits;
-            params->rows = g.group == 0 ? 1 : d_out;
-            params->cols = g.group > 0 ? g.ngroups : 1;
-            params->group_rows = g.group == 0 ? d_out : 1;
-            params->group_cols = g.group > 0 ? g.group : d_in;
+            params->bits = bits;
+            params->rows = group == 0 ? 1 : d_out;
+            params->cols = group > 0 ? ngroups : 1;
+            params->group_rows = group == 0 ? d_out : 1;
+            params->group_cols = group > 0 ? group : d_in;
             params->bf16 = false;
-            params->scale = g.step;
-            g.step = NULL;   /* now owned by params */
+            params->scale = step;
+            step = NULL;   /* now owned by params */
         }
     }
 done:
     kb_release(kb, errb);
-    free(g.W);
-    free(g.Hinv);
-    free(g.step);
-    free(Err);
-    free(mblk);
+    kb_release(kb, maskb);
+    kb_release(kb, stepb);
+    free(step);
+    free(dead);
+    free(host_t);
+    free(hostw);
     return rc;
 }

@@ -3,9 +3,10 @@
 ** (with OPTQ/GPTQ quantization inside the OBS loop, §3.5), unstructured or N:M.
 ** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
 ** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
-** Weights, statistics and Hessians live in backend memory; the scalar loops run on host copies
-** (kb_download / kb_upload), and SparseGPT's factorizations and lazy block updates run on the
-** backend (cholesky_upper, spd_inverse, gemm).
+** Weights, statistics and Hessians live in backend memory. Magnitude and Wanda run on host copies
+** (kb_download / kb_upload); SparseGPT runs entirely on the backend (cholesky_upper, spd_inverse,
+** sparsegpt_block, gemm): W crosses to the host only to fit OPTQ's per-tensor / per-row steps or
+** zero dead inputs (once, before the loop) and to produce codes (once, after it).
 */
 #ifndef SLM_PRUNE_H
 #define SLM_PRUNE_H
@@ -54,7 +55,9 @@ int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d
 /* SparseGPT (`fasterprune`) on backend w [d_out x d_in] with backend Hessian H [d_in x d_in]
 ** (clobbered: it holds the upper Cholesky factor of H^-1 on return). mask (host, may be NULL)
 ** gets the pruned entries. With o->optq_bits, the kept weights are quantized inside the loop;
-** codes (host [d_out x d_in], may be NULL) and params (may be NULL; kind QK_STEP) describe them. */
+** codes (host [d_out x d_in], may be NULL) and params (may be NULL; kind QK_STEP) describe them.
+** Unstructured pruning downloads each block's metric [d_out x blocksize] to pick its threshold.
+** -SLM_EUNSUPPORTED when the backend lacks sparsegpt_block or the factorizations. */
 int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in, const struct prune_opts *o,
                     uint8_t *mask, int8_t *codes, struct quant_params *params, struct slm_err *err);
 

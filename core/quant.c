@@ -296,9 +296,7 @@ void quant_optq_fit(float *step, const float *w, int rows, int cols, int ld, boo
                 xmax = fmaxf(xmax, v);
                 xmin = fminf(xmin, v);
             }
-        xmax = fmaxf(fabsf(xmin), xmax);
-        if (xmax == 0) xmax = 1;
-        step[k] = 2 * xmax / (float)((1 << bits) - 1);
+        step[k] = kb_optq_step(xmin, xmax, bits);
     }
 }
 

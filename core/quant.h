@@ -84,13 +84,7 @@ int quant_important_columns(float *col_scale, const float *w, int d_out, int d_i
 
 /* OPTQ scalar quantizer (§3.5): step per row (per_row) or one for the whole w [rows x cols, ld]. */
 void quant_optq_fit(float *step, const float *w, int rows, int cols, int ld, bool per_row, int bits);
-static inline float quant_optq_apply(float x, float step, int bits)
-{
-    float maxq = (float)((1 << bits) - 1), zero = (float)(1 << (bits - 1));
-    float q = __builtin_nearbyintf(x / step) + zero;
-    q = q < 0 ? 0 : q > maxq ? maxq : q;
-    return step * (q - zero);
-}
+static inline float quant_optq_apply(float x, float step, int bits) { return kb_optq_apply(x, step, bits); }
 
 /* Activation quantization emulation (§3.6) in place on host x [rows x d]: "fp8" (bits 8, one
 ** scale for the whole tensor) or "int" (bits, groups of group_size consecutive elements of the

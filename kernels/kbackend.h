@@ -54,6 +54,52 @@ struct kattn_args {
     float scale;
 };
 
+/* --- added for GPU SparseGPT (optional): sparsegpt_block's arguments --- */
+/* One column block [i1, i2) of SparseGPT's OBS loop (`fasterprune`, ALGORITHMS.md §2.3) with
+** OPTQ quantization of the kept weights (§3.5) when bits > 0. cnt = i2 - i1. Rows are
+** independent; within a row the columns c = i1 .. i2-1 go in order:
+**   N:M (m > 0): when (c - i1) % m == 0, mark the m - n smallest of t[k] = W[c+k]^2 / Hinv[c+k][c+k]^2,
+**       k < m, as W stands now (ties: the lower column is dropped first);
+**   grouped OPTQ (group > 0): when c % group == 0, refit step[r * ngroups + c / group] from
+**       W[r][c .. min(c + group, cols)) as it stands (block columns already updated, later ones not);
+**   q = mask ? 0 : W[c], then q = kb_optq_apply(q, step) if bits and q != 0;
+**   e = (W[c] - q) / Hinv[c][c]; W[c] = q; W[j] -= e * Hinv[c][j] for c < j < i2; err[c - i1] = e.
+** Unstructured (m == 0): mask = (t <= thr) for the whole block, t from W at the start of the block
+** (thr = -INFINITY prunes nothing). With metric != NULL the op only writes t [rows x cnt]
+** (contiguous) there and touches nothing else: the caller picks thr from it.
+** All pointers are backend memory. Floats are rounded op by op (no contraction), so backends agree
+** bit for bit where no ties occur. */
+struct ksgpt_args {
+    float *w; int ldw;              /* weight [rows x cols], row stride ldw; block columns -> Q */
+    int rows, cols, i1, i2;
+    const float *hinv; int ldh;     /* upper Cholesky factor of H^-1 [cols x cols], row stride ldh */
+    uint8_t *mask; int ldm;         /* OUT: the block's mask [rows x cnt], 1 = pruned, row stride ldm */
+    float *err;                     /* OUT: [rows x cnt] contiguous, for W[:, i2:] -= err Hinv[i1:i2, i2:] */
+    float *metric;                  /* NULL, or OUT [rows x cnt]: only compute t */
+    int n, m;                       /* N:M: keep n of every m columns (cnt % m == 0); 0:0 unstructured */
+    float thr;                      /* unstructured threshold on t */
+    int bits;                       /* OPTQ bits (2..8), 0 = no quantization */
+    int group;                      /* 0: step[0]; -1: step[r]; > 0: step[r * ngroups + c / group], refit (IN/OUT) */
+    int ngroups;
+    float *step;
+};
+
+/* OPTQ's symmetric quantizer (§3.5), the one definition the host code and the backends share:
+** step from the range of a slice, and the rounding of x onto that grid. */
+static inline float kb_optq_step(float xmin, float xmax, int bits)
+{
+    xmax = xmax > -xmin ? xmax : -xmin;
+    if (xmax == 0) xmax = 1;
+    return 2 * xmax / (float)((1 << bits) - 1);
+}
+static inline float kb_optq_apply(float x, float step, int bits)
+{
+    float maxq = (float)((1 << bits) - 1), zero = (float)(1 << (bits - 1));
+    float q = __builtin_nearbyintf(x / step) + zero;
+    q = q < 0 ? 0 : q > maxq ? maxq : q;
+    return step * (q - zero);
+}
+
 struct kbackend_i {
     const char *(*name)(struct kbackend *kb);
     void (*free)(struct kbackend *kb);
@@ -119,6 +165,9 @@ struct kbackend_i {
     /* --- added for bf16 emulation (optional) --- */
     /* y[i] <- nearest bfloat16 value of y[i] (round to nearest even, NaN stays NaN), as f32. */
     int (*round_bf16)(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
+    /* --- added for GPU SparseGPT (optional) --- */
+    /* The within-block OBS loop of SparseGPT / OPTQ, see struct ksgpt_args. */
+    int (*sparsegpt_block)(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
 };
 
 struct kbackend {
@@ -165,5 +214,7 @@ int kb_linear(struct kbackend *kb, float *y, const float *x, const float *w, con
               int rows, int n, int k, struct slm_err *err);
 /* round_bf16 on y [n] (backend memory); a backend without the op gets a host round trip. */
 int kb_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
+/* sparsegpt_block after checking a's shapes; -SLM_EUNSUPPORTED when the backend lacks it. */
+int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
 
 #endif

@@ -117,3 +117,19 @@ int kb_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err)
     free(h);
     return rc;
 }
+
+int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err)
+{
+    if (!kb->iface->sparsegpt_block)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "backend %s has no sparsegpt_block", kb_name(kb));
+    int cnt = a->i2 - a->i1;
+    if (a->rows < 0 || a->i1 < 0 || cnt <= 0 || a->i2 > a->cols || a->ldw < a->cols || a->ldh < a->cols || a->ldm < cnt)
+        return slm_err_set(err, SLM_ESHAPE, "sparsegpt_block: block [%d, %d) of %d x %d (ldw %d, ldh %d, ldm %d)",
+                           a->i1, a->i2, a->rows, a->cols, a->ldw, a->ldh, a->ldm);
+    if (a->m && (a->n <= 0 || a->n >= a->m || a->m > 256 || cnt % a->m))
+        return slm_err_set(err, SLM_EINVAL, "sparsegpt_block: N:M %d:%d on a block of %d columns", a->n, a->m, cnt);
+    if (a->bits && (a->bits < 2 || a->bits > 8 || a->group < -1 || !a->step ||
+                    (a->group > 0 && a->ngroups < (a->cols + a->group - 1) / a->group)))
+        return slm_err_set(err, SLM_EINVAL, "sparsegpt_block: OPTQ %d bits, group %d, %d groups", a->bits, a->group, a->ngroups);
+    return kb->iface->sparsegpt_block(kb, a, err);
+}

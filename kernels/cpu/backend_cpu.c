@@ -374,6 +374,8 @@ static const struct kbackend_i cpu_iface = {
     .svd = cpu_svd,
     .gram_f64 = cpu_gram_f64,
     .round_bf16 = cpu_round_bf16,
+    /* --- added for GPU SparseGPT (optional) --- */
+    .sparsegpt_block = kcpu_sparsegpt_block,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

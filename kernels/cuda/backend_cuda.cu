@@ -218,6 +218,8 @@ static const struct kbackend_i cuda_iface = {
     /* .svd */ cu_svd,
     /* .gram_f64 */ NULL,
     /* .round_bf16 */ cu_round_bf16,
+    /* --- added for GPU SparseGPT (optional) --- */
+    /* .sparsegpt_block */ cu_sparsegpt_block,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

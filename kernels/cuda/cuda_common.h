@@ -102,5 +102,7 @@ int cu_eigh_f64(struct kbackend *kb, double *a, double *w, int n, struct slm_err
 int cu_cholesky_upper(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_spd_inverse(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err);
+/* SparseGPT's within-block OBS loop (sparsegpt_cuda.cu) */
+int cu_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
 
 #endif

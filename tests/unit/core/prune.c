@@ -270,6 +270,158 @@ static void test_core_prune__sparsegpt_dense_is_identity(void **state)
         for (int c = 0; c < C; c++) assert_true(c == 2 ? w[r * C + c] == 0 : w[r * C + c] == o[r * C + c]);
 }
 
+/* ---- the backend's sparsegpt_block against a plain f32 loop over one block ----
+** The reference runs column by column over all rows (the op goes row by row), picks N:M groups
+** by repeated minimum search and writes every float operation in the documented order, so the
+** op must agree with it bit for bit (no tolerance). */
+
+static int float_asc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+struct blk_case { int R, C, i1, i2, n, m, bits, group; double sparsity; };
+
+static float blk_metric(float v, float d) { return v * v / (d * d); }
+
+static void ref_block(float *W, const float *Hv, uint8_t *mk, float *Err, float *step, const struct blk_case *k,
+                      float thr)
+{
+    int C = k->C, cnt = k->i2 - k->i1, ng = k->group > 0 ? (C + k->group - 1) / k->group : 1;
+    for (int r = 0; r < k->R; r++)
+        for (int i = 0; i < cnt; i++)
+            mk[r * cnt + i] = !k->m && blk_metric(W[r * C + k->i1 + i], Hv[(k->i1 + i) * C + k->i1 + i]) <= thr;
+    for (int i = 0; i < cnt; i++) {
+        int col = k->i1 + i;
+        for (int r = 0; r < k->R; r++) {
+            if (k->m && i % k->m == 0)
+                for (int drop = 0; drop < k->m - k->n; drop++) {
+                    int best = -1;
+                    float bv = INFINITY;
+                    for (int j = i; j < i + k->m; j++) {
+                        float t = blk_metric(W[r * C + k->i1 + j], Hv[(k->i1 + j) * C + k->i1 + j]);
+                        if (!mk[r * cnt + j] && t < bv) { bv = t; best = j; }
+                    }
+                    mk[r * cnt + best] = 1;
+                }
+            float *st = &step[k->group > 0 ? r * ng + col / k->group : k->group == -1 ? r : 0];
+            if (k->bits && k->group > 0 && col % k->group == 0) {
+                float amax = 0;
+                for (int c = col; c < col + k->group && c < C; c++) amax = fmaxf(amax, fabsf(W[r * C + c]));
+                *st = 2 * (amax == 0 ? 1 : amax) / (float)((1 << k->bits) - 1);
+            }
+            float w = W[r * C + col], q = mk[r * cnt + i] ? 0 : w;
+            if (k->bits && q != 0) {
+                float lv = nearbyintf(q / *st) + (float)(1 << (k->bits - 1));
+                lv = fminf(fmaxf(lv, 0), (float)((1 << k->bits) - 1));
+                q = *st * (lv - (float)(1 << (k->bits - 1)));
+            }
+            float e = (w - q) / Hv[col * C + col];
+            W[r * C + col] = q;
+            for (int c = col + 1; c < k->i2; c++) W[r * C + c] -= e * Hv[col * C + c];
+            Err[r * cnt + i] = e;
+        }
+    }
+}
+
+static float *blk_dev(const void *h, size_t nbytes)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    void *d = NULL;
+    assert_int_equal(kb_alloc(kb, &d, nbytes ? nbytes : 1, &err), 0);
+    assert_int_equal(kb_upload(kb, d, h, nbytes, &err), 0);
+    return d;
+}
+
+static void sgpt_block_case(const struct blk_case *k)
+{
+    int R = k->R, C = k->C, cnt = k->i2 - k->i1, ng = k->group > 0 ? (C + k->group - 1) / k->group : 1;
+    size_t nstep = k->group > 0 ? (size_t)R * ng : k->group == -1 ? (size_t)R : 1;
+    float *W = malloc(sizeof *W * R * C), *Wr = malloc(sizeof *W * R * C), *Hv = calloc((size_t)C * C, sizeof *Hv);
+    float *Err = malloc(sizeof *Err * R * cnt), *Errr = malloc(sizeof *Err * R * cnt), *T = malloc(sizeof *T * R * cnt);
+    float *step = malloc(sizeof *step * nstep), *stepr = malloc(sizeof *step * nstep);
+    uint8_t *mk = malloc((size_t)R * cnt), *mkr = malloc((size_t)R * cnt);
+    for (int i = 0; i < R * C; i++) W[i] = Wr[i] = nrand();
+    for (int a = 0; a < C; a++)
+        for (int b = a; b < C; b++) Hv[a * C + b] = a == b ? 0.5f + (float)urand() : 0.3f * nrand();
+    /* ties in the first N:M group of every third row: equal diagonals, equal |w| */
+    for (int j = k->i1; j < k->i1 + 4; j++) Hv[j * C + j] = 1;
+    for (int r = 0; r < R; r += 3) {
+        float v[4] = { 0.5f, -0.5f, 0.5f, 2.0f };
+        for (int j = 0; j < 4; j++) W[r * C + k->i1 + j] = Wr[r * C + k->i1 + j] = v[j];
+    }
+    if (k->bits && k->group <= 0)
+        for (size_t i = 0; i < nstep; i++) step[i] = stepr[i] = 0.05f + 0.2f * (float)urand();
+    float thr = -INFINITY;
+    struct slm_err err = SLM_ERR_INIT;
+    float *dW = blk_dev(W, sizeof *W * R * C), *dH = blk_dev(Hv, sizeof *Hv * C * C), *dErr = blk_dev(Err, sizeof *Err * R * cnt);
+    float *dStep = blk_dev(step, sizeof *step * nstep);
+    uint8_t *dMask = (uint8_t *)blk_dev(mk, (size_t)R * cnt);
+    struct ksgpt_args a = { .w = dW, .ldw = C, .rows = R, .cols = C, .i1 = k->i1, .i2 = k->i2, .hinv = dH, .ldh = C,
+                            .mask = dMask, .ldm = cnt, .err = dErr, .metric = dErr, .n = k->n, .m = k->m, .thr = thr,
+                            .bits = k->bits, .group = k->group, .ngroups = ng, .step = dStep };
+    if (!k->m && k->sparsity > 0) {
+        /* the metric pass, then the threshold as prune_sparsegpt picks it */
+        assert_int_equal(kb_sparsegpt_block(kb, &a, &err), 0);
+        assert_int_equal(kb_download(kb, T, dErr, sizeof *T * R * cnt, &err), 0);
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < cnt; i++)
+                assert_true(T[r * cnt + i] == blk_metric(W[r * C + k->i1 + i], Hv[(k->i1 + i) * C + k->i1 + i]));
+        qsort(T, (size_t)R * cnt, sizeof *T, float_asc);
+        a.thr = thr = T[(size_t)floor(R * cnt * k->sparsity)];
+    }
+    a.metric = NULL;
+    assert_int_equal(kb_sparsegpt_block(kb, &a, &err), 0);
+    ref_block(Wr, Hv, mkr, Errr, stepr, k, thr);
+    assert_int_equal(kb_download(kb, W, dW, sizeof *W * R * C, &err), 0);
+    assert_int_equal(kb_download(kb, Err, dErr, sizeof *Err * R * cnt, &err), 0);
+    assert_int_equal(kb_download(kb, mk, dMask, (size_t)R * cnt, &err), 0);
+    assert_int_equal(kb_download(kb, step, dStep, sizeof *step * nstep, &err), 0);
+    assert_memory_equal(mk, mkr, (size_t)R * cnt);
+    assert_memory_equal(W, Wr, sizeof *W * R * C);   /* block columns quantized, the others untouched */
+    assert_memory_equal(Err, Errr, sizeof *Err * R * cnt);
+    if (k->bits) assert_memory_equal(step, stepr, sizeof *step * nstep);
+    int npruned = 0;
+    for (int i = 0; i < R * cnt; i++) npruned += mk[i];
+    if (k->m) {
+        assert_int_equal(npruned, R * cnt / k->m * (k->m - k->n));
+        for (int r = 0; r < R; r += 3) assert_true(mk[r * cnt] && mk[r * cnt + 1] && !mk[r * cnt + 2] && !mk[r * cnt + 3]);
+    } else {
+        assert_true(npruned >= (int)floor(R * cnt * k->sparsity));
+    }
+    kb_release(kb, dW); kb_release(kb, dH); kb_release(kb, dErr); kb_release(kb, dStep); kb_release(kb, dMask);
+    free(W); free(Wr); free(Hv); free(Err); free(Errr); free(T); free(step); free(stepr); free(mk); free(mkr);
+}
+
+static void test_core_prune__sgpt_block_2of4(void **state)
+{
+    (void)state;
+    struct blk_case k = { 45, 80, 16, 64, 2, 4, 0, 0, 0.5 };
+    sgpt_block_case(&k);
+}
+static void test_core_prune__sgpt_block_unstructured(void **state)
+{
+    (void)state;
+    struct blk_case k = { 45, 80, 16, 64, 0, 0, 0, 0, 0.5 };
+    sgpt_block_case(&k);
+}
+static void test_core_prune__sgpt_block_optq_per_row_2of4(void **state)
+{
+    (void)state;
+    struct blk_case k = { 45, 80, 16, 64, 2, 4, 4, -1, 0.5 };
+    sgpt_block_case(&k);
+}
+static void test_core_prune__sgpt_block_optq_grouped(void **state)
+{
+    (void)state;
+    /* groups of 24 start at columns 24 and 48 of block [16, 64); the second one reaches past it */
+    struct blk_case k = { 45, 80, 16, 64, 0, 0, 3, 24, 0.4 };
+    sgpt_block_case(&k);
+    struct blk_case t = { 33, 64, 0, 64, 0, 0, 4, 0, 0.0 };   /* OPTQ alone, one step */
+    sgpt_block_case(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -282,6 +434,10 @@ int main(void)
         cmocka_unit_test(test_core_prune__sparsegpt_optq_joint_on_grid),
         cmocka_unit_test(test_core_prune__optq_alone),
         cmocka_unit_test(test_core_prune__sparsegpt_dense_is_identity),
+        cmocka_unit_test(test_core_prune__sgpt_block_2of4),
+        cmocka_unit_test(test_core_prune__sgpt_block_unstructured),
+        cmocka_unit_test(test_core_prune__sgpt_block_optq_per_row_2of4),
+        cmocka_unit_test(test_core_prune__sgpt_block_optq_grouped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

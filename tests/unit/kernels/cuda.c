@@ -576,6 +576,109 @@ static void test_kernels_cuda__svd_reconstructs(void **state)
     }
 }
 
+/* ---- SparseGPT's block loop ----
+** sparsegpt_block on both backends from the same W, Hinv block and steps. The kernel rounds every
+** operation as the CPU does, so masks, W and Err are expected to agree exactly; the tolerances
+** leave room only for a rare metric tie broken differently, which changes one row's later columns. */
+#define SGPT_TOL 1e-5          /* ||gpu - cpu|| / ||cpu|| of W (block columns) and Err */
+#define SGPT_MASK_TOL 1e-3     /* fraction of mask bytes that may differ */
+#define SGPT_METRIC_TOL 0      /* w^2 / d^2 is two rounded products and a rounded quotient: exact */
+static int float_cmp(const void *x, const void *y)
+{
+    float a = *(const float *)x, b = *(const float *)y;
+    return (a > b) - (a < b);
+}
+struct sgpt_case { const char *what; int rows, cols, i1, i2, n, m, bits, group; double sparsity; };
+
+static void sgpt_case_run(struct pair *p, const struct sgpt_case *k)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    int R = k->rows, C = k->cols, cnt = k->i2 - k->i1, ng = k->group > 0 ? (C + k->group - 1) / k->group : 1;
+    size_t nstep = k->group > 0 ? (size_t)R * ng : k->group == -1 ? (size_t)R : 1, nb = (size_t)R * cnt;
+    float *W = rand_vec((size_t)R * C), *H = calloc((size_t)C * C, sizeof *H), *step = rand_vec(nstep);
+    assert_non_null(H);
+    for (int a = 0; a < C; a++)
+        for (int b = a; b < C; b++) H[(size_t)a * C + b] = a == b ? 1.0f + 0.5f * frand() : 0.02f * frand();
+    for (size_t i = 0; i < nstep; i++) step[i] = 0.1f + 0.05f * frand();
+    float *cW = dev_f(p->cpu, W, (size_t)R * C), *gW = dev_f(p->gpu, W, (size_t)R * C);
+    float *cH = dev_f(p->cpu, H, (size_t)C * C), *gH = dev_f(p->gpu, H, (size_t)C * C);
+    float *cS = dev_f(p->cpu, step, nstep), *gS = dev_f(p->gpu, step, nstep);
+    float *cE = dev_nan(p->cpu, nb), *gE = dev_nan(p->gpu, nb);
+    uint8_t *poison = malloc(nb), *cm = NULL, *gm = NULL, *hm = malloc(nb), *hg = malloc(nb);
+    assert_true(poison && hm && hg);
+    memset(poison, 0xAA, nb);
+    assert_int_equal(kb_alloc(p->cpu, (void **)&cm, nb, &err), 0);
+    assert_int_equal(kb_alloc(p->gpu, (void **)&gm, nb, &err), 0);
+    assert_int_equal(kb_upload(p->gpu, gm, poison, nb, &err), 0);
+    struct ksgpt_args a = { .w = cW, .ldw = C, .rows = R, .cols = C, .i1 = k->i1, .i2 = k->i2, .hinv = cH, .ldh = C,
+                            .mask = cm, .ldm = cnt, .err = cE, .n = k->n, .m = k->m, .thr = -INFINITY,
+                            .bits = k->bits, .group = k->group, .ngroups = ng, .step = cS };
+    struct ksgpt_args g = a;
+    g.w = gW; g.hinv = gH; g.mask = gm; g.err = gE; g.step = gS;
+    if (!k->m && k->sparsity > 0) {
+        /* the metric pass on both, the threshold from the CPU's (as prune_sparsegpt would pick it) */
+        a.metric = cE; g.metric = gE;
+        assert_int_equal(kb_sparsegpt_block(p->cpu, &a, &err), 0);
+        assert_int_equal(kb_sparsegpt_block(p->gpu, &g, &err), 0);
+        float *t = host_of(p->cpu, cE, nb);
+        expect_close(p->gpu, gE, t, nb, SGPT_METRIC_TOL, "sparsegpt metric");
+        float *sorted = malloc(nb * sizeof *sorted);
+        assert_non_null(sorted);
+        memcpy(sorted, t, nb * sizeof *t);
+        qsort(sorted, nb, sizeof *sorted, float_cmp);
+        a.thr = g.thr = sorted[(size_t)floor((double)nb * k->sparsity)];
+        a.metric = g.metric = NULL;
+        free(t);
+        free(sorted);
+        float *nanb = nan_vec(nb);
+        assert_int_equal(kb_upload(p->gpu, gE, nanb, nb * sizeof *nanb, &err), 0);
+        free(nanb);
+    }
+    assert_int_equal(kb_sparsegpt_block(p->cpu, &a, &err), 0);
+    int rc = kb_sparsegpt_block(p->gpu, &g, &err);
+    if (rc) print_error("%s: %s\n", k->what, err.msg);
+    assert_int_equal(rc, 0);
+    float *wc = host_of(p->cpu, cW, (size_t)R * C), *ec = host_of(p->cpu, cE, nb), *sc = host_of(p->cpu, cS, nstep);
+    char what[96];
+    snprintf(what, sizeof what, "sparsegpt %s: W", k->what);
+    expect_close(p->gpu, gW, wc, (size_t)R * C, SGPT_TOL, what);
+    snprintf(what, sizeof what, "sparsegpt %s: Err", k->what);
+    expect_close(p->gpu, gE, ec, nb, SGPT_TOL, what);
+    snprintf(what, sizeof what, "sparsegpt %s: steps", k->what);
+    expect_close(p->gpu, gS, sc, nstep, SGPT_TOL, what);
+    assert_int_equal(kb_download(p->cpu, hm, cm, nb, &err), 0);
+    assert_int_equal(kb_download(p->gpu, hg, gm, nb, &err), 0);
+    size_t diff = 0, pruned = 0;
+    for (size_t i = 0; i < nb; i++) {
+        assert_true(hg[i] <= 1);   /* every byte written */
+        diff += hm[i] != hg[i];
+        pruned += hm[i];
+    }
+    snprintf(what, sizeof what, "sparsegpt %s: mask", k->what);
+    report(what, (double)diff / nb, SGPT_MASK_TOL);
+    assert_true((double)diff / nb <= SGPT_MASK_TOL);
+    if (k->m) assert_int_equal(pruned, nb / k->m * (k->m - k->n));
+    free(W); free(H); free(step); free(poison); free(hm); free(hg); free(wc); free(ec); free(sc);
+    kb_release(p->cpu, cW); kb_release(p->gpu, gW); kb_release(p->cpu, cH); kb_release(p->gpu, gH);
+    kb_release(p->cpu, cS); kb_release(p->gpu, gS); kb_release(p->cpu, cE); kb_release(p->gpu, gE);
+    kb_release(p->cpu, cm); kb_release(p->gpu, gm);
+}
+
+static void test_kernels_cuda__sparsegpt_block_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    static const struct sgpt_case cases[] = {
+        { "2:4", 1000, 384, 128, 256, 2, 4, 0, 0, 0.5 },
+        { "unstructured 50%", 1000, 384, 128, 256, 0, 0, 0, 0, 0.5 },
+        { "OPTQ 4-bit per row, 2:4", 1000, 384, 128, 256, 2, 4, 4, -1, 0.5 },
+        { "OPTQ 4-bit group 128", 1000, 384, 128, 256, 0, 0, 4, 128, 0.0 },
+        { "OPTQ 3-bit group 96, unstr 30%", 1000, 384, 128, 256, 0, 0, 3, 96, 0.3 },
+        { "OPTQ per tensor, 77 rows, last block", 77, 300, 256, 300, 2, 4, 4, 0, 0.5 },
+        { "4:8, Hinv past shared memory (256 cols)", 77, 512, 0, 256, 4, 8, 0, 0, 0.5 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) sgpt_case_run(p, &cases[i]);
+}
+
 int main(void)
 {
     if (!kbackend_cuda_available()) {
@@ -594,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__cholesky_and_inverse_match_cpu),
         cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
         cmocka_unit_test(test_kernels_cuda__svd_reconstructs),
+        cmocka_unit_test(test_kernels_cuda__sparsegpt_block_matches_cpu),
     };
     return cmocka_run_group_tests_name("kernels/cuda", tests, setup, teardown);
 }
