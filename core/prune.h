@@ -4,7 +4,7 @@
 ** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
 ** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
 ** Weights, statistics and Hessians live in backend memory; the scalar loops run on host copies
-** (kb_download / kb_upload), and SparseGPT's factorizations and lazy block updates run on the
+** (kb_download / kb_upload) unless the backend has the op (N:M prune_weight), and SparseGPT's factorizations and lazy block updates run on the
 ** backend (cholesky_upper, spd_inverse, gemm).
 */
 #ifndef SLM_PRUNE_H
@@ -47,7 +47,8 @@ int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, c
                       struct slm_err *err);
 
 /* Magnitude / Wanda on backend w: compute the mask (mask may be NULL) and zero the pruned
-** entries. s: host [d_in] or NULL for magnitude. */
+** entries. s: host [d_in] or NULL for magnitude. N:M runs on the backend (prune_nm) when it has
+** the op; unstructured selection runs on a host copy. */
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err);
 
