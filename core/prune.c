@@ -1,14 +1,16 @@
 /*
 ** core/prune.c: magnitude, Wanda and SparseGPT pruning (see prune.h, ALGORITHMS.md §2, §3.5).
 ** Tie rules: within an N:M group and within a Wanda row, equal metrics drop the lower column
-** index first (a stable ascending sort); magnitude unstructured prunes everything <= the
-** threshold value, as the reference does.
+** index first (a stable ascending sort; N:M through kq_nm_pruned, shared with the backends'
+** prune_nm); magnitude unstructured prunes everything <= the threshold value, as the reference does.
 */
 #include "prune.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "../kernels/kquant.h"
 
 /* ---- helpers ---- */
 
@@ -37,12 +39,9 @@ static int float_asc(const void *a, const void *b)
 /* In each group of m consecutive entries of metric row t (stride 1), mark the m-n smallest. */
 static void nm_row(uint8_t *mask, const float *t, int len, int n, int m)
 {
-    struct keyed g[256];
-    for (int c0 = 0; c0 + m <= len; c0 += m) {
-        for (int k = 0; k < m; k++) { g[k].v = t[c0 + k]; g[k].j = k; }
-        qsort(g, (size_t)m, sizeof *g, keyed_asc);
-        for (int k = 0; k < m - n; k++) mask[c0 + g[k].j] = 1;
-    }
+    for (int c0 = 0; c0 + m <= len; c0 += m)
+        for (int k = 0; k < m; k++)
+            if (kq_nm_pruned(t + c0, k, m, n)) mask[c0 + k] = 1;
 }
 
 static int check_opts(const struct prune_opts *o, int d_in, struct slm_err *err)
@@ -99,7 +98,7 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;
-            t[i] = s ? fabsf(w[i]) * sqrtf(s[c]) : fabsf(w[i]);
+            t[i] = kq_prune_metric(w[i], s, c);
         }
     if (o->m || s) {
         rc = mask_rows(mask, t, d_out, d_in, o, err);
@@ -120,9 +119,32 @@ done:
     return rc;
 }
 
+/* N:M prune_weight with the backend's prune_nm: only the scaler and the mask cross. */
+static int prune_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
+                       const struct prune_opts *o, uint8_t *mask, struct slm_err *err)
+{
+    size_t n = (size_t)d_out * d_in;
+    float *d_s = NULL;
+    uint8_t *d_mask = NULL;
+    int rc = check_opts(o, d_in, err);
+    if (rc) return rc;
+    if ((rc = kb_alloc(kb, (void **)&d_mask, n, err))) goto done;
+    if (s && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
+              (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
+        goto done;
+    if ((rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err))) goto done;
+    if (mask) rc = kb_download(kb, mask, d_mask, n, err);
+done:
+    kb_release(kb, d_s);
+    kb_release(kb, d_mask);
+    return rc;
+}
+
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err)
 {
+    if (o->m && kb->iface->prune_nm)
+        return prune_nm_kb(kb, w, o->method == PRUNE_WANDA ? s : NULL, d_out, d_in, o, mask, err);
     size_t n = (size_t)d_out * d_in;
     float *h = malloc(sizeof *h * n);
     uint8_t *mk = mask ? mask : malloc(n);

@@ -4,9 +4,10 @@
 ** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
 ** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
 ** Weights, statistics and Hessians live in backend memory. Magnitude and Wanda run on host copies
-** (kb_download / kb_upload); SparseGPT runs entirely on the backend (cholesky_upper, spd_inverse,
-** sparsegpt_block, gemm): W crosses to the host only to fit OPTQ's per-tensor / per-row steps or
-** zero dead inputs (once, before the loop) and to produce codes (once, after it).
+** (kb_download / kb_upload) unless the backend has the op (N:M: prune_nm in prune_weight);
+** SparseGPT runs entirely on the backend (cholesky_upper, spd_inverse, sparsegpt_block, gemm): W
+** crosses to the host only to fit OPTQ's per-tensor / per-row steps or zero dead inputs (once,
+** before the loop) and to produce codes (once, after it).
 */
 #ifndef SLM_PRUNE_H
 #define SLM_PRUNE_H
@@ -48,7 +49,8 @@ int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, c
                       struct slm_err *err);
 
 /* Magnitude / Wanda on backend w: compute the mask (mask may be NULL) and zero the pruned
-** entries. s: host [d_in] or NULL for magnitude. */
+** entries. s: host [d_in] or NULL for magnitude. N:M runs on the backend (prune_nm) when it has
+** the op; unstructured selection runs on a host copy. */
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err);
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "../kernels/kquant.h"
 
 void quant_params_free(struct quant_params *p)
 {
@@ -20,19 +21,6 @@ void quant_params_free(struct quant_params *p)
 }
 
 static inline float rb(float x, bool bf16) { return bf16 ? bf16_round(x) : x; }
-
-static inline float clampq(float q, int max_q)
-{
-    return q < (float)(-max_q - 1) ? (float)(-max_q - 1) : q > (float)max_q ? (float)max_q : q;
-}
-
-/* Half toward zero: truncate, then step away from zero only when the fraction exceeds 0.5. */
-static inline float round_half_to_zero(float v)
-{
-    float t = truncf(v);
-    if (fabsf(v - t) > 0.5f) t += v > 0 ? 1.0f : -1.0f;
-    return t;
-}
 
 /* ---- SLiM-Quant (§3.3) ---- */
 
@@ -48,36 +36,28 @@ static double slim_err(const float *pdf, const float *val, int nb, float dx, int
     return e;
 }
 
-float quant_slim_alpha(const float *a, size_t n, int bits)
+/* The reference's bin count for n values. */
+static int slim_nbins(size_t n)
 {
-    if (n == 0) return 0;
     size_t nbz = n / 1000;
-    int nb = (int)(nbz < 512 ? 512 : nbz > 20000 ? 20000 : nbz);
-    float lo = INFINITY, hi = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = fabsf(a[i]);
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-    }
-    float *edge = malloc(sizeof *edge * (size_t)(nb + 1) + sizeof(float) * 2 * (size_t)nb);
-    double *cnt = calloc((size_t)nb, sizeof *cnt);
-    float alpha = hi;
-    if (!edge || !cnt) goto done;   /* allocation failure: fall back to AbsMax's alpha */
-    float *pdf = edge + nb + 1, *val = pdf + nb;
-    if (hi == lo) { lo -= 0.5f; hi += 0.5f; }   /* torch widens a degenerate range the same way */
-    for (int k = 0; k <= nb; k++) edge[k] = lo + (hi - lo) * ((float)k / (float)nb);
-    edge[nb] = hi;
-    for (size_t i = 0; i < n; i++) {
-        float v = fabsf(a[i]);
-        int p = (int)((v - lo) * (float)nb / (hi - lo));
-        if (p < 0) p = 0;
-        if (p > nb - 1) p = nb - 1;
-        while (p > 0 && v < edge[p]) p--;
-        while (p < nb - 1 && v >= edge[p + 1]) p++;
-        cnt[p] += 1;
-    }
+    return (int)(nbz < 512 ? 512 : nbz > 20000 ? 20000 : nbz);
+}
+
+/* Bin edges edge [nb + 1] over [*lo, *hi] (widened in place when degenerate). */
+static void slim_edges(float *edge, float *lo, float *hi, int nb)
+{
+    if (*hi == *lo) { *lo -= 0.5f; *hi += 0.5f; }   /* torch widens a degenerate range the same way */
+    for (int k = 0; k <= nb; k++) edge[k] = *lo + (*hi - *lo) * ((float)k / (float)nb);
+    edge[nb] = *hi;
+}
+
+/* The clipping search over the histogram counts [nb] of n values with edges edge [nb + 1]; scratch
+** [2 nb]. */
+static float slim_search(const uint64_t *counts, const float *edge, float *scratch, int nb, size_t n, int bits)
+{
+    float *pdf = scratch, *val = scratch + nb;
     for (int k = 0; k < nb; k++) {
-        pdf[k] = (float)(cnt[k] / ((double)n * (double)(edge[k + 1] - edge[k])));
+        pdf[k] = (float)((double)counts[k] / ((double)n * (double)(edge[k + 1] - edge[k])));
         val[k] = (edge[k] + edge[k + 1]) / 2;
     }
     float dx = val[1] - val[0];
@@ -97,27 +77,80 @@ float quant_slim_alpha(const float *a, size_t n, int bits)
         double e = slim_err(pdf, val, nb, dx, i, bits);
         if (e < bl) { bl = e; best = i; }
     }
-    alpha = val[best];
-done:
+    return val[best];
+}
+
+/* Buffers of one SLiM-Quant search: edges [nb + 1] and the search scratch [2 nb] in one block,
+** counts [nb] zeroed. NULL *edge or *counts: out of memory (both freed by the caller). */
+static void slim_buffers(float **edge, uint64_t **counts, int nb)
+{
+    *edge = malloc(sizeof **edge * (size_t)(3 * nb + 1));
+    *counts = calloc((size_t)nb, sizeof **counts);
+}
+
+float quant_slim_alpha(const float *a, size_t n, int bits)
+{
+    if (n == 0) return 0;
+    int nb = slim_nbins(n);
+    float lo_hi[2], *edge;
+    uint64_t *counts;
+    kq_abs_range(lo_hi, a, n);
+    float lo = lo_hi[0], hi = lo_hi[1], alpha = hi;
+    slim_buffers(&edge, &counts, nb);
+    if (edge && counts) {   /* allocation failure: fall back to AbsMax's alpha */
+        slim_edges(edge, &lo, &hi, nb);
+        kq_abs_histogram(counts, a, n, lo, hi, edge, nb);
+        alpha = slim_search(counts, edge, edge + nb + 1, nb, n, bits);
+    }
     free(edge);
-    free(cnt);
+    free(counts);
     return alpha;
+}
+
+/* quant_slim_alpha on backend a [n]: range and histogram on the backend, the search over the
+** downloaded counts on the host. */
+static int slim_alpha_kb(struct kbackend *kb, float *alpha, const float *a, size_t n, int bits, struct slm_err *err)
+{
+    const struct kbackend_i *f = kb->iface;
+    int nb = slim_nbins(n), rc;
+    float lo_hi[2], *edge = NULL, *d_range = NULL, *d_edge = NULL;
+    uint64_t *counts = NULL, *d_counts = NULL;
+    if (n == 0) { *alpha = 0; return 0; }
+    slim_buffers(&edge, &counts, nb);
+    if (!edge || !counts) { rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: histogram of %d bins", nb); goto done; }
+    if ((rc = kb_alloc(kb, (void **)&d_range, sizeof lo_hi, err)) ||
+        (rc = kb_alloc(kb, (void **)&d_edge, sizeof *edge * (size_t)(nb + 1), err)) ||
+        (rc = kb_alloc(kb, (void **)&d_counts, sizeof *counts * (size_t)nb, err)) ||
+        (rc = f->abs_range(kb, d_range, a, n, err)) ||
+        (rc = kb_download(kb, lo_hi, d_range, sizeof lo_hi, err)))
+        goto done;
+    float lo = lo_hi[0], hi = lo_hi[1];
+    slim_edges(edge, &lo, &hi, nb);
+    if ((rc = kb_upload(kb, d_edge, edge, sizeof *edge * (size_t)(nb + 1), err)) ||
+        (rc = kb_upload(kb, d_counts, counts, sizeof *counts * (size_t)nb, err)) ||
+        (rc = f->abs_histogram(kb, d_counts, a, n, lo, hi, d_edge, nb, err)) ||
+        (rc = kb_download(kb, counts, d_counts, sizeof *counts * (size_t)nb, err)))
+        goto done;
+    *alpha = slim_search(counts, edge, edge + nb + 1, nb, n, bits);
+done:
+    kb_release(kb, d_range);
+    kb_release(kb, d_edge);
+    kb_release(kb, d_counts);
+    free(edge);
+    free(counts);
+    return rc;
 }
 
 /* ---- AbsMax / SLiM-Quant fake quantization ---- */
 
-static int params_alloc(struct quant_params *p, enum quant_kind kind, const struct quant_opts *o,
-                        int rows, int cols, int grows, int gcols, struct slm_err *err)
+static int check_quant_opts(const struct quant_opts *o, struct slm_err *err)
 {
-    p->kind = kind;
-    p->bits = o->bits;
-    p->rows = rows;
-    p->cols = cols;
-    p->group_rows = grows;
-    p->group_cols = gcols;
-    p->bf16 = o->bf16;
-    p->scale = malloc(sizeof *p->scale * (size_t)rows * (size_t)cols);
-    if (!p->scale) return slm_err_set(err, SLM_ENOMEM, "quantizer scales: out of memory");
+    if (o->version != QUANT_OPTS_VERSION) return slm_err_set(err, SLM_EINVAL, "quant_opts: version %d", o->version);
+    if (o->bits < 2 || o->bits > 8) return slm_err_set(err, SLM_EINVAL, "quantization: %d bits (2..8)", o->bits);
+    if (o->method != QUANT_ABSMAX && o->method != QUANT_SLIM)
+        return slm_err_set(err, SLM_EINVAL, "quant_weight: method %d is not a standalone weight quantizer", o->method);
+    if (o->method == QUANT_SLIM && o->group_size != 0)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "SLiM-Quant is per tensor (group_size 0)");
     return 0;
 }
 
@@ -130,70 +163,56 @@ static float sf_of(float alpha, int max_q, bool bf16)
     return alpha > 0 ? rb(rb(1.0f / alpha, bf16) * (float)max_q, bf16) : 0;
 }
 
-/* The scale grid for w: per tensor / per row sf, or group alphas. */
-static int fit(struct quant_params *p, const float *w, int d_out, int d_in, const struct quant_opts *o,
-               struct slm_err *err)
+/* Allocate p's scale grid for o on a d_out x d_in weight: per tensor / per row sf, or group
+** alphas. The grid's blocks are what the maxima of absmax_groups are taken over. */
+static int grid_alloc(struct quant_params *p, const struct quant_opts *o, int d_out, int d_in, struct slm_err *err)
 {
-    int max_q = quant_max_q(o->bits), rc;
-    if (o->method == QUANT_SLIM || (o->method == QUANT_ABSMAX && o->group_size == 0)) {
-        if ((rc = params_alloc(p, QK_SF, o, 1, 1, d_out, d_in, err))) return rc;
-        float alpha = 0;
-        if (o->method == QUANT_SLIM) alpha = quant_slim_alpha(w, (size_t)d_out * d_in, o->bits);
-        else for (size_t i = 0; i < (size_t)d_out * d_in; i++) alpha = fmaxf(alpha, fabsf(w[i]));
-        /* absmax: sf is a model-dtype scalar; SLiM-Quant computes it in f32 */
-        p->scale[0] = sf_of(alpha, max_q, o->method == QUANT_ABSMAX && o->bf16);
-        return 0;
+    enum quant_kind kind = QK_SF;
+    int grows = d_out, gcols = d_in;
+    if (o->method == QUANT_ABSMAX && o->group_size == -1) {
+        grows = 1;
+    } else if (o->method == QUANT_ABSMAX && o->group_size > 0) {
+        int g = o->group_size;
+        kind = QK_ALPHA;
+        grows = o->column_wise ? 1 : g;
+        gcols = o->column_wise ? g : 1;
+        if (d_out % grows || d_in % gcols)
+            return slm_err_set(err, SLM_ESHAPE, "group quantization: %dx%d is not a multiple of the %dx%d groups",
+                               d_out, d_in, grows, gcols);
     }
-    if (o->group_size == -1) {
-        if ((rc = params_alloc(p, QK_SF, o, d_out, 1, 1, d_in, err))) return rc;
-        for (int r = 0; r < d_out; r++) {
-            float alpha = 0;
-            for (int c = 0; c < d_in; c++) alpha = fmaxf(alpha, fabsf(w[(size_t)r * d_in + c]));
-            p->scale[r] = alpha > 0 ? rb((float)max_q / alpha, o->bf16) : 0;   /* no reference path: plain division */
-        }
-        return 0;
-    }
-    int g = o->group_size;
-    int grows = o->column_wise ? 1 : g, gcols = o->column_wise ? g : 1;
-    if (d_out % grows || d_in % gcols)
-        return slm_err_set(err, SLM_ESHAPE, "group quantization: %dx%d is not a multiple of the %dx%d groups",
-                           d_out, d_in, grows, gcols);
-    int rows = d_out / grows, cols = d_in / gcols;
-    if ((rc = params_alloc(p, QK_ALPHA, o, rows, cols, grows, gcols, err))) return rc;
-    for (int i = 0; i < rows * cols; i++) p->scale[i] = 0;
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            float *a = &p->scale[(size_t)(r / grows) * cols + c / gcols];
-            *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
-        }
-    for (int i = 0; i < rows * cols; i++) p->scale[i] = f16_to_f32(f32_to_f16(p->scale[i]));  /* kernel casts to fp16 */
+    p->kind = kind;
+    p->bits = o->bits;
+    p->rows = d_out / grows;
+    p->cols = d_in / gcols;
+    p->group_rows = grows;
+    p->group_cols = gcols;
+    p->bf16 = o->bf16;
+    p->scale = malloc(sizeof *p->scale * (size_t)p->rows * (size_t)p->cols);
+    if (!p->scale) return slm_err_set(err, SLM_ENOMEM, "quantizer scales: out of memory");
     return 0;
 }
 
-static inline float scale_at(const struct quant_params *p, int r, int c)
+/* Turn p's grid of block maxima |w| (SLiM-Quant: its clipping alpha) into the stored scales. */
+static void grid_finish(struct quant_params *p, const struct quant_opts *o)
 {
-    return p->scale[(size_t)(r / p->group_rows) * p->cols + c / p->group_cols];
+    int max_q = quant_max_q(o->bits);
+    size_t ng = (size_t)p->rows * p->cols;
+    if (p->kind == QK_ALPHA) {
+        for (size_t i = 0; i < ng; i++) p->scale[i] = f16_to_f32(f32_to_f16(p->scale[i]));  /* kernel casts to fp16 */
+    } else if (o->group_size == -1) {
+        for (size_t r = 0; r < ng; r++)   /* per row: no reference path, plain division */
+            p->scale[r] = p->scale[r] > 0 ? rb((float)max_q / p->scale[r], o->bf16) : 0;
+    } else {
+        /* absmax: sf is a model-dtype scalar; SLiM-Quant computes it in f32 */
+        p->scale[0] = sf_of(p->scale[0], max_q, o->method == QUANT_ABSMAX && o->bf16);
+    }
 }
 
-/* Code of v under the scale s of p's kind. */
-static inline float code_of(const struct quant_params *p, float v, float s, int max_q)
+static struct kquant_args kargs_of(const struct quant_params *p, const float *scale, const float *col_scale)
 {
-    /* + 0.0f turns -0 into +0: the stored code has no sign of zero to give back */
-    if (s == 0) return 0;
-    if (p->kind == QK_ALPHA) return clampq(round_half_to_zero(v / s * (float)max_q), max_q) + 0.0f;
-    /* bf16 model: sf is a CUDA 0-d f32 tensor, cast to the bf16 of the weight for the product
-    ** (a same-device tensor, not a wrapped scalar); the dequantization q / sf stays f32 */
-    return clampq(nearbyintf(rb(v * rb(s, p->bf16), p->bf16)), max_q) + 0.0f;
-}
-
-/* AbsMax and SLiM-Quant values are what the reference stores: bf16, also in its float32 runs
-** (fixture check: q / sf in f32, then rounded to bf16, matches every element). OPTQ keeps f32. */
-static inline float value_of(const struct quant_params *p, float q, float s, int max_q)
-{
-    if (s == 0) return 0;
-    if (p->kind == QK_ALPHA) return bf16_round(rb(q / (float)max_q, p->bf16) * s);
-    if (p->kind == QK_STEP) return s * q;
-    return bf16_round(q / s);
+    struct kquant_args a = { (int)p->kind, p->bits, p->bf16, p->rows, p->cols, p->group_rows, p->group_cols,
+                             scale, col_scale };
+    return a;
 }
 
 int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o, const float *col_scale,
@@ -201,23 +220,12 @@ int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o,
 {
     struct quant_params p = { 0 };
     int rc;
-    if (o->version != QUANT_OPTS_VERSION) return slm_err_set(err, SLM_EINVAL, "quant_opts: version %d", o->version);
-    if (o->bits < 2 || o->bits > 8) return slm_err_set(err, SLM_EINVAL, "quantization: %d bits (2..8)", o->bits);
-    if (o->method != QUANT_ABSMAX && o->method != QUANT_SLIM)
-        return slm_err_set(err, SLM_EINVAL, "quant_weight: method %d is not a standalone weight quantizer", o->method);
-    if (o->method == QUANT_SLIM && o->group_size != 0)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "SLiM-Quant is per tensor (group_size 0)");
-    if ((rc = fit(&p, w, d_out, d_in, o, err))) goto done;
-    int max_q = quant_max_q(o->bits);
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            size_t i = (size_t)r * d_in + c;
-            float s = scale_at(&p, r, c), cs = col_scale ? col_scale[c] : 1.0f;
-            float q = code_of(&p, cs != 1.0f ? w[i] * cs : w[i], s, max_q);
-            if (codes) codes[i] = (int8_t)q;
-            float v = value_of(&p, q, s, max_q);
-            w[i] = cs != 1.0f ? bf16_round(v / cs) : v;
-        }
+    if ((rc = check_quant_opts(o, err)) || (rc = grid_alloc(&p, o, d_out, d_in, err))) goto done;
+    if (o->method == QUANT_SLIM) p.scale[0] = quant_slim_alpha(w, (size_t)d_out * d_in, o->bits);
+    else kq_absmax_groups(p.scale, w, d_out, d_in, p.group_rows, p.group_cols);
+    grid_finish(&p, o);
+    struct kquant_args a = kargs_of(&p, p.scale, col_scale);
+    kq_quant(w, codes, d_out, d_in, &a);
     if (params) { *params = p; p.scale = NULL; }
 done:
     quant_params_free(&p);
@@ -230,20 +238,53 @@ int quant_dequant_host(float *w, const int8_t *codes, int d_out, int d_in, const
     if (!p->scale || p->group_rows <= 0 || p->group_cols <= 0 ||
         (int64_t)p->rows * p->group_rows < d_out || (int64_t)p->cols * p->group_cols < d_in)
         return slm_err_set(err, SLM_ESHAPE, "dequantize: scale grid %dx%d does not cover %dx%d", p->rows, p->cols, d_out, d_in);
-    int max_q = quant_max_q(p->bits);
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            size_t i = (size_t)r * d_in + c;
-            float cs = col_scale ? col_scale[c] : 1.0f;
-            float v = value_of(p, (float)codes[i], scale_at(p, r, c), max_q);
-            w[i] = cs != 1.0f ? bf16_round(v / cs) : v;
-        }
+    struct kquant_args a = kargs_of(p, p->scale, col_scale);
+    kq_dequant(w, codes, d_out, d_in, &a);
     return 0;
+}
+
+/* quant_weight on a backend with the quantization ops: only the scale grid, the histogram and
+** the codes cross to the host. */
+static int quant_weight_kb(struct kbackend *kb, float *w, int d_out, int d_in, const struct quant_opts *o,
+                           const float *col_scale, int8_t *codes, struct quant_params *params, struct slm_err *err)
+{
+    const struct kbackend_i *f = kb->iface;
+    struct quant_params p = { 0 };
+    size_t n = (size_t)d_out * d_in, ng;
+    float *d_scale = NULL, *d_cs = NULL;
+    int8_t *d_codes = NULL;
+    int rc;
+    if ((rc = check_quant_opts(o, err)) || (rc = grid_alloc(&p, o, d_out, d_in, err))) goto done;
+    ng = (size_t)p.rows * p.cols;
+    if ((rc = kb_alloc(kb, (void **)&d_scale, sizeof *d_scale * ng, err))) goto done;
+    if (o->method == QUANT_SLIM) rc = slim_alpha_kb(kb, &p.scale[0], w, n, o->bits, err);
+    else if (!(rc = f->absmax_groups(kb, d_scale, w, d_out, d_in, p.group_rows, p.group_cols, err)))
+        rc = kb_download(kb, p.scale, d_scale, sizeof *p.scale * ng, err);
+    if (rc) goto done;
+    grid_finish(&p, o);
+    if ((rc = kb_upload(kb, d_scale, p.scale, sizeof *p.scale * ng, err))) goto done;
+    if (col_scale && ((rc = kb_alloc(kb, (void **)&d_cs, sizeof *d_cs * (size_t)d_in, err)) ||
+                      (rc = kb_upload(kb, d_cs, col_scale, sizeof *d_cs * (size_t)d_in, err))))
+        goto done;
+    if (codes && (rc = kb_alloc(kb, (void **)&d_codes, n, err))) goto done;
+    struct kquant_args a = kargs_of(&p, d_scale, d_cs);
+    if ((rc = f->quant_apply(kb, w, d_codes, d_out, d_in, &a, err))) goto done;
+    if (codes && (rc = kb_download(kb, codes, d_codes, n, err))) goto done;
+    if (params) { *params = p; p.scale = NULL; }
+done:
+    kb_release(kb, d_scale);
+    kb_release(kb, d_cs);
+    kb_release(kb, d_codes);
+    quant_params_free(&p);
+    return rc;
 }
 
 int quant_weight(struct kbackend *kb, float *w, int d_out, int d_in, const struct quant_opts *o,
                  const float *col_scale, int8_t *codes, struct quant_params *params, struct slm_err *err)
 {
+    const struct kbackend_i *f = kb->iface;
+    if (f->absmax_groups && f->quant_apply && f->abs_range && f->abs_histogram)
+        return quant_weight_kb(kb, w, d_out, d_in, o, col_scale, codes, params, err);
     size_t nb = sizeof(float) * (size_t)d_out * d_in;
     float *h = malloc(nb);
     int rc;
@@ -338,7 +379,7 @@ int quant_input_host(float *x, int rows, int d, const char *kind, int bits, int 
         float r = 0;
         for (size_t i = s; i < e; i++) r = fmaxf(r, fabsf(x[i]));
         if (r < 1e-4f * (float)max_q) r = 1;
-        for (size_t i = s; i < e; i++) x[i] = clampq(nearbyintf(x[i] * ((float)max_q / r)), max_q) * r / (float)max_q;
+        for (size_t i = s; i < e; i++) x[i] = kq_clampq(nearbyintf(x[i] * ((float)max_q / r)), max_q) * r / (float)max_q;
     }
     return 0;
 }

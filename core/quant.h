@@ -8,9 +8,10 @@
 ** stores them; OPTQ: f32); the integer codes and the parameters come back for the
 ** checkpoint so that dequantizing them reproduces the same floats bit for bit.
 **
-** Two layers: quant_weight() works on backend memory (kb_download / kb_upload around the host
-** loops); the *_host functions work on host arrays and are what prune.c and lowrank.c call on
-** matrices they already hold on the host.
+** Two layers: quant_weight() works on backend memory (with the backend's quantization ops when
+** it has them, else kb_download / kb_upload around the host loops); the *_host functions work on
+** host arrays and are what prune.c and lowrank.c call on matrices they already hold on the host.
+** Both run the scalar arithmetic of kernels/kquant.h, so they agree bit for bit.
 ** Ownership: struct quant_params owns its scale array (quant_params_free).
 */
 #ifndef SLM_QUANT_H
@@ -37,11 +38,12 @@ struct quant_opts {
 };
 #define QUANT_OPTS_INIT { QUANT_OPTS_VERSION, QUANT_ABSMAX, 4, 0, false, false }
 
-/* How the stored scale turns a code q back into a weight (same float arithmetic as quantizing). */
+/* How the stored scale turns a code q back into a weight (same float arithmetic as quantizing);
+** the values are the backend ops' enum kquant_kind. */
 enum quant_kind {
-    QK_SF = 0,      /* per tensor (rows = cols = 1) or per row (rows = d_out): w = q / sf */
-    QK_ALPHA,       /* groups: w = q / max_q * alpha; rows x cols grid of groups */
-    QK_STEP         /* OPTQ: w = step * q; per tensor or per row */
+    QK_SF = KQ_SF,        /* per tensor (rows = cols = 1) or per row (rows = d_out): w = q / sf */
+    QK_ALPHA = KQ_ALPHA,  /* groups: w = q / max_q * alpha; rows x cols grid of groups */
+    QK_STEP = KQ_STEP     /* OPTQ: w = step * q; per tensor or per row */
 };
 
 struct quant_params {

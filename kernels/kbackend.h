@@ -99,6 +99,24 @@ static inline float kb_optq_apply(float x, float step, int bits)
     q = q < 0 ? 0 : q > maxq ? maxq : q;
     return step * (q - zero);
 }
+/* How a stored scale s turns a code q back into a weight (core/quant.h: enum quant_kind). */
+enum kquant_kind {
+    KQ_SF = 0,      /* per tensor or per row: w = q / s */
+    KQ_ALPHA,       /* groups: w = q / max_q * s */
+    KQ_STEP         /* OPTQ: w = s * q */
+};
+
+/* A quantizer's scale grid for a [d_out x d_in] weight: scale [rows x cols], one value per
+** group_rows x group_cols block; col_scale [d_in] (may be NULL) is the AWQ-like column scaling.
+** Both in the memory of whoever reads them (backend memory for the ops). */
+struct kquant_args {
+    int kind;                     /* enum kquant_kind */
+    int bits;                     /* 2..8: codes in [-2^(bits-1), 2^(bits-1) - 1] */
+    bool bf16;                    /* the bf16 rounding variant */
+    int rows, cols, group_rows, group_cols;
+    const float *scale;
+    const float *col_scale;
+};
 
 struct kbackend_i {
     const char *(*name)(struct kbackend *kb);
@@ -168,6 +186,32 @@ struct kbackend_i {
     /* --- added for GPU SparseGPT (optional) --- */
     /* The within-block OBS loop of SparseGPT / OPTQ, see struct ksgpt_args. */
     int (*sparsegpt_block)(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
+    /* --- added for GPU SLiM pruning and quantization (optional) --- */
+    /* The per-linear ops of core/prune.c and core/quant.c on backend memory, bit-identical to the
+    ** host path (the scalar arithmetic is kernels/kquant.h). All arrays are backend memory.
+    ** N:M pruning of w [d_out x d_in] in place: metric |w| (s NULL: magnitude) or |w| * sqrt(s[c])
+    ** (s [d_in]: Wanda's shifted scaler row); in each group of m consecutive columns of a row the
+    ** m - n smallest metrics are pruned (equal metrics: the lower column first), mask [d_out x d_in]
+    ** bytes gets 1 there and 0 elsewhere, and w gets 0 there. 0 < n < m <= 256, d_in % m == 0. */
+    int (*prune_nm)(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in,
+                    int n, int m, struct slm_err *err);
+    /* amax [(d_out / grows) x (d_in / gcols)] = max |w| over each grows x gcols block of w
+    ** [d_out x d_in] (NaN ignored, 0 for an all-NaN block); per tensor is grows = d_out, gcols = d_in. */
+    int (*absmax_groups)(struct kbackend *kb, float *amax, const float *w, int d_out, int d_in, int grows,
+                         int gcols, struct slm_err *err);
+    /* lo_hi [2] = { min |a|, max |a| } over a [n], NaN ignored ({ +inf, 0 } when n = 0). */
+    int (*abs_range)(struct kbackend *kb, float *lo_hi, const float *a, size_t n, struct slm_err *err);
+    /* counts [nb] += histogram of |a| [n] over the nb bins with edges edge [nb + 1] spanning [lo, hi]
+    ** (kq_hist_bin: SLiM-Quant's bin rule in f32). */
+    int (*abs_histogram)(struct kbackend *kb, uint64_t *counts, const float *a, size_t n, float lo, float hi,
+                         const float *edge, int nb, struct slm_err *err);
+    /* Fake-quantize w [d_out x d_in] in place with the scale grid q (kq_quant1); codes [d_out x d_in]
+    ** (may be NULL) get the integers. */
+    int (*quant_apply)(struct kbackend *kb, float *w, int8_t *codes, int d_out, int d_in,
+                       const struct kquant_args *q, struct slm_err *err);
+    /* w [d_out x d_in] = the weights of codes under q, as quant_apply left them (kq_dequant1). */
+    int (*quant_dequant)(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
+                         const struct kquant_args *q, struct slm_err *err);
 };
 
 struct kbackend {

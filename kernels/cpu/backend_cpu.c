@@ -6,6 +6,7 @@
 */
 #include "../kbackend.h"
 #include "../kbackend_impl.h"
+#include "../kquant.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -139,13 +140,7 @@ static int cpu_scale(struct kbackend *kb, float *y, float s, size_t n, struct sl
 /* Same rounding as core/dtype.c f32_to_bf16 (kernels do not link core/). */
 void kcpu_round_bf16(float *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &y[i], 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u) u = (u | 0x00400000u) & 0xffff0000u;   /* NaN stays a quiet NaN */
-        else u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-        memcpy(&y[i], &u, 4);
-    }
+    for (size_t i = 0; i < n; i++) y[i] = kq_bf16(y[i]);
 }
 
 static int cpu_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err)
@@ -348,6 +343,72 @@ static int cpu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, 
     return 0;
 }
 
+/* ---- SLiM pruning and quantization: the loops of kernels/kquant.h, as core's host path ---- */
+
+static int cpu_prune_nm(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in,
+                        int n, int m, struct slm_err *err)
+{
+    (void)kb;
+    if (n <= 0 || n >= m || m > 256 || d_in % m)
+        return slm_err_set(err, SLM_EINVAL, "prune_nm: pattern %d:%d on %d columns", n, m, d_in);
+    for (int r = 0; r < d_out; r++)
+        kq_prune_nm_row(w + (size_t)r * d_in, mask + (size_t)r * d_in, s, d_in, n, m, true);
+    return 0;
+}
+
+static int cpu_absmax_groups(struct kbackend *kb, float *amax, const float *w, int d_out, int d_in, int grows,
+                             int gcols, struct slm_err *err)
+{
+    (void)kb;
+    if (grows <= 0 || gcols <= 0 || d_out % grows || d_in % gcols)
+        return slm_err_set(err, SLM_ESHAPE, "absmax_groups: %dx%d is not a multiple of %dx%d", d_out, d_in, grows, gcols);
+    kq_absmax_groups(amax, w, d_out, d_in, grows, gcols);
+    return 0;
+}
+
+static int cpu_abs_range(struct kbackend *kb, float *lo_hi, const float *a, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    kq_abs_range(lo_hi, a, n);
+    return 0;
+}
+
+static int cpu_abs_histogram(struct kbackend *kb, uint64_t *counts, const float *a, size_t n, float lo, float hi,
+                             const float *edge, int nb, struct slm_err *err)
+{
+    (void)kb;
+    if (nb <= 0) return slm_err_set(err, SLM_EINVAL, "abs_histogram: %d bins", nb);
+    kq_abs_histogram(counts, a, n, lo, hi, edge, nb);
+    return 0;
+}
+
+static int check_kquant(const struct kquant_args *q, int d_out, int d_in, struct slm_err *err)
+{
+    if (q->bits < 2 || q->bits > 8 || q->group_rows <= 0 || q->group_cols <= 0 ||
+        (int64_t)q->rows * q->group_rows < d_out || (int64_t)q->cols * q->group_cols < d_in)
+        return slm_err_set(err, SLM_EINVAL, "quantize: %d bits, scale grid %dx%d of %dx%d does not cover %dx%d",
+                           q->bits, q->rows, q->cols, q->group_rows, q->group_cols, d_out, d_in);
+    return 0;
+}
+
+static int cpu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_out, int d_in,
+                           const struct kquant_args *q, struct slm_err *err)
+{
+    (void)kb;
+    int rc = check_kquant(q, d_out, d_in, err);
+    if (!rc) kq_quant(w, codes, d_out, d_in, q);
+    return rc;
+}
+
+static int cpu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
+                             const struct kquant_args *q, struct slm_err *err)
+{
+    (void)kb;
+    int rc = check_kquant(q, d_out, d_in, err);
+    if (!rc) kq_dequant(w, codes, d_out, d_in, q);
+    return rc;
+}
+
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -376,6 +437,13 @@ static const struct kbackend_i cpu_iface = {
     .round_bf16 = cpu_round_bf16,
     /* --- added for GPU SparseGPT (optional) --- */
     .sparsegpt_block = kcpu_sparsegpt_block,
+    /* --- added for GPU SLiM pruning and quantization (optional) --- */
+    .prune_nm = cpu_prune_nm,
+    .absmax_groups = cpu_absmax_groups,
+    .abs_range = cpu_abs_range,
+    .abs_histogram = cpu_abs_histogram,
+    .quant_apply = cpu_quant_apply,
+    .quant_dequant = cpu_quant_dequant,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -220,6 +220,13 @@ static const struct kbackend_i cuda_iface = {
     /* .round_bf16 */ cu_round_bf16,
     /* --- added for GPU SparseGPT (optional) --- */
     /* .sparsegpt_block */ cu_sparsegpt_block,
+    /* --- added for GPU SLiM pruning and quantization (optional) --- */
+    /* .prune_nm */ cu_prune_nm,
+    /* .absmax_groups */ cu_absmax_groups,
+    /* .abs_range */ cu_abs_range,
+    /* .abs_histogram */ cu_abs_histogram,
+    /* .quant_apply */ cu_quant_apply,
+    /* .quant_dequant */ cu_quant_dequant,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

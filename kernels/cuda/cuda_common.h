@@ -104,5 +104,17 @@ int cu_spd_inverse(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err);
 /* SparseGPT's within-block OBS loop (sparsegpt_cuda.cu) */
 int cu_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
+/* SLiM pruning and quantization (quant_cuda.cu) */
+int cu_prune_nm(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int n, int m,
+                struct slm_err *err);
+int cu_absmax_groups(struct kbackend *kb, float *amax, const float *w, int d_out, int d_in, int grows, int gcols,
+                     struct slm_err *err);
+int cu_abs_range(struct kbackend *kb, float *lo_hi, const float *a, size_t n, struct slm_err *err);
+int cu_abs_histogram(struct kbackend *kb, uint64_t *counts, const float *a, size_t n, float lo, float hi,
+                     const float *edge, int nb, struct slm_err *err);
+int cu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_out, int d_in, const struct kquant_args *q,
+                   struct slm_err *err);
+int cu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
+                     const struct kquant_args *q, struct slm_err *err);
 
 #endif

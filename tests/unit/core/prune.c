@@ -422,6 +422,48 @@ static void test_core_prune__sgpt_block_optq_grouped(void **state)
     sgpt_block_case(&t);
 }
 
+/* prune_weight N:M through the backend's prune_nm and through the host loop (a view of kb without
+** the op) give prune_mask_host's mask, and zero exactly the pruned entries; equal metrics in a
+** group (repeated values) exercise the tie rule. */
+static void test_core_prune__nm_backend_op_matches_host(void **state)
+{
+    (void)state;
+    enum { R = 9, C = 48 };
+    struct slm_err err = SLM_ERR_INIT;
+    struct kbackend plain = *kb;
+    struct kbackend_i f = *kb->iface;
+    f.prune_nm = NULL;
+    plain.iface = &f;
+    float w[R * C], s[C], hw[R * C];
+    uint8_t want[R * C], got[R * C];
+    for (int i = 0; i < R * C; i++) w[i] = i % 6 == 1 ? -w[i - 1] : nrand();
+    for (int c = 0; c < C; c++) s[c] = c % 4 == 3 ? s[c - 1] : (float)urand() + 0.1f;
+    const enum prune_method methods[2] = { PRUNE_MAGNITUDE, PRUNE_WANDA };
+    const int pat[2][2] = { { 2, 4 }, { 4, 8 } };
+    for (int mi = 0; mi < 2; mi++)
+        for (int p = 0; p < 2; p++) {
+            struct prune_opts po = PRUNE_OPTS_INIT;
+            po.method = methods[mi];
+            po.n = pat[p][0];
+            po.m = pat[p][1];
+            po.sparsity = (double)(po.m - po.n) / po.m;
+            assert_int_equal(prune_mask_host(want, w, po.method == PRUNE_WANDA ? s : NULL, R, C, &po, &err), 0);
+            struct kbackend *kbs[2] = { kb, &plain };
+            for (int k = 0; k < 2; k++) {
+                float *d = NULL;
+                assert_int_equal(kb_alloc(kbs[k], (void **)&d, sizeof w, &err), 0);
+                assert_int_equal(kb_upload(kbs[k], d, w, sizeof w, &err), 0);
+                memset(got, 0x77, sizeof got);
+                assert_int_equal(prune_weight(kbs[k], d, s, R, C, &po, got, &err), 0);
+                assert_int_equal(kb_download(kbs[k], hw, d, sizeof w, &err), 0);
+                assert_memory_equal(got, want, sizeof got);
+                for (int i = 0; i < R * C; i++) assert_true(hw[i] == (want[i] ? 0.0f : w[i]));
+                assert_int_equal(prune_weight(kbs[k], d, s, R, C, &po, NULL, &err), 0);   /* mask optional */
+                kb_release(kbs[k], d);
+            }
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_core_prune__sgpt_block_unstructured),
         cmocka_unit_test(test_core_prune__sgpt_block_optq_per_row_2of4),
         cmocka_unit_test(test_core_prune__sgpt_block_optq_grouped),
+        cmocka_unit_test(test_core_prune__nm_backend_op_matches_host),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -277,6 +277,84 @@ static void test_core_quant__input_emulation(void **state)
     assert_int_equal(quant_input_host(x, T, D, "fp4", 4, -1, &err), -SLM_EINVAL);
 }
 
+/* A view of kb without the quantization ops: quant_weight's download / host loop / upload path. */
+static void without_quant_ops(struct kbackend *view, struct kbackend_i *f, struct kbackend *kb)
+{
+    *f = *kb->iface;
+    f->absmax_groups = NULL;
+    f->abs_range = NULL;
+    f->abs_histogram = NULL;
+    f->quant_apply = NULL;
+    f->quant_dequant = NULL;
+    *view = *kb;
+    view->iface = f;
+}
+
+/* quant_weight on backend memory (through the backend's ops, and without them) gives the bits,
+** codes and scales of quant_weight_host, which the tests above check against the formulas. */
+static void backend_case(struct kbackend *kb, int R, int C, enum quant_method m, int g, bool colw, bool bf16, bool cs)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    struct kbackend plain;
+    struct kbackend_i f;
+    without_quant_ops(&plain, &f, kb);
+    size_t n = (size_t)R * C;
+    float *w = malloc(n * sizeof *w), *h = malloc(n * sizeof *h), *col = malloc(C * sizeof *col);
+    int8_t *qh = malloc(n), *qb = malloc(n);
+    assert_true(w && h && col && qh && qb);
+    fill(w, n, 0.05f);
+    w[3] = 0.2f;   /* an outlier moves SLiM-Quant's alpha below the max */
+    for (int c = 0; c < C; c++) col[c] = c % 7 == 0 ? 2.0f : 1.0f;
+    struct quant_opts o = QUANT_OPTS_INIT;
+    o.method = m;
+    o.group_size = g;
+    o.column_wise = colw;
+    o.bf16 = bf16;
+    struct quant_params ph = { 0 };
+    memcpy(h, w, n * sizeof *h);
+    assert_int_equal(quant_weight_host(h, R, C, &o, cs ? col : NULL, qh, &ph, &err), 0);
+    struct kbackend *kbs[2] = { kb, &plain };
+    for (int k = 0; k < 2; k++) {
+        struct quant_params pb = { 0 };
+        float *d = NULL;
+        assert_int_equal(kb_alloc(kbs[k], (void **)&d, n * sizeof *d, &err), 0);
+        assert_int_equal(kb_upload(kbs[k], d, w, n * sizeof *d, &err), 0);
+        memset(qb, 0x5a, n);
+        assert_int_equal(quant_weight(kbs[k], d, R, C, &o, cs ? col : NULL, qb, &pb, &err), 0);
+        float *back = malloc(n * sizeof *back);
+        assert_non_null(back);
+        assert_int_equal(kb_download(kbs[k], back, d, n * sizeof *d, &err), 0);
+        assert_memory_equal(back, h, n * sizeof *h);
+        assert_memory_equal(qb, qh, n);
+        assert_true(pb.kind == ph.kind && pb.rows == ph.rows && pb.cols == ph.cols &&
+                    pb.group_rows == ph.group_rows && pb.group_cols == ph.group_cols && pb.bf16 == ph.bf16);
+        assert_memory_equal(pb.scale, ph.scale, sizeof *pb.scale * (size_t)pb.rows * pb.cols);
+        free(back);
+        kb_release(kbs[k], d);
+        quant_params_free(&pb);
+    }
+    quant_params_free(&ph);
+    free(w); free(h); free(col); free(qh); free(qb);
+}
+
+static void test_core_quant__backend_ops_match_host(void **state)
+{
+    (void)state;
+    struct kbackend *kb;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(kbackend_open(&kb, test_backend_name(), &err), 0);
+    backend_case(kb, 24, 40, QUANT_ABSMAX, 0, false, false, false);
+    backend_case(kb, 24, 40, QUANT_ABSMAX, 0, false, true, true);
+    backend_case(kb, 1, 40, QUANT_ABSMAX, 0, false, true, false);   /* one row: per tensor, not per row */
+    backend_case(kb, 24, 40, QUANT_ABSMAX, -1, false, false, true);
+    backend_case(kb, 1, 40, QUANT_ABSMAX, -1, false, true, false);
+    backend_case(kb, 32, 40, QUANT_ABSMAX, 8, false, true, true);
+    backend_case(kb, 24, 64, QUANT_ABSMAX, 32, true, false, false);
+    backend_case(kb, 64, 300, QUANT_SLIM, 0, false, false, false);
+    backend_case(kb, 64, 300, QUANT_SLIM, 0, false, true, true);
+    kbackend_free(kb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -289,6 +367,7 @@ int main(void)
         cmocka_unit_test(test_core_quant__important_columns_get_finer_grid),
         cmocka_unit_test(test_core_quant__optq_quantizer),
         cmocka_unit_test(test_core_quant__input_emulation),
+        cmocka_unit_test(test_core_quant__backend_ops_match_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

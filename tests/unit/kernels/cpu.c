@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -268,6 +269,161 @@ static void test_kernels_cpu__round_bf16(void **state)
     assert_true(isnan(nanv));
 }
 
+/* ---- SLiM pruning and quantization ops ---- */
+
+/* N:M with metric |w| * sqrt(s) (or |w|): the reference ranks each entry in its group by
+** (metric, column) in double, so equal metrics prune the lower column first. Ties are built in
+** by repeating values inside groups. */
+static void nm_case(struct kbackend *kb, int d_out, int d_in, int n, int m, bool wanda)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t sz = (size_t)d_out * d_in;
+    float *w = rand_vec(sz), *w0 = malloc(sz * sizeof *w), *s = rand_vec(d_in);
+    uint8_t *mask = malloc(sz);
+    assert_non_null(w0);
+    assert_non_null(mask);
+    for (int c = 0; c < d_in; c++) s[c] = fabsf(s[c]) + 0.01f;
+    for (size_t i = 0; i < sz; i += 7) w[i + 1 < sz ? i + 1 : i] = -w[i];   /* equal |w| */
+    if (wanda) for (int c = 1; c < d_in; c += 5) s[c] = s[c - 1];
+    memcpy(w0, w, sz * sizeof *w);
+    memset(mask, 0xee, sz);
+    assert_int_equal(kb->iface->prune_nm(kb, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) {
+            size_t i = (size_t)r * d_in + c;
+            int g0 = c / m * m, before = 0;
+            double mi = fabs((double)w0[i]) * (wanda ? sqrt((double)s[c]) : 1);
+            for (int j = g0; j < g0 + m; j++) {
+                double mj = fabs((double)w0[(size_t)r * d_in + j]) * (wanda ? sqrt((double)s[j]) : 1);
+                before += mj < mi || (mj == mi && j < c);
+            }
+            int pruned = before < m - n;
+            assert_int_equal(mask[i], pruned);
+            assert_true(w[i] == (pruned ? 0.0f : w0[i]));
+        }
+    free(w); free(w0); free(s); free(mask);
+}
+
+static void test_kernels_cpu__prune_nm(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    nm_case(kb, 5, 24, 2, 4, false);
+    nm_case(kb, 7, 40, 2, 4, true);
+    nm_case(kb, 3, 64, 3, 8, true);
+    nm_case(kb, 2, 32, 1, 16, true);
+    float w[6] = { 0 };
+    uint8_t mk[6];
+    assert_int_equal(kb->iface->prune_nm(kb, w, mk, NULL, 1, 6, 2, 4, &err), -SLM_EINVAL);
+}
+
+static void test_kernels_cpu__absmax_groups_and_range(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    enum { R = 12, C = 20 };
+    float *w = rand_vec(R * C), amax[R * C], lo_hi[2];
+    w[7] = NAN;   /* ignored, as fmaxf does */
+    const int shapes[][2] = { { R, C }, { 1, C }, { 4, 1 }, { 1, 5 }, { 3, 2 } };
+    for (int k = 0; k < 5; k++) {
+        int gr = shapes[k][0], gc = shapes[k][1], cols = C / gc;
+        assert_int_equal(kb->iface->absmax_groups(kb, amax, w, R, C, gr, gc, &err), 0);
+        for (int g = 0; g < (R / gr) * cols; g++) {
+            double want = 0;
+            for (int r = g / cols * gr; r < (g / cols + 1) * gr; r++)
+                for (int c = g % cols * gc; c < (g % cols + 1) * gc; c++)
+                    if (!isnan(w[r * C + c])) want = fmax(want, fabs((double)w[r * C + c]));
+            assert_true(amax[g] == (float)want);
+        }
+    }
+    assert_int_equal(kb->iface->absmax_groups(kb, amax, w, R, C, 5, 1, &err), -SLM_ESHAPE);
+    assert_int_equal(kb->iface->abs_range(kb, lo_hi, w, R * C, &err), 0);
+    double lo = INFINITY, hi = 0;
+    for (int i = 0; i < R * C; i++)
+        if (!isnan(w[i])) { lo = fmin(lo, fabs((double)w[i])); hi = fmax(hi, fabs((double)w[i])); }
+    assert_true(lo_hi[0] == (float)lo && lo_hi[1] == (float)hi);
+    free(w);
+}
+
+/* Every |a| lands in the bin k with edge[k] <= |a| < edge[k + 1] (the last bin also holds hi).
+** Values are put exactly on edges and just below them, where the f32 estimate can be off by one. */
+static void test_kernels_cpu__abs_histogram(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    enum { N = 5000, NB = 37 };
+    float *a = rand_vec(N), edge[NB + 1], lo_hi[2];
+    uint64_t counts[NB], want[NB] = { 0 };
+    assert_int_equal(kb->iface->abs_range(kb, lo_hi, a, N, &err), 0);
+    float lo = lo_hi[0], hi = lo_hi[1];
+    for (int k = 0; k <= NB; k++) edge[k] = lo + (hi - lo) * ((float)k / (float)NB);
+    edge[NB] = hi;
+    for (int i = 0; i < 2 * NB; i++) a[i] = i % 2 ? edge[i / 2] : nextafterf(edge[i / 2 + 1], 0);
+    for (int i = 0; i < N; i++) {
+        float v = fabsf(a[i]);
+        int k = 0;
+        while (k < NB - 1 && v >= edge[k + 1]) k++;
+        want[k]++;
+    }
+    for (int k = 0; k < NB; k++) counts[k] = 1;   /* the op adds */
+    assert_int_equal(kb->iface->abs_histogram(kb, counts, a, N, lo, hi, edge, NB, &err), 0);
+    for (int k = 0; k < NB; k++) assert_true(counts[k] == want[k] + 1);
+    free(a);
+}
+
+/* quant_apply / quant_dequant against the formulas of core/quant.h written out: per-tensor sf
+** (round half even of w * sf, value q / sf) and G x 1 group alphas (half toward zero of
+** w / alpha * max_q, value q / max_q * alpha), values stored as bf16; the column scale multiplies
+** before and divides after. */
+static float ref_quant(float w, float s, float cs, int kind, int max_q, float *code)
+{
+    float x = w * cs, q;
+    if (s == 0) { *code = 0; return 0; }
+    if (kind == KQ_ALPHA) {
+        float t = x / s * (float)max_q;
+        q = truncf(t);
+        if (fabsf(t - q) > 0.5f) q += t > 0 ? 1 : -1;
+    } else {
+        q = nearbyintf(x * s);
+    }
+    q = q < -max_q - 1 ? -max_q - 1 : q > max_q ? max_q : q;
+    *code = q + 0.0f;
+    float v = kind == KQ_ALPHA ? bf16_nearest(q / (float)max_q * s) : bf16_nearest(q / s);
+    return cs != 1.0f ? bf16_nearest(v / cs) : v;
+}
+
+static void test_kernels_cpu__quant_apply_dequant(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    enum { R = 8, C = 12 };
+    float *w = rand_vec(R * C), w0[R * C], back[R * C], cs[C], alpha[R / 4 * C];
+    int8_t codes[R * C];
+    for (int c = 0; c < C; c++) cs[c] = c % 5 == 0 ? 2.0f : 1.0f;
+    for (int g = 0; g < R / 4 * C; g++) alpha[g] = 0.25f + 0.05f * g;
+    alpha[3] = 0;   /* an all-zero group */
+    float sf = 7.3f;
+    for (int kind = KQ_SF; kind <= KQ_ALPHA; kind++) {
+        struct kquant_args q = { kind, 4, false, kind == KQ_SF ? 1 : R / 4, kind == KQ_SF ? 1 : C,
+                                 kind == KQ_SF ? R : 4, kind == KQ_SF ? C : 1, kind == KQ_SF ? &sf : alpha, cs };
+        memcpy(w0, w, sizeof w0);
+        memset(codes, 0x55, sizeof codes);
+        assert_int_equal(kb->iface->quant_apply(kb, w0, codes, R, C, &q, &err), 0);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) {
+                float code, s = kind == KQ_SF ? sf : alpha[r / 4 * C + c];
+                float v = ref_quant(w[r * C + c], s, cs[c], kind, 7, &code);
+                assert_int_equal(codes[r * C + c], (int)code);
+                assert_true(w0[r * C + c] == v);
+            }
+        assert_int_equal(kb->iface->quant_dequant(kb, back, codes, R, C, &q, &err), 0);
+        assert_memory_equal(back, w0, sizeof back);
+        q.rows = 0;
+        assert_int_equal(kb->iface->quant_apply(kb, w0, codes, R, C, &q, &err), -SLM_EINVAL);
+    }
+    free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -278,6 +434,10 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__cross_entropy_and_acts),
         cmocka_unit_test(test_kernels_cpu__factorizations),
         cmocka_unit_test(test_kernels_cpu__round_bf16),
+        cmocka_unit_test(test_kernels_cpu__prune_nm),
+        cmocka_unit_test(test_kernels_cpu__absmax_groups_and_range),
+        cmocka_unit_test(test_kernels_cpu__abs_histogram),
+        cmocka_unit_test(test_kernels_cpu__quant_apply_dequant),
     };
     return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
 }

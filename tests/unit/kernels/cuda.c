@@ -12,10 +12,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prune.h"
+#include "core/quant.h"
 #include "kernels/kbackend.h"
 #include "kernels/kbackend_impl.h"
 
@@ -679,6 +682,226 @@ static void test_kernels_cuda__sparsegpt_block_matches_cpu(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) sgpt_case_run(p, &cases[i]);
 }
 
+/* ---- SLiM pruning and quantization ----
+** Every element runs the same kernels/kquant.h arithmetic on both sides with IEEE f32 division
+** and square root and no FMA contraction, so masks, codes, counts and values are compared for
+** bit equality: the tolerance of these tests is 0. Shapes include rows and columns that are no
+** multiple of 256 (the block) and groups of 32 and 128. */
+static void *dev_bytes(struct kbackend *kb, const void *h, size_t n)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    void *d = NULL;
+    assert_int_equal(kb_alloc(kb, &d, n ? n : 1, &err), 0);
+    assert_int_equal(kb_upload(kb, d, h, n, &err), 0);
+    return d;
+}
+static void *host_bytes(struct kbackend *kb, const void *d, size_t n)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    void *h = malloc(n ? n : 1);
+    assert_non_null(h);
+    assert_int_equal(kb_download(kb, h, d, n, &err), 0);
+    return h;
+}
+
+static void prune_nm_case(struct pair *p, int d_out, int d_in, int n, int m, bool wanda)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t sz = (size_t)d_out * d_in;
+    float *w = rand_vec(sz), *s = rand_vec(d_in);
+    for (size_t i = 1; i < sz; i += 5) w[i] = -w[i - 1];        /* equal metrics: the tie rule */
+    for (int c = 0; c < d_in; c++) s[c] = fabsf(s[c]) + 1e-3f;
+    for (int c = 3; c < d_in; c += 4) s[c] = s[c - 1];
+    uint8_t *mask = malloc(sz), *poison = malloc(sz);
+    assert_true(mask && poison);
+    memset(poison, 0xee, sz);
+    float *dw = dev_f(p->gpu, w, sz), *ds = dev_f(p->gpu, s, d_in);
+    uint8_t *dm = dev_bytes(p->gpu, poison, sz);
+    assert_int_equal(p->cpu->iface->prune_nm(p->cpu, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
+    assert_int_equal(p->gpu->iface->prune_nm(p->gpu, dw, dm, wanda ? ds : NULL, d_out, d_in, n, m, &err), 0);
+    uint8_t *gm = host_bytes(p->gpu, dm, sz);
+    float *gw = host_of(p->gpu, dw, sz);
+    assert_memory_equal(gm, mask, sz);
+    assert_memory_equal(gw, w, sz * sizeof *w);
+    kb_release(p->gpu, dw); kb_release(p->gpu, ds); kb_release(p->gpu, dm);
+    free(w); free(s); free(mask); free(poison); free(gm); free(gw);
+}
+
+static void test_kernels_cuda__prune_nm_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    prune_nm_case(p, 33, 100, 2, 4, false);
+    prune_nm_case(p, 33, 100, 2, 4, true);
+    prune_nm_case(p, 257, 264, 4, 8, true);
+    prune_nm_case(p, 5, 512, 1, 16, true);
+}
+
+static void absmax_case(struct pair *p, int d_out, int d_in, int grows, int gcols)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t sz = (size_t)d_out * d_in, ng = (size_t)(d_out / grows) * (d_in / gcols);
+    float *w = rand_vec(sz), *amax = malloc(ng * sizeof *amax);
+    assert_non_null(amax);
+    w[sz / 2] = NAN;   /* ignored on both sides */
+    float *dw = dev_f(p->gpu, w, sz), *da = dev_nan(p->gpu, ng);
+    assert_int_equal(p->cpu->iface->absmax_groups(p->cpu, amax, w, d_out, d_in, grows, gcols, &err), 0);
+    assert_int_equal(p->gpu->iface->absmax_groups(p->gpu, da, dw, d_out, d_in, grows, gcols, &err), 0);
+    float *ga = host_of(p->gpu, da, ng);
+    assert_memory_equal(ga, amax, ng * sizeof *amax);
+    kb_release(p->gpu, dw); kb_release(p->gpu, da);
+    free(w); free(amax); free(ga);
+}
+
+static void test_kernels_cuda__absmax_groups_and_range_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    absmax_case(p, 1000, 77, 1000, 77);    /* per tensor */
+    absmax_case(p, 300, 77, 1, 77);        /* per row */
+    absmax_case(p, 160, 200, 32, 1);       /* G x 1 */
+    absmax_case(p, 384, 131, 128, 1);
+    absmax_case(p, 37, 384, 1, 32);        /* 1 x G */
+    absmax_case(p, 37, 384, 1, 128);
+    absmax_case(p, 64, 96, 2, 3);
+    size_t n = 1000003;
+    float *a = rand_vec(n), lo_hi[2];
+    a[17] = NAN;
+    a[n - 1] = -3.5f;
+    float *da = dev_f(p->gpu, a, n), *dr = dev_nan(p->gpu, 2);
+    assert_int_equal(p->cpu->iface->abs_range(p->cpu, lo_hi, a, n, &err), 0);
+    assert_int_equal(p->gpu->iface->abs_range(p->gpu, dr, da, n, &err), 0);
+    float *g = host_of(p->gpu, dr, 2);
+    assert_memory_equal(g, lo_hi, sizeof lo_hi);
+    kb_release(p->gpu, da); kb_release(p->gpu, dr);
+    free(a); free(g);
+}
+
+/* nb 512 and 20000 (SLiM-Quant's bounds; the larger takes opt-in shared memory) and 70000 (more
+** bins than shared memory holds: global atomics). Values sit on and just below bin edges. */
+static void histogram_case(struct pair *p, size_t n, int nb)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    float *a = rand_vec(n), lo_hi[2], *edge = malloc((nb + 1) * sizeof *edge);
+    uint64_t *counts = calloc(nb, sizeof *counts);
+    assert_true(edge && counts);
+    assert_int_equal(p->cpu->iface->abs_range(p->cpu, lo_hi, a, n, &err), 0);
+    float lo = lo_hi[0], hi = lo_hi[1];
+    for (int k = 0; k <= nb; k++) edge[k] = lo + (hi - lo) * ((float)k / (float)nb);
+    edge[nb] = hi;
+    for (size_t i = 0; i + 1 < n && i < 2 * (size_t)nb; i += 2) {
+        a[i] = edge[i / 2];
+        a[i + 1] = -nextafterf(edge[i / 2 + 1], 0);
+    }
+    float *da = dev_f(p->gpu, a, n), *de = dev_f(p->gpu, edge, nb + 1);
+    uint64_t *dc = dev_bytes(p->gpu, counts, nb * sizeof *counts);
+    assert_int_equal(p->cpu->iface->abs_histogram(p->cpu, counts, a, n, lo, hi, edge, nb, &err), 0);
+    assert_int_equal(p->gpu->iface->abs_histogram(p->gpu, dc, da, n, lo, hi, de, nb, &err), 0);
+    uint64_t *gc = host_bytes(p->gpu, dc, nb * sizeof *counts);
+    assert_memory_equal(gc, counts, nb * sizeof *counts);
+    kb_release(p->gpu, da); kb_release(p->gpu, de); kb_release(p->gpu, dc);
+    free(a); free(edge); free(counts); free(gc);
+}
+
+static void test_kernels_cuda__abs_histogram_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    histogram_case(p, 300001, 512);
+    histogram_case(p, 2000003, 20000);
+    histogram_case(p, 500001, 70000);
+}
+
+/* Scale grids as core/quant.c builds them (per tensor sf, G x 1 and 1 x G alphas), with and
+** without bf16 rounding and the column scale; quant_dequant must give quant_apply's values back. */
+static void quant_case(struct pair *p, int d_out, int d_in, int kind, int grows, int gcols, bool bf16, bool cs)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t sz = (size_t)d_out * d_in, ng = (size_t)(d_out / grows) * (d_in / gcols);
+    float *w = rand_vec(sz), *scale = malloc(ng * sizeof *scale), *col = malloc(d_in * sizeof *col);
+    int8_t *codes = malloc(sz), *poison = malloc(sz);
+    assert_true(scale && col && codes && poison);
+    memset(poison, 0x55, sz);
+    for (int c = 0; c < d_in; c++) col[c] = c % 50 == 0 ? 2.0f : 1.0f;
+    assert_int_equal(p->cpu->iface->absmax_groups(p->cpu, scale, w, d_out, d_in, grows, gcols, &err), 0);
+    if (kind == KQ_SF) for (size_t g = 0; g < ng; g++) scale[g] = scale[g] > 0 ? 7.0f / scale[g] : 0;
+    scale[0] = 0;   /* a zero scale */
+    struct kquant_args q = { kind, 4, bf16, d_out / grows, d_in / gcols, grows, gcols, scale, cs ? col : NULL };
+    float *dw = dev_f(p->gpu, w, sz), *dsc = dev_f(p->gpu, scale, ng), *dcol = dev_f(p->gpu, col, d_in);
+    int8_t *dq = dev_bytes(p->gpu, poison, sz);
+    struct kquant_args dqa = q;
+    dqa.scale = dsc;
+    dqa.col_scale = cs ? dcol : NULL;
+    assert_int_equal(p->cpu->iface->quant_apply(p->cpu, w, codes, d_out, d_in, &q, &err), 0);
+    assert_int_equal(p->gpu->iface->quant_apply(p->gpu, dw, dq, d_out, d_in, &dqa, &err), 0);
+    float *gw = host_of(p->gpu, dw, sz);
+    int8_t *gq = host_bytes(p->gpu, dq, sz);
+    assert_memory_equal(gq, codes, sz);
+    assert_memory_equal(gw, w, sz * sizeof *w);
+    float *dd = dev_nan(p->gpu, sz);
+    assert_int_equal(p->gpu->iface->quant_dequant(p->gpu, dd, dq, d_out, d_in, &dqa, &err), 0);
+    float *gd = host_of(p->gpu, dd, sz);
+    assert_memory_equal(gd, w, sz * sizeof *w);
+    kb_release(p->gpu, dw); kb_release(p->gpu, dsc); kb_release(p->gpu, dcol); kb_release(p->gpu, dq);
+    kb_release(p->gpu, dd);
+    free(w); free(scale); free(col); free(codes); free(poison); free(gw); free(gq); free(gd);
+}
+
+static void test_kernels_cuda__quant_apply_dequant_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    quant_case(p, 300, 77, KQ_SF, 300, 77, false, false);
+    quant_case(p, 300, 77, KQ_SF, 300, 77, true, true);
+    quant_case(p, 300, 77, KQ_SF, 1, 77, true, false);
+    quant_case(p, 160, 200, KQ_ALPHA, 32, 1, false, true);
+    quant_case(p, 384, 131, KQ_ALPHA, 128, 1, true, false);
+    quant_case(p, 37, 384, KQ_ALPHA, 1, 32, false, false);
+    quant_case(p, 37, 384, KQ_ALPHA, 1, 128, true, true);
+}
+
+/* core's quant_weight and prune_weight on a device weight (only scales, histogram counts, codes
+** and the mask cross to the host) against the host path, bit for bit. */
+static void test_kernels_cuda__core_quant_and_prune_on_device(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    enum { R = 256, C = 1000 };
+    size_t n = (size_t)R * C;
+    const struct { enum quant_method m; int g; bool colw, bf16; } cfg[] = {
+        { QUANT_SLIM, 0, false, false }, { QUANT_SLIM, 0, false, true }, { QUANT_ABSMAX, 0, false, true },
+        { QUANT_ABSMAX, -1, false, false }, { QUANT_ABSMAX, 128, false, true }, { QUANT_ABSMAX, 8, true, false },
+    };
+    float *w = rand_vec(n), *h = malloc(n * sizeof *h), *col = malloc(C * sizeof *col), *s = rand_vec(C);
+    int8_t *qh = malloc(n), *qg = malloc(n);
+    uint8_t *mh = malloc(n), *mg = malloc(n);
+    assert_true(h && col && qh && qg && mh && mg);
+    for (int c = 0; c < C; c++) { col[c] = c % 100 == 0 ? 2.0f : 1.0f; s[c] = fabsf(s[c]) + 1e-3f; }
+    for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
+        struct quant_opts o = QUANT_OPTS_INIT;
+        o.method = cfg[k].m; o.group_size = cfg[k].g; o.column_wise = cfg[k].colw; o.bf16 = cfg[k].bf16;
+        struct quant_params ph = { 0 }, pg = { 0 };
+        memcpy(h, w, n * sizeof *h);
+        assert_int_equal(quant_weight_host(h, R, C, &o, k % 2 ? col : NULL, qh, &ph, &err), 0);
+        float *dw = dev_f(p->gpu, w, n);
+        assert_int_equal(quant_weight(p->gpu, dw, R, C, &o, k % 2 ? col : NULL, qg, &pg, &err), 0);
+        float *g = host_of(p->gpu, dw, n);
+        assert_memory_equal(g, h, n * sizeof *h);
+        assert_memory_equal(qg, qh, n);
+        assert_memory_equal(pg.scale, ph.scale, sizeof *ph.scale * (size_t)ph.rows * ph.cols);
+        kb_release(p->gpu, dw);
+        free(g);
+        quant_params_free(&ph); quant_params_free(&pg);
+    }
+    struct prune_opts po = PRUNE_OPTS_INIT;
+    po.n = 2; po.m = 4;
+    assert_int_equal(prune_mask_host(mh, w, s, R, C, &po, &err), 0);
+    float *dw = dev_f(p->gpu, w, n);
+    assert_int_equal(prune_weight(p->gpu, dw, s, R, C, &po, mg, &err), 0);
+    float *g = host_of(p->gpu, dw, n);
+    assert_memory_equal(mg, mh, n);
+    for (size_t i = 0; i < n; i++) assert_true(g[i] == (mh[i] ? 0.0f : w[i]));
+    kb_release(p->gpu, dw);
+    free(g); free(w); free(h); free(col); free(s); free(qh); free(qg); free(mh); free(mg);
+}
+
 int main(void)
 {
     if (!kbackend_cuda_available()) {
@@ -698,6 +921,11 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
         cmocka_unit_test(test_kernels_cuda__svd_reconstructs),
         cmocka_unit_test(test_kernels_cuda__sparsegpt_block_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__prune_nm_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__absmax_groups_and_range_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__abs_histogram_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__quant_apply_dequant_match_cpu),
+        cmocka_unit_test(test_kernels_cuda__core_quant_and_prune_on_device),
     };
     return cmocka_run_group_tests_name("kernels/cuda", tests, setup, teardown);
 }

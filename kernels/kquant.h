@@ -1,0 +1,221 @@
+/*
+** kernels/kquant.h: the scalar arithmetic of SLiM's per-linear pruning and quantization, written
+** once for core/prune.c and core/quant.c (host arrays), the CPU backend's ops and the CUDA
+** kernels (kernels/cuda/quant_cuda.cu), so that every path yields the same bits.
+** In device code the products, quotients and sums go through __fmul_rn / __fdiv_rn / __fadd_rn /
+** __fsub_rn: nvcc would otherwise contract a * b + c into an FMA (-fmad=true is its default).
+** Header-only (static inline): kernels/ does not link core/, and core/ has no backend here.
+*/
+#ifndef SLM_KQUANT_H
+#define SLM_KQUANT_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kbackend.h"
+
+#ifdef __CUDACC__
+#define KQ_FN __host__ __device__ static inline
+#else
+#define KQ_FN static inline
+#endif
+
+#ifdef __CUDA_ARCH__
+#define KQ_MUL(a, b) __fmul_rn((a), (b))
+#define KQ_DIV(a, b) __fdiv_rn((a), (b))
+#define KQ_ADD(a, b) __fadd_rn((a), (b))
+#define KQ_SUB(a, b) __fsub_rn((a), (b))
+#else
+#define KQ_MUL(a, b) ((a) * (b))
+#define KQ_DIV(a, b) ((a) / (b))
+#define KQ_ADD(a, b) ((a) + (b))
+#define KQ_SUB(a, b) ((a) - (b))
+#endif
+
+/* Nearest bfloat16 as f32: round to nearest even, NaN stays a quiet NaN (core/dtype.c's
+** f32_to_bf16 and kcpu_round_bf16 round the same way). */
+KQ_FN float kq_bf16(float x)
+{
+    uint32_t u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(x);
+#else
+    memcpy(&u, &x, 4);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) u = (u | 0x00400000u) & 0xffff0000u;
+    else u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    memcpy(&x, &u, 4);
+    return x;
+#endif
+}
+
+KQ_FN float kq_rb(float x, bool bf16) { return bf16 ? kq_bf16(x) : x; }
+
+/* ---- pruning (ALGORITHMS.md §2.1, §2.2) ---- */
+
+/* Magnitude (s NULL) or Wanda metric |w| * sqrt(s[c]); s is the shifted scaler row. */
+KQ_FN float kq_prune_metric(float w, const float *s, int c)
+{
+    return s ? KQ_MUL(fabsf(w), sqrtf(s[c])) : fabsf(w);
+}
+
+/* Whether entry k of an N:M group t [m] is pruned: the m - n smallest go, equal values drop the
+** lower index first. This is the position of k in a stable ascending sort: the entries before it
+** are those smaller, and those equal at a lower index. A NaN metric sorts first (nothing compares
+** below or equal to it) and is never counted before another entry. */
+KQ_FN bool kq_nm_pruned(const float *t, int k, int m, int n)
+{
+    int before = 0;
+    for (int j = 0; j < m && before < m - n; j++)
+        before += t[j] < t[k] || (t[j] == t[k] && j < k);
+    return before < m - n;
+}
+
+/* ---- AbsMax / SLiM-Quant fake quantization (§3.1 - §3.4) ---- */
+
+KQ_FN float kq_clampq(float q, int max_q)
+{
+    return q < (float)(-max_q - 1) ? (float)(-max_q - 1) : q > (float)max_q ? (float)max_q : q;
+}
+
+/* Half toward zero (the reference's Triton group kernel): truncate, then step away from zero only
+** when the fraction exceeds 0.5. */
+KQ_FN float kq_round_half_to_zero(float v)
+{
+    float t = truncf(v);
+    if (fabsf(KQ_SUB(v, t)) > 0.5f) t = KQ_ADD(t, v > 0 ? 1.0f : -1.0f);
+    return t;
+}
+
+/* Code of v under scale s of kind (enum kquant_kind). + 0 turns -0 into +0: the stored code has
+** no sign of zero to give back. KQ_SF in a bf16 model: sf is cast to the weight's bf16 for the
+** product, and the product rounded to bf16 (the reference's tensor arithmetic). */
+KQ_FN float kq_code(float v, float s, int kind, int max_q, bool bf16)
+{
+    if (s == 0) return 0;
+    if (kind == KQ_ALPHA) return KQ_ADD(kq_clampq(kq_round_half_to_zero(KQ_MUL(KQ_DIV(v, s), (float)max_q)), max_q), 0.0f);
+    return KQ_ADD(kq_clampq(nearbyintf(kq_rb(KQ_MUL(v, kq_rb(s, bf16)), bf16)), max_q), 0.0f);
+}
+
+/* Weight of code q: AbsMax and SLiM-Quant values are stored as bf16 (as the reference, also in
+** its f32 runs), OPTQ's (KQ_STEP) stay f32. */
+KQ_FN float kq_value(float q, float s, int kind, int max_q, bool bf16)
+{
+    if (s == 0) return 0;
+    if (kind == KQ_ALPHA) return kq_bf16(KQ_MUL(kq_rb(KQ_DIV(q, (float)max_q), bf16), s));
+    if (kind == KQ_STEP) return KQ_MUL(s, q);
+    return kq_bf16(KQ_DIV(q, s));
+}
+
+KQ_FN float kq_scale_at(const struct kquant_args *a, int r, int c)
+{
+    return a->scale[(size_t)(r / a->group_rows) * a->cols + c / a->group_cols];
+}
+
+/* Quantize element (r, c) of value w: the AWQ-like column scale cs multiplies before and divides
+** after (§3.4). *code gets the integer; returns the new weight. */
+KQ_FN float kq_quant1(float w, int r, int c, const struct kquant_args *a, float *code)
+{
+    int max_q = (1 << (a->bits - 1)) - 1;
+    float s = kq_scale_at(a, r, c), cs = a->col_scale ? a->col_scale[c] : 1.0f;
+    float q = kq_code(cs != 1.0f ? KQ_MUL(w, cs) : w, s, a->kind, max_q, a->bf16);
+    float v = kq_value(q, s, a->kind, max_q, a->bf16);
+    *code = q;
+    return cs != 1.0f ? kq_bf16(KQ_DIV(v, cs)) : v;
+}
+
+KQ_FN float kq_dequant1(int8_t code, int r, int c, const struct kquant_args *a)
+{
+    int max_q = (1 << (a->bits - 1)) - 1;
+    float cs = a->col_scale ? a->col_scale[c] : 1.0f;
+    float v = kq_value((float)code, kq_scale_at(a, r, c), a->kind, max_q, a->bf16);
+    return cs != 1.0f ? kq_bf16(KQ_DIV(v, cs)) : v;
+}
+
+/* ---- SLiM-Quant histogram (§3.3) ---- */
+
+/* Bin of v among nb bins with edges edge [nb + 1] spanning [lo, hi]: the f32 estimate
+** (v - lo) * nb / (hi - lo), clamped, then moved until edge[p] <= v < edge[p + 1] (the last bin
+** also takes v == hi), as torch.histc. */
+KQ_FN int kq_hist_bin(float v, float lo, float hi, int nb, const float *edge)
+{
+    int p = (int)KQ_DIV(KQ_MUL(KQ_SUB(v, lo), (float)nb), KQ_SUB(hi, lo));
+    if (p < 0) p = 0;
+    if (p > nb - 1) p = nb - 1;
+    while (p > 0 && v < edge[p]) p--;
+    while (p < nb - 1 && v >= edge[p + 1]) p++;
+    return p;
+}
+
+/* ---- host loops: core's host path and the CPU backend's ops ---- */
+#ifndef __CUDACC__
+
+/* mask / w of one N:M-pruned row: metric of w [len] (s: shifted scaler [len] or NULL). */
+static inline void kq_prune_nm_row(float *w, uint8_t *mask, const float *s, int len, int n, int m, bool zero)
+{
+    float t[256];
+    for (int c0 = 0; c0 + m <= len; c0 += m) {
+        for (int k = 0; k < m; k++) t[k] = kq_prune_metric(w[c0 + k], s, c0 + k);
+        for (int k = 0; k < m; k++) {
+            mask[c0 + k] = kq_nm_pruned(t, k, m, n);
+            if (zero && mask[c0 + k]) w[c0 + k] = 0;
+        }
+    }
+}
+
+/* amax [(d_out / grows) x (d_in / gcols)] = max |w| of each grows x gcols group; NaN ignored. */
+static inline void kq_absmax_groups(float *amax, const float *w, int d_out, int d_in, int grows, int gcols)
+{
+    int cols = d_in / gcols;
+    for (size_t i = 0; i < (size_t)(d_out / grows) * cols; i++) amax[i] = 0;
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) {
+            float *a = &amax[(size_t)(r / grows) * cols + c / gcols];
+            *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
+        }
+}
+
+/* lo_hi = { min |a|, max |a| } over n floats, NaN ignored; { +inf, 0 } when empty. */
+static inline void kq_abs_range(float *lo_hi, const float *a, size_t n)
+{
+    float lo = INFINITY, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = fabsf(a[i]);
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+    }
+    lo_hi[0] = lo;
+    lo_hi[1] = hi;
+}
+
+static inline void kq_abs_histogram(uint64_t *counts, const float *a, size_t n, float lo, float hi,
+                                    const float *edge, int nb)
+{
+    for (size_t i = 0; i < n; i++) counts[kq_hist_bin(fabsf(a[i]), lo, hi, nb, edge)]++;
+}
+
+static inline void kq_quant(float *w, int8_t *codes, int d_out, int d_in, const struct kquant_args *a)
+{
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) {
+            size_t i = (size_t)r * d_in + c;
+            float q;
+            w[i] = kq_quant1(w[i], r, c, a, &q);
+            if (codes) codes[i] = (int8_t)q;
+        }
+}
+
+static inline void kq_dequant(float *w, const int8_t *codes, int d_out, int d_in, const struct kquant_args *a)
+{
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) w[(size_t)r * d_in + c] = kq_dequant1(codes[(size_t)r * d_in + c], r, c, a);
+}
+
+#endif /* !__CUDACC__ */
+#endif
