@@ -9,6 +9,8 @@ float kcpu_act1(float v, enum kact act);
 /* Nearest bfloat16 of x (round to nearest even, NaN stays a quiet NaN) as f32, in place over n;
 ** the CPU backend's round_bf16 and the host fallback of kb_round_bf16. */
 void kcpu_round_bf16(float *y, size_t n);
+/* The col_stats op on host arrays (kbackend.h): the CPU backend's and kb_col_stats' fallback. */
+void kcpu_col_stats(float *scaler, double *abssum, const float *x, int rows, int cols, int nseq);
 
 #ifdef SLM_HAVE_CUDA
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */

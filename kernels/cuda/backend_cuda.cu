@@ -218,6 +218,9 @@ static const struct kbackend_i cuda_iface = {
     /* .svd */ cu_svd,
     /* .gram_f64 */ NULL,
     /* .round_bf16 */ cu_round_bf16,
+    /* --- added for GPU calibration statistics and embedding gather (optional) --- */
+    /* .col_stats */ cu_col_stats,
+    /* .gather_rows */ cu_gather_rows,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

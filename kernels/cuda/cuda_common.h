@@ -102,5 +102,10 @@ int cu_eigh_f64(struct kbackend *kb, double *a, double *w, int n, struct slm_err
 int cu_cholesky_upper(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_spd_inverse(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err);
+/* added for GPU calibration statistics and embedding gather */
+int cu_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                 struct slm_err *err);
+int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols, int V,
+                   struct slm_err *err);
 
 #endif
