@@ -301,12 +301,26 @@ static int rel_error(struct kbackend *kb, double *out, const float *W, const flo
     /* Y = X [D; W]^T: the first d_out columns are X D^T, the next X W^T */
     if ((rc = kb_linear(kb, by, X, bd, NULL, rows, 2 * d_out, d_in, err)) || (rc = kb_download(kb, h, by, sizeof *h * ny, err)))
         goto done;
-    for (size_t t = 0; t < (size_t)rows; t++)
+    /* per-row partial sums (in parallel), then added in row order: the same bits on any number
+    ** of threads. hd: rows x {num, den}. */
+    double *hd = malloc(sizeof *hd * 2 * (size_t)rows);
+    if (!hd) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
+#pragma omp parallel for schedule(static) if (ny >= (1 << 16))
+    for (int t = 0; t < rows; t++) {
+        double pn = 0, pd = 0;
         for (int c = 0; c < d_out; c++) {
-            double a = h[t * 2 * d_out + c], b = h[t * 2 * d_out + d_out + c];
-            num += a * a;
-            den += b * b;
+            double a = h[(size_t)t * 2 * d_out + c], b = h[(size_t)t * 2 * d_out + d_out + c];
+            pn += a * a;
+            pd += b * b;
         }
+        hd[2 * t] = pn;
+        hd[2 * t + 1] = pd;
+    }
+    for (int t = 0; t < rows; t++) {
+        num += hd[2 * t];
+        den += hd[2 * t + 1];
+    }
+    free(hd);
     *out = den > 0 ? sqrt(num / den) : 0;
 done:
     kb_release(kb, bd);

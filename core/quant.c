@@ -3,6 +3,8 @@
 ** The rounding rules differ on purpose, as in the reference: per-tensor / SLiM-Quant round half
 ** to even after the product w * sf (rounded to bf16 first in bf16 mode); the group quantizer (the
 ** reference's Triton kernel) casts alpha to fp16 and rounds half toward zero.
+** Per-row (and per-column) loops run on OpenMP threads where rows are independent; maxima and
+** sums keep their single-thread order, so any thread count gives the same bits.
 */
 #include "quant.h"
 
@@ -11,6 +13,9 @@
 #include <string.h>
 
 #include "dtype.h"
+
+/* Below this many weights a parallel region costs more than the work it spreads. */
+#define QUANT_PAR_MIN (1 << 14)
 
 void quant_params_free(struct quant_params *p)
 {
@@ -146,6 +151,7 @@ static int fit(struct quant_params *p, const float *w, int d_out, int d_in, cons
     }
     if (o->group_size == -1) {
         if ((rc = params_alloc(p, QK_SF, o, d_out, 1, 1, d_in, err))) return rc;
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= QUANT_PAR_MIN)
         for (int r = 0; r < d_out; r++) {
             float alpha = 0;
             for (int c = 0; c < d_in; c++) alpha = fmaxf(alpha, fabsf(w[(size_t)r * d_in + c]));
@@ -161,11 +167,14 @@ static int fit(struct quant_params *p, const float *w, int d_out, int d_in, cons
     int rows = d_out / grows, cols = d_in / gcols;
     if ((rc = params_alloc(p, QK_ALPHA, o, rows, cols, grows, gcols, err))) return rc;
     for (int i = 0; i < rows * cols; i++) p->scale[i] = 0;
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            float *a = &p->scale[(size_t)(r / grows) * cols + c / gcols];
-            *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
-        }
+    /* a row-wise group spans grows rows: threads take whole groups of rows, so no scale is shared */
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= QUANT_PAR_MIN)
+    for (int gr = 0; gr < rows; gr++)
+        for (int r = gr * grows; r < (gr + 1) * grows; r++)
+            for (int c = 0; c < d_in; c++) {
+                float *a = &p->scale[(size_t)gr * cols + c / gcols];
+                *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
+            }
     for (int i = 0; i < rows * cols; i++) p->scale[i] = f16_to_f32(f32_to_f16(p->scale[i]));  /* kernel casts to fp16 */
     return 0;
 }
@@ -209,6 +218,7 @@ int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o,
         return slm_err_set(err, SLM_EUNSUPPORTED, "SLiM-Quant is per tensor (group_size 0)");
     if ((rc = fit(&p, w, d_out, d_in, o, err))) goto done;
     int max_q = quant_max_q(o->bits);
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= QUANT_PAR_MIN)
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;
@@ -270,6 +280,7 @@ int quant_important_columns(float *col_scale, const float *w, int d_out, int d_i
 {
     struct colrank *cr = malloc(sizeof *cr * (size_t)d_in);
     if (!cr) return slm_err_set(err, SLM_ENOMEM, "important columns: out of memory");
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= QUANT_PAR_MIN)
     for (int j = 0; j < d_in; j++) {
         double sum = 0;
         for (int r = 0; r < d_out; r++) sum += fabsf(w[(size_t)r * d_in + j]);
