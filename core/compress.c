@@ -1,8 +1,9 @@
 /*
 ** core/compress.c: the layer-wise SLiM pipeline (see compress.h, ALGORITHMS.md §1, §3.8, §4.8).
 ** DESIGN: statistics are gathered one calibration sequence at a time (B = 1), so the reference's
-** running recurrences over sequences (§1.5) are reproduced exactly: Wanda's scaler_row in f32 on
-** the host, the Hessian (only for SparseGPT / OPTQ, which need it) scaled and accumulated with a
+** running recurrences over sequences (§1.5) are reproduced exactly: Wanda's scaler_row in f32 and
+** L2QER's column sums by the backend's col_stats (the inputs never leave the device, except for
+** JSQ, which clips them on the host), downloaded once per linear input when compressed; the Hessian (only for SparseGPT / OPTQ, which need it) scaled and accumulated with a
 ** backend gemm. Linears that read the same input (q/k/v, gate/up) share one statistics slot. The
 ** per-layer reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
 ** first calibration window, kept per slot (a full-H trace would cost d_out d_in^2 per layer).
@@ -90,8 +91,10 @@ void compress_result_free(struct compress_result *r)
 struct stat_slot {
     int d_in;
     int nseq;              /* sequences accumulated so far (n of the recurrence) */
-    float *scaler;         /* host [d_in] Wanda scaler_row */
-    double *abssum;        /* host [d_in] sum |x| (L2QER) */
+    float *scaler;         /* backend [d_in] Wanda scaler_row */
+    double *abssum;        /* backend [d_in] sum |x| (L2QER) */
+    float *h_scaler;       /* host copies, downloaded once calibration is over (stat_host) */
+    double *h_abssum;
     int64_t ntok;
     float *H;              /* backend [d_in x d_in], NULL unless the method needs it */
     float *x0;             /* backend [x0_rows x d_in]: inputs of the first window (error figure) */
@@ -105,8 +108,9 @@ struct block_stats {
     int slot_of[LIN_COUNT];    /* role -> slot index, -1 none */
     const float *last_x;       /* input of the previous callback in this forward */
     int last_slot;
-    float *hx;                 /* host scratch [rows x max d_in] */
+    float *hx;                 /* JSQ: host scratch [rows x max d_in] */
     size_t hx_n;
+    float *bx;                 /* JSQ: backend scratch for the clipped input, hx_n floats */
     volatile sig_atomic_t *cancel;
     struct slm_err *err;
     int rc;
@@ -114,39 +118,86 @@ struct block_stats {
     bool jsq;                  /* clip inputs and keep JSQ statistics (scaler_row then sees the clipped x) */
 };
 
+/* Backend statistics of a slot, zeroed. */
+static int stat_slot_alloc(struct kbackend *kb, struct stat_slot *s, struct slm_err *err)
+{
+    size_t d = (size_t)s->d_in;
+    void *zero = calloc(d, sizeof(double));
+    int rc;
+    if (!zero) return slm_err_set(err, SLM_ENOMEM, "calibration statistics: out of memory");
+    if (!(rc = kb_alloc(kb, (void **)&s->scaler, sizeof *s->scaler * d, err)) &&
+        !(rc = kb_alloc(kb, (void **)&s->abssum, sizeof *s->abssum * d, err)) &&
+        !(rc = kb_upload(kb, s->scaler, zero, sizeof *s->scaler * d, err)))
+        rc = kb_upload(kb, s->abssum, zero, sizeof *s->abssum * d, err);
+    free(zero);
+    return rc;
+}
+
+/* Host copy of the finished scaler_row and column sums, fetched on first use: the linears that
+** share an input share the download. */
+static int stat_host(struct kbackend *kb, struct stat_slot *s, struct slm_err *err)
+{
+    size_t d = (size_t)s->d_in;
+    if (s->h_scaler) return 0;
+    if (!s->scaler) return slm_err_set(err, SLM_EINTERNAL, "calibration statistics: no input seen");
+    float *hs = malloc(sizeof *hs * d);
+    double *ha = malloc(sizeof *ha * d);
+    int rc;
+    if (!hs || !ha) rc = slm_err_set(err, SLM_ENOMEM, "calibration statistics: out of memory");
+    else if (!(rc = kb_download(kb, hs, s->scaler, sizeof *hs * d, err)))
+        rc = kb_download(kb, ha, s->abssum, sizeof *ha * d, err);
+    if (rc) {
+        free(hs);
+        free(ha);
+        return rc;
+    }
+    s->h_scaler = hs;
+    s->h_abssum = ha;
+    return 0;
+}
+
+/* JSQ's statistics clip x on the host, and scaler_row must see the clipped values: x is
+** downloaded, clipped, and uploaded again into bx for col_stats. *xs: the input col_stats reads. */
+static int stats_add_jsq(struct block_stats *bs, struct stat_slot *s, const float *x, int rows, const float **xs)
+{
+    struct kbackend *kb = bs->m->kb;
+    size_t n = (size_t)rows * s->d_in;
+    int rc;
+    if (bs->hx_n < n) {
+        free(bs->hx);
+        kb_release(kb, bs->bx);
+        bs->hx = NULL;
+        bs->bx = NULL;
+        bs->hx_n = 0;
+        if (!(bs->hx = malloc(sizeof *bs->hx * n))) return slm_err_set(bs->err, SLM_ENOMEM, "calibration: out of memory");
+        if ((rc = kb_alloc(kb, (void **)&bs->bx, sizeof *bs->bx * n, bs->err))) return rc;
+        bs->hx_n = n;
+    }
+    if ((rc = kb_download(kb, bs->hx, x, sizeof *bs->hx * n, bs->err)) ||
+        (rc = jsq_stats_add(&s->jsq, bs->hx, rows, s->d_in, bs->err)) ||
+        (rc = kb_upload(kb, bs->bx, bs->hx, sizeof *bs->hx * n, bs->err)))
+        return rc;
+    *xs = bs->bx;
+    return 0;
+}
+
 static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x, int rows)
 {
     struct kbackend *kb = bs->m->kb;
     size_t n = (size_t)rows * s->d_in;
     int rc;
     if (!s->scaler) {
-        s->scaler = calloc((size_t)s->d_in, sizeof *s->scaler);
-        s->abssum = calloc((size_t)s->d_in, sizeof *s->abssum);
-        if (!s->scaler || !s->abssum) return slm_err_set(bs->err, SLM_ENOMEM, "calibration statistics: out of memory");
+        if ((rc = stat_slot_alloc(kb, s, bs->err))) return rc;
         if (bs->need_h && (rc = kb_alloc(kb, (void **)&s->H, sizeof(float) * (size_t)s->d_in * s->d_in, bs->err))) return rc;
         if ((rc = kb_alloc(kb, (void **)&s->x0, sizeof(float) * n, bs->err)) ||
             (rc = kb->iface->copy(kb, s->x0, x, sizeof(float) * n, bs->err)))
             return rc;
         s->x0_rows = rows;
     }
-    if (bs->hx_n < n) {
-        free(bs->hx);
-        bs->hx_n = 0;
-        if (!(bs->hx = malloc(sizeof *bs->hx * n))) return slm_err_set(bs->err, SLM_ENOMEM, "calibration: out of memory");
-        bs->hx_n = n;
-    }
-    if ((rc = kb_download(kb, bs->hx, x, sizeof *bs->hx * n, bs->err))) return rc;
-    if (bs->jsq && (rc = jsq_stats_add(&s->jsq, bs->hx, rows, s->d_in, bs->err))) return rc;
+    const float *xs = x;
+    if (bs->jsq && (rc = stats_add_jsq(bs, s, x, rows, &xs))) return rc;
+    if ((rc = kb_col_stats(kb, s->scaler, s->abssum, xs, rows, s->d_in, s->nseq, bs->err))) return rc;
     float nn = (float)s->nseq;
-    for (int j = 0; j < s->d_in; j++) {
-        float sq = 0;
-        for (int t = 0; t < rows; t++) {
-            float v = bs->hx[(size_t)t * s->d_in + j];
-            sq += v * v;
-            s->abssum[j] += fabsf(v);
-        }
-        s->scaler[j] = s->scaler[j] * nn / (nn + 1) + sq / (nn + 1);
-    }
     s->ntok += rows;
     if (!s->H) {
         s->nseq++;
@@ -185,15 +236,19 @@ static int stats_cb(int block, enum lin_role role, const struct linear *lin, con
 static void stats_free(struct block_stats *bs)
 {
     for (int k = 0; k < LIN_COUNT; k++) {
-        free(bs->slot[k].scaler);
-        free(bs->slot[k].abssum);
+        kb_release(bs->m->kb, bs->slot[k].scaler);
+        kb_release(bs->m->kb, bs->slot[k].abssum);
+        free(bs->slot[k].h_scaler);
+        free(bs->slot[k].h_abssum);
         kb_release(bs->m->kb, bs->slot[k].H);
         kb_release(bs->m->kb, bs->slot[k].x0);
         jsq_stats_free(&bs->slot[k].jsq);
         memset(&bs->slot[k], 0, sizeof bs->slot[k]);
     }
     free(bs->hx);
+    kb_release(bs->m->kb, bs->bx);
     bs->hx = NULL;
+    bs->bx = NULL;
     bs->hx_n = 0;
 }
 
@@ -246,12 +301,26 @@ static int rel_error(struct kbackend *kb, double *out, const float *W, const flo
     /* Y = X [D; W]^T: the first d_out columns are X D^T, the next X W^T */
     if ((rc = kb_linear(kb, by, X, bd, NULL, rows, 2 * d_out, d_in, err)) || (rc = kb_download(kb, h, by, sizeof *h * ny, err)))
         goto done;
-    for (size_t t = 0; t < (size_t)rows; t++)
+    /* per-row partial sums (in parallel), then added in row order: the same bits on any number
+    ** of threads. hd: rows x {num, den}. */
+    double *hd = malloc(sizeof *hd * 2 * (size_t)rows);
+    if (!hd) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
+#pragma omp parallel for schedule(static) if (ny >= (1 << 16))
+    for (int t = 0; t < rows; t++) {
+        double pn = 0, pd = 0;
         for (int c = 0; c < d_out; c++) {
-            double a = h[t * 2 * d_out + c], b = h[t * 2 * d_out + d_out + c];
-            num += a * a;
-            den += b * b;
+            double a = h[(size_t)t * 2 * d_out + c], b = h[(size_t)t * 2 * d_out + d_out + c];
+            pn += a * a;
+            pd += b * b;
         }
+        hd[2 * t] = pn;
+        hd[2 * t + 1] = pd;
+    }
+    for (int t = 0; t < rows; t++) {
+        num += hd[2 * t];
+        den += hd[2 * t + 1];
+    }
+    free(hd);
     *out = den > 0 ? sqrt(num / den) : 0;
 done:
     kb_release(kb, bd);
@@ -309,7 +378,8 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
         goto done;
     }
     if ((rc = kb_download(kb, w.W, l->w, sizeof *w.W * n, err))) goto done;   /* bf16 already (model_set_bf16) */
-    memcpy(w.s, st->scaler, sizeof *w.s * (size_t)d_in);
+    if ((rc = stat_host(kb, st, err))) goto done;
+    memcpy(w.s, st->h_scaler, sizeof *w.s * (size_t)d_in);
     if (o->shift_zero_metrics) prune_shift_scaler(w.s, d_in);
     if (o->scale_important_weights) {
         if (!(cs = malloc(sizeof *cs * (size_t)d_in))) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
@@ -358,9 +428,9 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
                     d = ok ? dd : NULL;   /* a zero saliency falls back to Naive-LoRA, as the reference */
                 } else if (o->lowrank.method == LOWRANK_L2QER) {
                     double mx = 0;
-                    for (int j = 0; j < d_in; j++) mx = fmax(mx, st->abssum[j]);
+                    for (int j = 0; j < d_in; j++) mx = fmax(mx, st->h_abssum[j]);
                     for (int j = 0; j < d_in; j++)
-                        dd[j] = (float)(st->abssum[j] > 0 ? st->abssum[j] / (mx > 0 ? mx : 1) : 1e-6);
+                        dd[j] = (float)(st->h_abssum[j] > 0 ? st->h_abssum[j] / (mx > 0 ? mx : 1) : 1e-6);
                     d = dd;
                 }
                 for (size_t i = 0; i < n; i++) w.E[i] = w.W[i] - w.Wc[i];
@@ -627,7 +697,7 @@ static void jsq_block_free(struct jsq_block *jb)
 }
 
 /* Steps 1-3: mask from the joint metric; the pruned, unquantized weight goes back to the block. */
-static int jsq_prune_linear(struct model *m, struct linear *l, const struct stat_slot *st, const struct compress_opts *o,
+static int jsq_prune_linear(struct model *m, struct linear *l, struct stat_slot *st, const struct compress_opts *o,
                             struct jsq_block *jb, int r, struct slm_err *err)
 {
     struct kbackend *kb = m->kb;
@@ -637,8 +707,8 @@ static int jsq_prune_linear(struct model *m, struct linear *l, const struct stat
     jb->W[r] = malloc(sizeof *jb->W[r] * n);
     jb->mask[r] = malloc(n);
     if (!t || !jb->W[r] || !jb->mask[r]) { rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name); goto done; }
-    if ((rc = kb_download(kb, jb->W[r], l->w, sizeof *t * n, err))) goto done;
-    if ((rc = jsq_metric(kb, t, jb->W[r], st->scaler, &st->jsq, o->jsq.mixing_factor, l->d_out, l->d_in, err)) ||
+    if ((rc = kb_download(kb, jb->W[r], l->w, sizeof *t * n, err)) || (rc = stat_host(kb, st, err))) goto done;
+    if ((rc = jsq_metric(kb, t, jb->W[r], st->h_scaler, &st->jsq, o->jsq.mixing_factor, l->d_out, l->d_in, err)) ||
         (rc = prune_mask_metric(jb->mask[r], t, l->d_out, l->d_in, &o->prune, err)))
         goto done;
     for (size_t i = 0; i < n; i++) t[i] = jb->mask[r][i] ? 0 : jb->W[r][i];

@@ -90,7 +90,8 @@ struct model {
     enum norm_kind norm;            /* LayerNorm, or RMSNorm after SliceGPT fusion */
     enum block_kind block_kind;
     float norm_divisor;             /* RMSNorm mean divisor: 0 = row width; SliceGPT: original hidden */
-    /* embeddings stay on the host (gathered per batch, then uploaded) */
+    /* embeddings: the host tables are authoritative; a backend with gather_rows gathers from its
+    ** own copies (embed_dev / pos_embed_dev below), the others on the host, then upload */
     float *embed;                   /* host [vocab x embed_dim] */
     float *pos_embed;               /* host [(max_pos + 2) x hidden] (OPT), else NULL */
     float *embed_rot;               /* backend [embed_dim x d_in(block 0)] SliceGPT rotation, or NULL */
@@ -125,6 +126,9 @@ struct model {
     /* --- bf16 emulation (model_set_bf16) --- */
     bool weights_bf16;              /* every weight is rounded to bf16 (resident ones and on load) */
     bool act_bf16;                  /* the forward pass rounds each op's output to bf16 */
+    /* --- device-side embedding gather (backends with gather_rows) --- */
+    float *embed_dev;               /* backend copy of embed, uploaded on first model_embed, or NULL */
+    float *pos_embed_dev;           /* backend copy of pos_embed (OPT), or NULL */
 };
 
 /* Emulate a model cast to bfloat16, as the SLiM reference runs (ALGORITHMS.md §1.1).
@@ -156,6 +160,9 @@ typedef int (*linear_input_cb)(int block, enum lin_role role, const struct linea
 
 /* x: backend [B*T x emb width] <- embeddings of ids (host int32 [B*T]), positions 0..T-1 per row. */
 int model_embed(struct model *m, float *x, const int32_t *ids, int B, int T, struct slm_err *err);
+/* Drops the backend copies of the embedding tables, so that the next model_embed uploads them
+** again: call whenever m->embed / m->pos_embed or m->embed_width change. */
+void model_embed_changed(struct model *m);
 /* In place: x holds [B*T x d_in] packed rows on entry and [B*T x d_out] packed rows on return;
 ** its capacity must be B*T x model_max_width(m) floats. cb may be NULL. */
 int model_block_forward(struct model *m, int b, float *x, int B, int T, linear_input_cb cb, void *payload,

@@ -3,6 +3,8 @@
 ** Tie rules: within an N:M group and within a Wanda row, equal metrics drop the lower column
 ** index first (a stable ascending sort; N:M through kq_nm_pruned, shared with the backends'
 ** prune_nm); magnitude unstructured prunes everything <= the threshold value, as the reference does.
+** Rows are independent in every per-row step, so those loops run on OpenMP threads: each row's
+** result is computed exactly as on one thread (no reduction crosses rows).
 */
 #include "prune.h"
 
@@ -11,6 +13,10 @@
 #include <string.h>
 
 #include "../kernels/kquant.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ---- helpers ---- */
 
@@ -61,19 +67,30 @@ static int check_opts(const struct prune_opts *o, int d_in, struct slm_err *err)
 ** ascending order (Wanda). */
 static int mask_rows(uint8_t *mask, const float *t, int d_out, int d_in, const struct prune_opts *o, struct slm_err *err)
 {
+    bool par = (size_t)d_out * d_in >= KQ_PAR_MIN;
     if (o->m) {
+#pragma omp parallel for schedule(static) if (par)
         for (int r = 0; r < d_out; r++) nm_row(mask + (size_t)r * d_in, t + (size_t)r * d_in, d_in, o->n, o->m);
         return 0;
     }
-    int k = (int)floor((double)d_in * o->sparsity);
-    struct keyed *row = malloc(sizeof *row * (size_t)d_in);
-    if (!row) return slm_err_set(err, SLM_ENOMEM, "prune: out of memory");
+    int k = (int)floor((double)d_in * o->sparsity), nthr = 1;
+#ifdef _OPENMP
+    if (par) nthr = omp_get_max_threads();
+#endif
+    struct keyed *rows = malloc(sizeof *rows * (size_t)d_in * nthr);   /* one sort buffer per thread */
+    if (!rows) return slm_err_set(err, SLM_ENOMEM, "prune: out of memory");
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthr) if (nthr > 1)
     for (int r = 0; r < d_out; r++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        struct keyed *row = rows + (size_t)tid * d_in;
         for (int c = 0; c < d_in; c++) { row[c].v = t[(size_t)r * d_in + c]; row[c].j = c; }
         qsort(row, (size_t)d_in, sizeof *row, keyed_asc);
         for (int c = 0; c < k; c++) mask[(size_t)r * d_in + row[c].j] = 1;
     }
-    free(row);
+    free(rows);
     return 0;
 }
 
@@ -95,6 +112,7 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
     if (rc) goto done;
     if (!t) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
     memset(mask, 0, n);
+#pragma omp parallel for schedule(static) if (n >= KQ_PAR_MIN)
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;

@@ -3,6 +3,8 @@
 ** The rounding rules differ on purpose, as in the reference: per-tensor / SLiM-Quant round half
 ** to even after the product w * sf (rounded to bf16 first in bf16 mode); the group quantizer (the
 ** reference's Triton kernel) casts alpha to fp16 and rounds half toward zero.
+** Per-row (and per-column) loops run on OpenMP threads where rows are independent; maxima and
+** sums keep their single-thread order, so any thread count gives the same bits.
 */
 #include "quant.h"
 
@@ -311,6 +313,7 @@ int quant_important_columns(float *col_scale, const float *w, int d_out, int d_i
 {
     struct colrank *cr = malloc(sizeof *cr * (size_t)d_in);
     if (!cr) return slm_err_set(err, SLM_ENOMEM, "important columns: out of memory");
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
     for (int j = 0; j < d_in; j++) {
         double sum = 0;
         for (int r = 0; r < d_out; r++) sum += fabsf(w[(size_t)r * d_in + j]);

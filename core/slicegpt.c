@@ -241,6 +241,7 @@ int slicegpt_fuse(struct model *m, bool reference_compat, struct slm_err *err)
     /* the head is already its own buffer (model_open copies a tied embedding): untie = stop saying tied */
     m->cfg.tie_word_embeddings = false;
     if (layernorm || reference_compat) {
+        model_embed_changed(m);
         centre_rows(m->embed, (size_t)c->vocab, (size_t)m->embed_width);
         if (m->pos_embed) centre_rows(m->pos_embed, (size_t)c->max_pos + 2, (size_t)m->embed_width);
     }
@@ -613,6 +614,7 @@ int slicegpt_run(struct model *m, const int32_t *ids, int nseq, int seqlen, cons
     }
     if ((rc = pca(&s, "embed", err))) goto done;
     int r = slicegpt_width(s.d, o->sparsity, o->round_to);
+    model_embed_changed(m);   /* the host tables are rotated and sliced from here */
     if ((rc = rot_host(&s, &m->embed, (size_t)c->vocab, r, err))) goto done;
     if (m->pos_embed && (rc = rot_host(&s, &m->pos_embed, (size_t)c->max_pos + 2, r, err))) goto done;
     m->embed_width = r;

@@ -212,6 +212,19 @@ struct kbackend_i {
     /* w [d_out x d_in] = the weights of codes under q, as quant_apply left them (kq_dequant1). */
     int (*quant_dequant)(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
                          const struct kquant_args *q, struct slm_err *err);
+    /* --- added for GPU calibration statistics and embedding gather (optional) --- */
+    /* Wanda / L2QER column statistics of one calibration input x [rows x cols]: for each column j,
+    ** sq = sum of x[t][j]^2 over t = 0..rows-1 in that order in f32 (each product and sum rounded,
+    ** no FMA), then scaler[j] <- scaler[j] * n / (n + 1) + sq / (n + 1) in f32 with n = (float)nseq;
+    ** abssum[j] += |x[t][j]| in f64, rows in order. scaler f32 [cols], abssum f64 [cols]; all three
+    ** in backend memory. Every backend gives the same bits (kb_col_stats falls back to the host). */
+    int (*col_stats)(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols,
+                     int nseq, struct slm_err *err);
+    /* out [rows x cols] <- rows ids[r] of table [V x cols]; ids int32 [rows]; all in backend memory.
+    ** Callers validate the ids; an id outside [0, V) yields a row of NaN. NULL on the CPU, whose
+    ** memory is the host's: core/ gathers from its host table there. */
+    int (*gather_rows)(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols,
+                       int V, struct slm_err *err);
 };
 
 struct kbackend {
@@ -260,5 +273,8 @@ int kb_linear(struct kbackend *kb, float *y, const float *x, const float *w, con
 int kb_round_bf16(struct kbackend *kb, float *y, size_t n, struct slm_err *err);
 /* sparsegpt_block after checking a's shapes; -SLM_EUNSUPPORTED when the backend lacks it. */
 int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
+/* col_stats on backend buffers; a backend without the op gets a host round trip (same bits). */
+int kb_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                 struct slm_err *err);
 
 #endif

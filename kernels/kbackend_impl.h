@@ -11,6 +11,8 @@ float kcpu_act1(float v, enum kact act);
 void kcpu_round_bf16(float *y, size_t n);
 /* The CPU backend's sparsegpt_block (kernels/cpu/sparsegpt_cpu.c). */
 int kcpu_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
+/* The col_stats op on host arrays (kbackend.h): the CPU backend's and kb_col_stats' fallback. */
+void kcpu_col_stats(float *scaler, double *abssum, const float *x, int rows, int cols, int nseq);
 
 #ifdef SLM_HAVE_CUDA
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */

@@ -153,8 +153,13 @@ KQ_FN int kq_hist_bin(float v, float lo, float hi, int nb, const float *edge)
     return p;
 }
 
-/* ---- host loops: core's host path and the CPU backend's ops ---- */
+/* ---- host loops: core's host path and the CPU backend's ops ----
+** Rows (or whole groups of rows) are independent, so the loops run on OpenMP threads above
+** KQ_PAR_MIN elements; each element is computed exactly as on one thread. */
 #ifndef __CUDACC__
+
+/* Below this many weights a parallel region costs more than the work it spreads. */
+#define KQ_PAR_MIN (1 << 14)
 
 /* mask / w of one N:M-pruned row: metric of w [len] (s: shifted scaler [len] or NULL). */
 static inline void kq_prune_nm_row(float *w, uint8_t *mask, const float *s, int len, int n, int m, bool zero)
@@ -172,13 +177,16 @@ static inline void kq_prune_nm_row(float *w, uint8_t *mask, const float *s, int 
 /* amax [(d_out / grows) x (d_in / gcols)] = max |w| of each grows x gcols group; NaN ignored. */
 static inline void kq_absmax_groups(float *amax, const float *w, int d_out, int d_in, int grows, int gcols)
 {
-    int cols = d_in / gcols;
-    for (size_t i = 0; i < (size_t)(d_out / grows) * cols; i++) amax[i] = 0;
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            float *a = &amax[(size_t)(r / grows) * cols + c / gcols];
-            *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
-        }
+    int cols = d_in / gcols, rows = d_out / grows;
+    for (size_t i = 0; i < (size_t)rows * cols; i++) amax[i] = 0;
+    /* a thread takes whole groups of rows, so no maximum is shared between threads */
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
+    for (int gr = 0; gr < rows; gr++)
+        for (int r = gr * grows; r < (gr + 1) * grows; r++)
+            for (int c = 0; c < d_in; c++) {
+                float *a = &amax[(size_t)gr * cols + c / gcols];
+                *a = fmaxf(*a, fabsf(w[(size_t)r * d_in + c]));
+            }
 }
 
 /* lo_hi = { min |a|, max |a| } over n floats, NaN ignored; { +inf, 0 } when empty. */
@@ -202,6 +210,7 @@ static inline void kq_abs_histogram(uint64_t *counts, const float *a, size_t n, 
 
 static inline void kq_quant(float *w, int8_t *codes, int d_out, int d_in, const struct kquant_args *a)
 {
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;
@@ -213,6 +222,7 @@ static inline void kq_quant(float *w, int8_t *codes, int d_out, int d_in, const 
 
 static inline void kq_dequant(float *w, const int8_t *codes, int d_out, int d_in, const struct kquant_args *a)
 {
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) w[(size_t)r * d_in + c] = kq_dequant1(codes[(size_t)r * d_in + c], r, c, a);
 }

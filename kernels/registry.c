@@ -133,3 +133,29 @@ int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct s
         return slm_err_set(err, SLM_EINVAL, "sparsegpt_block: OPTQ %d bits, group %d, %d groups", a->bits, a->group, a->ngroups);
     return kb->iface->sparsegpt_block(kb, a, err);
 }
+
+int kb_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                 struct slm_err *err)
+{
+    if (rows < 0 || cols < 0) return slm_err_set(err, SLM_EINVAL, "col_stats: bad shape %d x %d", rows, cols);
+    if (!cols) return 0;
+    if (kb->iface->col_stats) return kb->iface->col_stats(kb, scaler, abssum, x, rows, cols, nseq, err);
+    size_t nx = (size_t)rows * cols;
+    float *hx = malloc(sizeof *hx * (nx + (size_t)cols));
+    double *ha = malloc(sizeof *ha * (size_t)cols);
+    int rc;
+    if (!hx || !ha) {
+        rc = slm_err_set(err, SLM_ENOMEM, "col_stats: %d x %d floats", rows, cols);
+        goto done;
+    }
+    float *hs = hx + nx;
+    if ((rc = kb_download(kb, hx, x, sizeof *hx * nx, err)) || (rc = kb_download(kb, hs, scaler, sizeof *hs * cols, err)) ||
+        (rc = kb_download(kb, ha, abssum, sizeof *ha * cols, err)))
+        goto done;
+    kcpu_col_stats(hs, ha, hx, rows, cols, nseq);
+    if (!(rc = kb_upload(kb, scaler, hs, sizeof *hs * cols, err))) rc = kb_upload(kb, abssum, ha, sizeof *ha * cols, err);
+done:
+    free(hx);
+    free(ha);
+    return rc;
+}

@@ -204,6 +204,46 @@ static int cpu_rope(struct kbackend *kb, float *x, int rows, int ld, int T, int 
 ** OpenBLAS's threads) than it saves: small models run these ops on one thread. */
 #define KCPU_PAR_MIN (1 << 24)
 
+/* Columns are processed in strips of KCPU_STRIP, each strip walking the rows in order: every
+** column sees exactly the sequence of f32 / f64 operations of the plain column-by-column loop the
+** statistics were defined with (so any strip width or thread count gives the same bits), while
+** the reads stay row-contiguous. */
+#define KCPU_STRIP 64
+
+void kcpu_col_stats(float *scaler, double *abssum, const float *x, int rows, int cols, int nseq)
+{
+    float nn = (float)nseq;
+    int nstrip = (cols + KCPU_STRIP - 1) / KCPU_STRIP;
+#pragma omp parallel for schedule(static) if ((double)rows * cols >= KCPU_PAR_MIN)
+    for (int st = 0; st < nstrip; st++) {
+        int j0 = st * KCPU_STRIP, nw = cols - j0 < KCPU_STRIP ? cols - j0 : KCPU_STRIP;
+        float sq[KCPU_STRIP] = { 0 };
+        double as[KCPU_STRIP];
+        for (int k = 0; k < nw; k++) as[k] = abssum[j0 + k];
+        for (int t = 0; t < rows; t++) {
+            const float *xr = x + (size_t)t * cols + j0;
+            for (int k = 0; k < nw; k++) {
+                float v = xr[k];
+                sq[k] += v * v;
+                as[k] += fabsf(v);
+            }
+        }
+        for (int k = 0; k < nw; k++) {
+            scaler[j0 + k] = scaler[j0 + k] * nn / (nn + 1) + sq[k] / (nn + 1);
+            abssum[j0 + k] = as[k];
+        }
+    }
+}
+
+static int cpu_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                         struct slm_err *err)
+{
+    (void)kb;
+    if (rows < 0 || cols < 0) return slm_err_set(err, SLM_EINVAL, "col_stats: bad shape %d x %d", rows, cols);
+    kcpu_col_stats(scaler, abssum, x, rows, cols, nseq);
+    return 0;
+}
+
 static void attn_head(const struct kattn_args *a, int b, int h, float *S, float *inv)
 {
     int T = a->T, chunk = T < ATTN_CHUNK ? T : ATTN_CHUNK, g = a->H / a->Hkv;
@@ -444,6 +484,9 @@ static const struct kbackend_i cpu_iface = {
     .abs_histogram = cpu_abs_histogram,
     .quant_apply = cpu_quant_apply,
     .quant_dequant = cpu_quant_dequant,
+    /* --- added for GPU calibration statistics and embedding gather (optional) --- */
+    .col_stats = cpu_col_stats,
+    .gather_rows = NULL,   /* host memory: model_embed gathers from the host table directly */
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -227,6 +227,9 @@ static const struct kbackend_i cuda_iface = {
     /* .abs_histogram */ cu_abs_histogram,
     /* .quant_apply */ cu_quant_apply,
     /* .quant_dequant */ cu_quant_dequant,
+    /* --- added for GPU calibration statistics and embedding gather (optional) --- */
+    /* .col_stats */ cu_col_stats,
+    /* .gather_rows */ cu_gather_rows,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

@@ -116,5 +116,10 @@ int cu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_out, int 
                    struct slm_err *err);
 int cu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
                      const struct kquant_args *q, struct slm_err *err);
+/* added for GPU calibration statistics and embedding gather */
+int cu_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                 struct slm_err *err);
+int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols, int V,
+                   struct slm_err *err);
 
 #endif

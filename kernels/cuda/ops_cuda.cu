@@ -266,3 +266,59 @@ int cu_cross_entropy(struct kbackend *kb, float *nll, const float *logits, const
     CU_LAUNCH_TRY("cross_entropy kernel");
     return 0;
 }
+
+/* ---- calibration statistics: one thread per column, rows in order (as kcpu_col_stats) ---- */
+#define COL_STATS_THREADS 64   /* small blocks: 4096 columns still spread over 64 SMs */
+
+/* Explicitly rounded f32 / f64 operations (no FMA contraction): the CPU's bits exactly. */
+__global__ static void k_col_stats(float *scaler, double *abssum, const float *x, int rows, int cols, float nn)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    float sq = 0;
+    double as = abssum[j];
+    const float *p = x + j;   /* consecutive threads read consecutive columns of a row: coalesced */
+#pragma unroll 8
+    for (int t = 0; t < rows; t++) {
+        float v = p[(size_t)t * cols];
+        sq = __fadd_rn(sq, __fmul_rn(v, v));
+        as = __dadd_rn(as, (double)fabsf(v));
+    }
+    float n1 = __fadd_rn(nn, 1.0f);
+    scaler[j] = __fadd_rn(__fdiv_rn(__fmul_rn(scaler[j], nn), n1), __fdiv_rn(sq, n1));
+    abssum[j] = as;
+}
+
+int cu_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
+                 struct slm_err *err)
+{
+    if (rows < 0 || cols < 0) return slm_err_set(err, SLM_EINVAL, "col_stats: bad shape %d x %d", rows, cols);
+    if (!cols) return 0;
+    unsigned blocks = (unsigned)((cols + COL_STATS_THREADS - 1) / COL_STATS_THREADS);
+    k_col_stats<<<blocks, COL_STATS_THREADS, 0, cu_ctx(kb)->stream>>>(scaler, abssum, x, rows, cols, (float)nseq);
+    CU_LAUNCH_TRY("col_stats kernel");
+    return 0;
+}
+
+/* ---- embedding gather: one block per output row ---- */
+__global__ static void k_gather_rows(float *out, const float *table, const int32_t *ids, int cols, int V)
+{
+    int id = ids[blockIdx.x];
+    float *o = out + (size_t)blockIdx.x * cols;
+    if (id < 0 || id >= V) {   /* callers validate: a NaN row makes a missed check visible */
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = __int_as_float(0x7fc00000);
+        return;
+    }
+    const float *s = table + (size_t)id * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = s[c];
+}
+
+int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols, int V,
+                   struct slm_err *err)
+{
+    if (rows < 0 || cols < 0 || V < 0) return slm_err_set(err, SLM_EINVAL, "gather_rows: bad shape %d x %d of %d", rows, cols, V);
+    if (!rows || !cols) return 0;
+    k_gather_rows<<<(unsigned)rows, 256, 0, cu_ctx(kb)->stream>>>(out, table, ids, cols, V);
+    CU_LAUNCH_TRY("gather_rows kernel");
+    return 0;
+}

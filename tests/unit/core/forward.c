@@ -19,6 +19,7 @@
 #include "core/eval.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "core/slicegpt.h"
 #include "kernels/kbackend.h"
 
 static struct kbackend *kb;
@@ -385,6 +386,76 @@ static void test_core_forward__rejects_bad_ids_and_lengths(void **state)
     assert_int_equal(model_open(&m, "/nonexistent-model-dir", kb, 0, &err), -SLM_ENOTFOUND);
 }
 
+/* ---- device-side embedding gather (kbackend.h gather_rows) ---- */
+
+/* The op as a device backend would do it, on the CPU backend's memory: the CPU backend itself
+** leaves it NULL, so this is how model_embed's backend path (a table copy per model, refreshed
+** when the host table changes) runs here. */
+static int test_gather_rows(struct kbackend *b, float *out, const float *table, const int32_t *ids, int rows, int cols,
+                            int V, struct slm_err *err)
+{
+    (void)b; (void)err;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            out[(size_t)r * cols + c] = ids[r] >= 0 && ids[r] < V ? table[(size_t)ids[r] * cols + c] : NAN;
+    return 0;
+}
+
+/* logits of ids [B x T] on m and on g (same model, gathering backend): bit for bit */
+static void expect_same_logits(struct model *m, struct model *g, const int32_t *ids, int B, int T, const char *what)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    size_t n = (size_t)B * T * m->cfg.vocab;
+    float *a = malloc(sizeof *a * n), *b = malloc(sizeof *b * n);
+    assert_true(a && b);
+    assert_int_equal(model_forward(m, ids, B, T, a, NULL, NULL, NULL, &err), 0);
+    assert_int_equal(model_forward(g, ids, B, T, b, NULL, NULL, NULL, &err), 0);
+    if (memcmp(a, b, sizeof *a * n)) print_error("%s: logits differ with the backend gather\n", what);
+    assert_memory_equal(a, b, sizeof *a * n);
+    free(a);
+    free(b);
+}
+
+static void gather_case(struct kbackend *gk, const char *model, bool slice)
+{
+    char dir[512];
+    struct slm_err err = SLM_ERR_INIT;
+    struct model *m, *g;
+    snprintf(dir, sizeof dir, "%s/%s", data_dir(), model);
+    assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
+    assert_int_equal(model_open(&g, dir, gk, 0, &err), 0);
+    enum { B = 2, T = 16, NCAL = 4 };
+    int32_t ids[B * T], cal[NCAL * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (i * 37 + 11) % m->cfg.vocab;
+    for (int i = 0; i < NCAL * T; i++) cal[i] = (i * 53 + 5) % m->cfg.vocab;
+    expect_same_logits(m, g, ids, B, T, model);
+    assert_non_null(g->embed_dev);      /* the copy is made and kept */
+    if (slice) {   /* rewrites the host tables (centred, rotated, sliced): the copy must follow */
+        struct slicegpt_opts so = SLICEGPT_OPTS_INIT;
+        so.sparsity = 0.25;
+        assert_int_equal(slicegpt_run(m, cal, NCAL, T, &so, &err), 0);
+        assert_int_equal(slicegpt_run(g, cal, NCAL, T, &so, &err), 0);
+        expect_same_logits(m, g, ids, B, T, "after SliceGPT");
+    }
+    /* rounds the host tables in place */
+    assert_int_equal(model_set_bf16(m, true, false, &err), 0);
+    assert_int_equal(model_set_bf16(g, true, false, &err), 0);
+    expect_same_logits(m, g, ids, B, T, "after bf16 rounding");
+    model_free(m);
+    model_free(g);
+}
+
+static void test_core_forward__backend_embedding_gather_is_exact(void **state)
+{
+    (void)state;
+    struct kbackend_i iface = *kb->iface;
+    iface.gather_rows = test_gather_rows;
+    struct kbackend gk = { kb->api_version, &iface, kb->ctx };
+    gather_case(&gk, "tiny-opt", true);        /* learned positions */
+    gather_case(&gk, "tiny-opt350m", false);   /* project_in, positions after it */
+    gather_case(&gk, "tiny-llama", true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_core_forward__llama3_config_loads),
         cmocka_unit_test(test_core_forward__input_quantization_emulation),
         cmocka_unit_test(test_core_forward__rejects_bad_ids_and_lengths),
+        cmocka_unit_test(test_core_forward__backend_embedding_gather_is_exact),
     };
     return cmocka_run_group_tests_name("core/forward", tests, setup, teardown);
 }

@@ -902,6 +902,68 @@ static void test_kernels_cuda__core_quant_and_prune_on_device(void **state)
     free(g); free(w); free(h); free(col); free(s); free(qh); free(qg); free(mh); free(mg);
 }
 
+/* Calibration statistics: explicitly rounded f32 / f64 in the CPU's order, so bit for bit.
+** Several sequences (the running mean's n), outliers, and a column count that is no multiple of
+** the block width. Device buffers start from the CPU's values, not NaN: the op accumulates. */
+static void test_kernels_cuda__col_stats_match_cpu_bitwise(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    static const int shape[][2] = { { 1, 1 }, { 37, 150 }, { 512, 4100 } };
+    for (size_t k = 0; k < sizeof shape / sizeof shape[0]; k++) {
+        int rows = shape[k][0], cols = shape[k][1];
+        float *sc = calloc((size_t)cols, sizeof *sc);
+        double *as = calloc((size_t)cols, sizeof *as);
+        void *dsc = NULL, *das = NULL;
+        assert_true(sc && as);
+        assert_int_equal(kb_alloc(p->gpu, &dsc, sizeof *sc * cols, &err), 0);
+        assert_int_equal(kb_alloc(p->gpu, &das, sizeof *as * cols, &err), 0);
+        assert_int_equal(kb_upload(p->gpu, dsc, sc, sizeof *sc * cols, &err), 0);
+        assert_int_equal(kb_upload(p->gpu, das, as, sizeof *as * cols, &err), 0);
+        for (int s = 0; s < 3; s++) {
+            float *x = rand_vec((size_t)rows * cols);
+            for (size_t i = 0; i < (size_t)rows * cols; i += 7) x[i] *= 1000;
+            float *dx = dev_f(p->gpu, x, (size_t)rows * cols);
+            assert_int_equal(p->cpu->iface->col_stats(p->cpu, sc, as, x, rows, cols, s, &err), 0);
+            assert_int_equal(p->gpu->iface->col_stats(p->gpu, dsc, das, dx, rows, cols, s, &err), 0);
+            kb_release(p->gpu, dx);
+            free(x);
+        }
+        float *gsc = host_of(p->gpu, dsc, (size_t)cols);
+        double *gas = malloc(sizeof *gas * cols);
+        assert_non_null(gas);
+        assert_int_equal(kb_download(p->gpu, gas, das, sizeof *gas * cols, &err), 0);
+        assert_memory_equal(gsc, sc, sizeof *sc * cols);
+        assert_memory_equal(gas, as, sizeof *as * cols);
+        kb_release(p->gpu, dsc); kb_release(p->gpu, das);
+        free(sc); free(as); free(gsc); free(gas);
+    }
+}
+
+/* Embedding gather: a copy, so exact; the CPU reference is the host gather of model_embed. */
+static void test_kernels_cuda__gather_rows_exact(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    int V = 1000, cols = 300, rows = 777;
+    float *table = rand_vec((size_t)V * cols), *want = malloc(sizeof *want * rows * cols);
+    int32_t *ids = malloc(sizeof *ids * rows);
+    assert_true(want && ids);
+    for (int r = 0; r < rows; r++) {
+        ids[r] = r % 5 == 0 ? V - 1 : (int32_t)((uint32_t)fabsf(frand() * 1e6f) % (uint32_t)V);   /* repeats, the last row */
+        memcpy(want + (size_t)r * cols, table + (size_t)ids[r] * cols, sizeof *want * cols);
+    }
+    float *dt = dev_f(p->gpu, table, (size_t)V * cols), *dout = dev_nan(p->gpu, (size_t)rows * cols);
+    void *did = NULL;
+    assert_int_equal(kb_alloc(p->gpu, &did, sizeof *ids * rows, &err), 0);
+    assert_int_equal(kb_upload(p->gpu, did, ids, sizeof *ids * rows, &err), 0);
+    assert_int_equal(p->gpu->iface->gather_rows(p->gpu, dout, dt, did, rows, cols, V, &err), 0);
+    float *got = host_of(p->gpu, dout, (size_t)rows * cols);
+    assert_memory_equal(got, want, sizeof *want * rows * cols);
+    kb_release(p->gpu, dt); kb_release(p->gpu, dout); kb_release(p->gpu, did);
+    free(table); free(want); free(ids); free(got);
+}
+
 int main(void)
 {
     if (!kbackend_cuda_available()) {
@@ -926,6 +988,8 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__abs_histogram_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__quant_apply_dequant_match_cpu),
         cmocka_unit_test(test_kernels_cuda__core_quant_and_prune_on_device),
+        cmocka_unit_test(test_kernels_cuda__col_stats_match_cpu_bitwise),
+        cmocka_unit_test(test_kernels_cuda__gather_rows_exact),
     };
     return cmocka_run_group_tests_name("kernels/cuda", tests, setup, teardown);
 }
