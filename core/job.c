@@ -305,6 +305,8 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
                                      : spec->device == JS_DEVICE_CPU ? "cpu" : spec->device == JS_DEVICE_CUDA ? "cuda" : "auto";
     if (report(&js, 0, -1, -1, "opening backend")) { rc = slm_err_set(err, SLM_ECANCELLED, "cancelled"); goto done; }
     if ((rc = kbackend_open(&kb, device, err))) goto done;
+    /* a budget below the device's memory (SLIM_MEM_LIMIT_MB): shared GPUs, and OOM tests on the CPU */
+    if ((rc = kbackend_limit_from_env(kb, err))) goto done;
     rc = checkpoint_is(ctx->model_dir) ? checkpoint_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err)
                                        : model_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err);
     if (rc) goto done;

@@ -9,6 +9,11 @@ float kcpu_act1(float v, enum kact act);
 /* Nearest bfloat16 of x (round to nearest even, NaN stays a quiet NaN) as f32, in place over n;
 ** the CPU backend's round_bf16 and the host fallback of kb_round_bf16. */
 void kcpu_round_bf16(float *y, size_t n);
+/* The one out-of-memory message of every backend's allocator and budget, returns -SLM_ENOMEM:
+** "WHO: out of WHAT memory allocating N bytes[ on WHERE] (X in use by slimd, limit Y)" with a
+** budget (limit > 0), else "(X in use by slimd, F of T free)" (dev_total >= 0) or "(X in use by slimd)". */
+int kmem_oom(struct slm_err *err, const char *who, const char *what, const char *where, size_t n, uint64_t in_use,
+             uint64_t limit, int64_t dev_free, int64_t dev_total);
 
 #ifdef SLM_HAVE_CUDA
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */
