@@ -370,6 +370,8 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
     *metrics = out;
     out = NULL;
 done:
+    /* device trouble is answered with a smaller job or a bigger GPU: say in which stage it struck */
+    if (rc && err && (err->rc == SLM_ENOMEM || err->rc == SLM_ECUDA)) slm_err_prefix(err, "%s", js.stage);
     for (int i = 0; i < JOBSPEC_MAX_EVAL; i++) free(js.eval_ids[i]);
     json_decref(out);
     json_decref(timings);

@@ -2,7 +2,9 @@
 ** tests/bench/compress_bench.c: wall time of the SLiM compression methods on an OPT-125M-shaped
 ** random model on the CPU backend with 8 x 512 calibration tokens, beside the time of one dense
 ** forward pass over the same tokens measured in the same run. Not a test.
+** Each line also gives the backend's peak memory during compression (kb_mem_stats).
 ** usage: compress-bench [--layers N] [--nsamples S] [--seqlen T] [--dir TMPDIR] [--only NAME]
+**                       [--backend cpu|cuda[:N]]
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,19 +52,23 @@ static const struct bcfg cfgs[] = {
 int main(int argc, char **argv)
 {
     int layers = 12, S = 8, T = 512;
-    const char *dir = "/tmp/slim-bench-opt125m", *only = NULL;
+    const char *dir = "/tmp/slim-bench-opt125m", *only = NULL, *backend = "cpu";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--nsamples")) S = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seqlen")) T = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--only")) only = argv[i + 1];
+        else if (!strcmp(argv[i], "--backend")) backend = argv[i + 1];
     }
     struct slm_err err = SLM_ERR_INIT;
     struct kbackend *kb;
     struct model *m = NULL;
-    if (kbackend_open(&kb, "cpu", &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
-    fprintf(stderr, "cpu: %s\n", kbackend_cpu_info());
+    if (kbackend_open(&kb, backend, &err) || kbackend_limit_from_env(kb, &err)) {
+        fprintf(stderr, "compress-bench: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "%s; cpu: %s\n", kb_name(kb), kbackend_cpu_info());
     char cfg[600];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (access(cfg, R_OK) && make_opt125m(dir, layers, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
@@ -79,7 +85,7 @@ int main(int argc, char **argv)
     layers = m->cfg.n_layers;
     model_free(m);
     m = NULL;
-    printf("compress-bench (cpu, OPT-125M-shaped, %d layers, %d x %d calibration tokens)\n", layers, S, T);
+    printf("compress-bench (%s, OPT-125M-shaped, %d layers, %d x %d calibration tokens)\n", kb_name(kb), layers, S, T);
     printf("  %-40s %9.2f s\n", "dense forward over the calibration set", t_fwd);
     for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
         const struct bcfg *c = &cfgs[k];
@@ -105,8 +111,9 @@ int main(int argc, char **argv)
         model_free(m);
         m = NULL;
         if (rc) { printf("  %-40s failed: %s\n", c->name, err.msg); slm_err_clear(&err); continue; }
-        printf("  %-40s %9.2f s  (%.1fx the forward pass, peak %d block(s) resident)\n", c->name, dt, dt / t_fwd,
-               res.peak_blocks);
+        printf("  %-40s %9.2f s  (%.1fx the forward pass, peak %d block(s) resident, peak backend memory %.1f MiB%s)\n",
+               c->name, dt, dt / t_fwd, res.peak_blocks, res.peak_backend_bytes / 1048576.0,
+               res.calib_spilled ? ", activations spilled to host" : "");
         compress_result_free(&res);
         fflush(stdout);
     }
