@@ -42,6 +42,11 @@ static int fail(const char *what, const struct slm_err *err)
 int slim_open_backend(struct kbackend **kb, const char *device, struct slm_err *err)
 {
     int rc = kbackend_open(kb, device, err);
+    if (rc == 0 && (rc = kbackend_limit_from_env(*kb, err))) {   /* SLIM_MEM_LIMIT_MB, as jobs */
+        kbackend_free(*kb);
+        *kb = NULL;
+        return rc;
+    }
     if (rc == 0 && !strcmp(kb_name(*kb), "cpu")) fprintf(stderr, "slim: cpu backend: %s\n", kbackend_cpu_info());
     else if (rc == 0) fprintf(stderr, "slim: backend %s\n", kb_name(*kb));
     return rc;

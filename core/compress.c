@@ -11,6 +11,8 @@
 #include "compress.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -116,6 +118,8 @@ struct block_stats {
     int rc;
     bool need_h;               /* SparseGPT / OPTQ: gather the Hessian */
     bool jsq;                  /* clip inputs and keep JSQ statistics (scaler_row then sees the clipped x) */
+    const struct linear *fail_lin; /* whose input was being added when stats_add failed (error message) */
+    int fail_rows;
 };
 
 /* Backend statistics of a slot, zeroed. */
@@ -227,7 +231,11 @@ static int stats_cb(int block, enum lin_role role, const struct linear *lin, con
         return 0;
     }
     int k = bs->slot_of[role];
-    if ((bs->rc = stats_add(bs, &bs->slot[k], x, rows))) return 1;
+    if ((bs->rc = stats_add(bs, &bs->slot[k], x, rows))) {
+        bs->fail_lin = lin;
+        bs->fail_rows = rows;
+        return 1;
+    }
     bs->last_x = x;
     bs->last_slot = k;
     return 0;
@@ -783,16 +791,135 @@ done:
     return rc;
 }
 
+/* ---- memory strategy (issue #6) ---- */
+
+/* Where a device failure struck: "block 3 of 32, STAGE: cause" (b < 0: "STAGE: cause") in front of
+** out-of-memory and CUDA errors, the ones a user answers with a smaller job or a bigger GPU; other
+** errors already say what is wrong. Returns rc. */
+static int at_stage(struct slm_err *err, int rc, int b, int nb, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int at_stage(struct slm_err *err, int rc, int b, int nb, const char *fmt, ...)
+{
+    if (!rc || !err || (err->rc != SLM_ENOMEM && err->rc != SLM_ECUDA)) return rc;
+    char stage[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(stage, sizeof stage, fmt, ap);
+    va_end(ap);
+    if (b < 0) slm_err_prefix(err, "%s", stage);
+    else slm_err_prefix(err, "block %d of %d, %s", b + 1, nb, stage);
+    return rc;
+}
+
+/* "q_proj" of "model.layers.3.self_attn.q_proj" */
+static const char *short_name(const char *name)
+{
+    const char *d = strrchr(name, '.');
+    return d ? d + 1 : name;
+}
+
+/* Calibration activations [nsamples x per floats]: in backend memory (dev) when they fit, else in
+** host memory (host, pinned where the backend has it) with one window moved in or out at a time.
+** Either way a window arrives as the same bytes, so where they live never changes a result. */
+struct calib_acts {
+    struct kbackend *kb;
+    float *dev, *host;
+    size_t per;
+};
+
+static int acts_get(struct calib_acts *a, float *x, int s, struct slm_err *err)
+{
+    size_t n = sizeof *x * a->per;
+    if (a->dev) return a->kb->iface->copy(a->kb, x, a->dev + (size_t)s * a->per, n, err);
+    return kb_upload(a->kb, x, a->host + (size_t)s * a->per, n, err);
+}
+
+static int acts_put(struct calib_acts *a, int s, const float *x, struct slm_err *err)
+{
+    size_t n = sizeof *x * a->per;
+    if (a->dev) return a->kb->iface->copy(a->kb, a->dev + (size_t)s * a->per, x, n, err);
+    return kb_download(a->kb, a->host + (size_t)s * a->per, x, n, err);
+}
+
+static void acts_free(struct calib_acts *a)
+{
+    kb_release(a->kb, a->dev);
+    kb_host_free(a->kb, a->host);
+    a->dev = a->host = NULL;
+}
+
+/* Backend bytes one block needs beyond its weights while it is compressed, from above: the
+** window being pushed through and the forward's workspace (a few rows of the widest stage per
+** token), the kept error inputs and, for SparseGPT / OPTQ, the Hessians and their working copies,
+** and the error figure's two weight-sized buffers. A heuristic: the allocator has the last word. */
+static uint64_t block_working_set(const struct model *m, int seqlen, bool need_h)
+{
+    const struct model_config *c = &m->cfg;
+    uint64_t w = (uint64_t)model_max_width(m), d = (uint64_t)(c->ffn > c->hidden ? c->ffn : c->hidden);
+    uint64_t q = (uint64_t)c->n_heads * c->head_dim, wide = w > d ? w : d;
+    if (q > wide) wide = q;
+    uint64_t f = 8 * (uint64_t)seqlen * wide;                 /* window + forward workspace */
+    f += 4 * (uint64_t)seqlen * d;                            /* first-window inputs of the statistics slots */
+    f += 3 * wide * d;                                        /* error figure: [D; W] and outputs */
+    if (need_h) f += 8 * d * d;                               /* Hessians, working copy, SparseGPT scratch */
+    return f * sizeof(float);
+}
+
+/* Do bytes of activations fit in backend memory beside what the blocks still to load and one
+** block's working set need? True when the backend cannot tell (then the allocation decides). */
+static bool acts_fit(struct model *m, uint64_t bytes, int seqlen, bool need_h, bool unload_blocks)
+{
+    struct kmem_stats st;
+    struct slm_err e = SLM_ERR_INIT;
+    if (kb_mem_stats(m->kb, &st, false, &e)) return true;
+    int64_t avail;
+    if (st.limit > 0) avail = st.limit - st.in_use;
+    else if (st.device_total >= 0) avail = st.device_free + st.cached;
+    else return true;   /* host memory: nothing to budget */
+    uint64_t blocks = 0;
+    for (int b = 0; b < m->cfg.n_layers; b++) {
+        if (m->blocks[b].loaded) continue;
+        uint64_t nb = model_block_nbytes(m, b);
+        if (unload_blocks) blocks = nb > blocks ? nb : blocks;
+        else blocks += nb;
+    }
+    uint64_t need = bytes + blocks + block_working_set(m, seqlen, need_h);
+    return avail > 0 && need <= (uint64_t)avail;
+}
+
+static int acts_alloc(struct calib_acts *a, struct model *m, int nsamples, int seqlen, const struct compress_opts *o,
+                      bool need_h, struct compress_result *res, struct slm_err *err)
+{
+    uint64_t bytes = sizeof(float) * a->per * (uint64_t)nsamples;
+    bool spill = o->spill > 0 || (o->spill == 0 && !acts_fit(m, bytes, seqlen, need_h, o->unload_blocks));
+    int rc = 0;
+    if (!spill) {
+        struct slm_err e = SLM_ERR_INIT;
+        rc = kb_alloc(a->kb, (void **)&a->dev, bytes, &e);
+        if (rc == SLM_FAIL(SLM_ENOMEM) && o->spill == 0) spill = true;   /* the estimate was too kind */
+        else if (rc) return slm_err_set(err, e.rc, "%s", e.msg);
+    }
+    if (spill) rc = kb_host_alloc(a->kb, (void **)&a->host, bytes, err);
+    if (res) {
+        res->calib_bytes = bytes;
+        res->calib_spilled = spill;
+    }
+    return rc;
+}
+
 int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
                    struct compress_result *res, struct slm_err *err)
 {
     struct kbackend *kb = m->kb;
     int nb = m->cfg.n_layers, width = model_max_width(m), rc;
     size_t per = (size_t)seqlen * width;
-    float *inps = NULL, *x = NULL;
+    float *x = NULL;
+    struct calib_acts acts = { .kb = kb, .per = per };
     struct block_stats bs = { .m = m, .cancel = o->cancel, .err = err,
                               .need_h = o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ, .jsq = o->jsq.on };
     struct jsq_block jb = { 0 };
+    struct kmem_stats ms;
+    struct slm_err ms_err = SLM_ERR_INIT;
+    bool have_stats = kb_mem_stats(kb, &ms, true, &ms_err) == 0;   /* the peak counts from here */
     double t0 = now_s();
     struct compress_result local = { 0 };
     bool adapters_later = o->lowrank.method != LOWRANK_NONE && o->lowrank.quantize && o->separate_lora;
@@ -812,29 +939,51 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
     /* the reference casts the model to bf16 and compresses in bf16; it evaluates in f32 after.
     ** Every block weight is rounded as it loads, so the per-linear steps start from bf16 values. */
     if (o->bf16 && (rc = model_set_bf16(m, true, true, err))) goto done;
-    if ((rc = kb_alloc(kb, (void **)&inps, sizeof *inps * per * nsamples, err)) || (rc = kb_alloc(kb, (void **)&x, sizeof *x * per, err)))
+    if ((rc = acts_alloc(&acts, m, nsamples, seqlen, o, bs.need_h, res, err)) ||
+        (rc = kb_alloc(kb, (void **)&x, sizeof *x * per, err))) {
+        at_stage(err, rc, -1, nb, "calibration inputs (%d windows of %d x %d)", nsamples, seqlen, width);
         goto done;
+    }
     /* inputs of block 0 */
     for (int s = 0; s < nsamples; s++) {
         if ((rc = report(o, "calibrating", -1, nb, NULL, -1, 0, err))) goto done;
-        if ((rc = model_embed(m, x, ids + (size_t)s * seqlen, 1, seqlen, err))) goto done;
-        if ((rc = kb->iface->copy(kb, inps + (size_t)s * per, x, sizeof *x * per, err))) goto done;
+        if ((rc = model_embed(m, x, ids + (size_t)s * seqlen, 1, seqlen, err)) || (rc = acts_put(&acts, s, x, err))) {
+            at_stage(err, rc, -1, nb, "calibration inputs (embedding window %d of %d x %d)", s + 1, seqlen, width);
+            goto done;
+        }
     }
     for (int b = 0; b < nb; b++) {
         struct block *bl = &m->blocks[b];
-        if ((rc = model_block_load(m, b, err))) goto done;
+        if ((rc = model_block_load(m, b, err))) {
+            char sz[24];
+            at_stage(err, rc, b, nb, "load (%s of weights)", kb_size_str(sz, sizeof sz, model_block_nbytes(m, b)));
+            goto done;
+        }
+        /* the next block pages in and converts while this one computes */
+        if (o->prefetch >= 0 && b + 1 < nb) model_block_prefetch(m, b + 1, err);
         if (res) note_resident(m, res);
         stats_init(&bs, bl);
         /* pass 1: the dense block, hooks gather statistics */
         for (int s = 0; s < nsamples; s++) {
             if ((rc = report(o, "calibrating", b, nb, NULL, -1, (b + 0.3 * s / nsamples) / nb, err))) goto done;
-            if ((rc = kb->iface->copy(kb, x, inps + (size_t)s * per, sizeof *x * per, err))) goto done;
+            if ((rc = acts_get(&acts, x, s, err))) {
+                at_stage(err, rc, b, nb, "calibration statistics (window %d, %d x %d)", s + 1, seqlen, width);
+                goto done;
+            }
             bs.last_x = NULL;
             bs.last_slot = -1;
             bs.rc = 0;
+            bs.fail_lin = NULL;
             rc = model_block_forward(m, b, x, 1, seqlen, stats_cb, &bs, err);
             if (bs.rc) rc = bs.rc;
-            if (rc) goto done;
+            if (rc) {
+                if (bs.fail_lin)
+                    at_stage(err, rc, b, nb, "calibration statistics (%s input %dx%d)", short_name(bs.fail_lin->name),
+                             bs.fail_rows, bs.fail_lin->d_in);
+                else
+                    at_stage(err, rc, b, nb, "calibration statistics (forward of window %d, %d x %d)", s + 1, seqlen, width);
+                goto done;
+            }
         }
         for (int r = 0; r < LIN_COUNT; r++) {
             struct linear *l = &bl->lin[r];
@@ -843,6 +992,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if (bs.slot_of[r] < 0) { rc = slm_err_set(err, SLM_EINTERNAL, "%s: no calibration input seen", l->name); goto done; }
             if (o->jsq.on) rc = jsq_prune_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, &jb, r, err);
             else rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
+            at_stage(err, rc, b, nb, "compress %s (%d x %d)", short_name(l->name), l->d_out, l->d_in);
             if (!rc) rc = report(o, "compressing", b, nb, o->jsq.on ? NULL : l->name, o->jsq.on ? -1 : cl->rel_error,
                                  (b + 0.3 + 0.4 * (r + 1) / LIN_COUNT) / nb, err);
             if (rc) goto done;
@@ -851,29 +1001,41 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
         /* pass 2: recompute the outputs with the compressed block (adapters included) */
         for (int s = 0; s < nsamples; s++) {
             if ((rc = report(o, "compressing", b, nb, NULL, -1, (b + 0.7 + 0.3 * s / nsamples) / nb, err))) goto done;
-            float *xs = inps + (size_t)s * per;
-            if ((rc = kb->iface->copy(kb, x, xs, sizeof *x * per, err))) goto done;
-            if ((rc = model_block_forward(m, b, x, 1, seqlen, NULL, NULL, err))) goto done;
-            if ((rc = kb->iface->copy(kb, xs, x, sizeof *x * per, err))) goto done;
+            if ((rc = acts_get(&acts, x, s, err)) || (rc = model_block_forward(m, b, x, 1, seqlen, NULL, NULL, err)) ||
+                (rc = acts_put(&acts, s, x, err))) {
+                at_stage(err, rc, b, nb, "recompute pass (window %d, %d x %d)", s + 1, seqlen, width);
+                goto done;
+            }
         }
         if (o->jsq.on) {
-            if ((rc = jsq_finish_block(m, b, &bs, &jb, &oo, res, err))) goto done;
+            if ((rc = jsq_finish_block(m, b, &bs, &jb, &oo, res, err))) {
+                at_stage(err, rc, b, nb, "JSQ smoothing and quantization");
+                goto done;
+            }
             jsq_block_free(&jb);
             stats_free(&bs);
         }
-        if ((rc = block_done(m, b, o, adapters_later, res, err))) goto done;
+        if ((rc = block_done(m, b, o, adapters_later, res, err))) {
+            at_stage(err, rc, b, nb, "hand-over of the compressed block");
+            goto done;
+        }
     }
     if (adapters_later) {
         if ((rc = report(o, "adapters", nb, nb, NULL, -1, 1, err))) goto done;
-        if ((rc = quantize_all_adapters(m, o, res, err))) goto done;
+        if ((rc = quantize_all_adapters(m, o, res, err))) {
+            at_stage(err, rc, -1, nb, "adapter quantization");
+            goto done;
+        }
     }
     if (res) res->seconds = now_s() - t0;
 done:
+    model_prefetch_drop(m);   /* an error path may leave one in flight */
     if (o->bf16) m->act_bf16 = false;
     stats_free(&bs);
     jsq_block_free(&jb);
-    kb_release(kb, inps);
+    acts_free(&acts);
     kb_release(kb, x);
+    if (!rc && res && have_stats && !kb_mem_stats(kb, &ms, false, &ms_err)) res->peak_backend_bytes = (uint64_t)ms.peak;
     if ((rc && res) || res == &local) compress_result_free(res);
     return rc;
 }

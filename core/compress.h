@@ -74,6 +74,10 @@ struct compress_result {
     int peak_blocks;               /* most blocks resident at once during compression */
     uint64_t peak_block_bytes;     /* backend bytes of block weights (linears, adapters, norms) at that peak */
     uint64_t host_adapter_bytes;   /* host copies of adapters awaiting quantization (lora_l, lora_r) */
+    /* --- memory strategy (issue #6) --- */
+    uint64_t peak_backend_bytes;   /* most backend memory in use during compression (kb_mem_stats; 0 unknown) */
+    uint64_t calib_bytes;          /* calibration activations [nsamples x seqlen x width] f32 */
+    bool calib_spilled;            /* they lived in host memory (compress_opts.spill) */
 };
 
 struct compress_opts {
@@ -100,9 +104,15 @@ struct compress_opts {
         bool on;
         double mixing_factor;      /* weight of the SS term; reference default 2.1 */
     } jsq;
+    /* --- memory strategy (issue #6; zero = automatic) --- */
+    int spill;                     /* calibration activations: 0 in backend memory when they fit beside one
+                                   ** block's working set (kb_mem_stats: budget or device free), else in
+                                   ** pinned host memory, one window moved at a time; 1 always host; -1 never */
+    int prefetch;                  /* 0: while block b computes, a helper thread prepares block b+1's host
+                                   ** tensors (model_block_prefetch); -1: plain loads */
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false, { false, 2.1 } }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false, { false, 2.1 }, 0, 0 }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);
@@ -116,7 +126,13 @@ int compress_check_model(const struct model *m, const struct compress_opts *o, s
 ** opened with MODEL_LAZY_BLOCKS: each block is loaded when reached and stays loaded (it holds
 ** the compressed weights) unless o->unload_blocks, when only the block being compressed is
 ** resident and o->on_block must take its weights away (e.g. checkpoint_writer_block). res may be
-** NULL (then codes are not kept). */
+** NULL (then codes are not kept). Memory (issue #6): weights stay in the mapping until their
+** block loads (prefetched on a helper thread while the previous block computes); the calibration
+** activations stay in backend memory when they fit, else in host memory (o->spill), with the same
+** results bit for bit. Out of memory (-SLM_ENOMEM) and device errors name the block, the stage
+** and its sizes in err ("block 3 of 32, compress q_proj (4096 x 4096): cuda: out of device ...").
+** res->peak_backend_bytes is the backend's peak during the call (kb_mem_stats, peak reset on
+** entry). */
 int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen, const struct compress_opts *o,
                    struct compress_result *res, struct slm_err *err);
 
@@ -164,7 +180,8 @@ struct compress_hooks {
 /* Compress m (method "slim" spec) with calibration windows drawn from the text file calib_path
 ** by the §1.2 sampler (spec->calibration). *figures (new reference, may be NULL) gets
 ** {"seconds", "calibration": {...}, "layers": [{"name", "rel_error"}...], "measured_sparsity",
-** "resident": {...}}. res (may be NULL) keeps codes and masks for the checkpoint writer. */
+** "resident": {"peak_blocks", "peak_block_bytes", "host_adapter_bytes", "peak_backend_bytes",
+** "calibration_bytes", "calibration_spilled"}}. res (may be NULL) keeps codes and masks for the checkpoint writer. */
 int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *tok, const char *calib_path,
                  const struct compress_hooks *hooks, struct compress_result *res, json_t **figures,
                  struct slm_err *err);

@@ -127,11 +127,13 @@ int compress_run(struct model *m, const struct jobspec *spec, struct tokenizer *
                     json_array_append_new(layers, json_pack("{s:s,s:f,s:i}", "name", m->blocks[b].lin[k].name,
                                                             "rel_error", cl->rel_error, "rank", cl->rank));
             }
-        fig = json_pack("{s:f,s:{s:i,s:i,s:i,s:f},s:o,s:f,s:{s:i,s:I,s:I}}", "seconds", r->seconds,
+        fig = json_pack("{s:f,s:{s:i,s:i,s:i,s:f},s:o,s:f,s:{s:i,s:I,s:I,s:I,s:I,s:b}}", "seconds", r->seconds,
                         "calibration", "nsamples", n, "seqlen", T, "documents", docs.ndocs, "seconds", t_cal,
                         "layers", layers ? layers : json_null(), "measured_sparsity", sp,
                         "resident", "peak_blocks", r->peak_blocks, "peak_block_bytes", (json_int_t)r->peak_block_bytes,
-                        "host_adapter_bytes", (json_int_t)r->host_adapter_bytes);
+                        "host_adapter_bytes", (json_int_t)r->host_adapter_bytes,
+                        "peak_backend_bytes", (json_int_t)r->peak_backend_bytes,
+                        "calibration_bytes", (json_int_t)r->calib_bytes, "calibration_spilled", r->calib_spilled);
         if (!fig) { rc = slm_err_set(err, SLM_ENOMEM, "compress figures: out of memory"); goto done; }
         *figures = fig;
     }

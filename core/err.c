@@ -19,6 +19,26 @@ int slm_err_set(struct slm_err *e, enum slm_rc rc, const char *fmt, ...)
     return -(int)rc;
 }
 
+int slm_err_prefix(struct slm_err *e, const char *fmt, ...)
+{
+    if (!e || e->rc == SLM_OK) return 0;
+    char pre[sizeof e->msg], old[sizeof e->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    memcpy(old, e->msg, sizeof old);
+    /* pre, ": ", old, cut at the buffer's end */
+    size_t cap = sizeof e->msg - 1, n = 0;
+    const char *parts[] = { pre, ": ", old };
+    for (size_t i = 0; i < 3; i++)
+        for (const char *q = parts[i]; *q && n < cap; q++) e->msg[n++] = *q;
+    e->msg[n] = 0;
+    for (char *p = e->msg; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    return -(int)e->rc;
+}
+
 void slm_err_clear(struct slm_err *e)
 {
     if (e) { e->rc = SLM_OK; e->msg[0] = 0; }

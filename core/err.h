@@ -36,6 +36,11 @@ struct slm_err {
 int slm_err_set(struct slm_err *e, enum slm_rc rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Put "PREFIX: " (printf-style) in front of the recorded message, so a caller can say where the
+** innermost cause struck ("block 3 of 32, compress q_proj (64 x 64): cuda: out of ..."). No-op
+** when e is NULL or holds no error; the end of a long message is cut to fit. Returns -(int)e->rc. */
+int slm_err_prefix(struct slm_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Forget a recorded error so e can be reused. */
 void slm_err_clear(struct slm_err *e);
 

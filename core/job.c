@@ -305,6 +305,8 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
                                      : spec->device == JS_DEVICE_CPU ? "cpu" : spec->device == JS_DEVICE_CUDA ? "cuda" : "auto";
     if (report(&js, 0, -1, -1, "opening backend")) { rc = slm_err_set(err, SLM_ECANCELLED, "cancelled"); goto done; }
     if ((rc = kbackend_open(&kb, device, err))) goto done;
+    /* a budget below the device's memory (SLIM_MEM_LIMIT_MB): shared GPUs, and OOM tests on the CPU */
+    if ((rc = kbackend_limit_from_env(kb, err))) goto done;
     rc = checkpoint_is(ctx->model_dir) ? checkpoint_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err)
                                        : model_open(&m, ctx->model_dir, kb, MODEL_LAZY_BLOCKS, err);
     if (rc) goto done;
@@ -368,6 +370,8 @@ int job_run(const struct jobspec *spec, const struct job_ctx *ctx, json_t **metr
     *metrics = out;
     out = NULL;
 done:
+    /* device trouble is answered with a smaller job or a bigger GPU: say in which stage it struck */
+    if (rc && err && (err->rc == SLM_ENOMEM || err->rc == SLM_ECUDA)) slm_err_prefix(err, "%s", js.stage);
     for (int i = 0; i < JOBSPEC_MAX_EVAL; i++) free(js.eval_ids[i]);
     json_decref(out);
     json_decref(timings);

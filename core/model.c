@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,113 @@ static int act_round(struct model *m, float *y, size_t n, struct slm_err *err)
     return m->act_bf16 ? kb_round_bf16(m->kb, y, n, err) : 0;
 }
 
+/* ---- prefetch: one block's tensors as host f32, prepared on a helper thread ---- */
+
+struct block_prefetch {
+    int block;
+    pthread_t thread;
+    bool joined;
+    const struct st_model *st;        /* read-only for the thread */
+    char prefix[64];
+    size_t n;
+    const struct st_tensor **t;       /* [n] tensors of the block (float dtypes) */
+    float **host;                     /* [n] their f32 copies, NULL where conversion failed */
+};
+
+/* The thread: touches only st (immutable mapping) and its own arrays. */
+static void *prefetch_main(void *arg)
+{
+    struct block_prefetch *p = arg;
+    for (size_t i = 0; i < p->n; i++) {
+        size_t k = (size_t)p->t[i]->numel;
+        float *h = malloc((k ? k : 1) * sizeof *h);
+        struct slm_err e = SLM_ERR_INIT;
+        if (h && st_tensor_to_f32(h, p->t[i], &e)) {   /* the plain load will report it */
+            free(h);
+            h = NULL;
+        }
+        p->host[i] = h;
+    }
+    return NULL;
+}
+
+static bool is_float(enum dtype d) { return d == DT_F32 || d == DT_F16 || d == DT_BF16 || d == DT_F64; }
+
+uint64_t model_block_nbytes(const struct model *m, int b)
+{
+    if (!m->st) return 0;
+    char pre[64];
+    uint64_t n = 0;
+    m->arch->block_prefix(pre, sizeof pre, b);
+    size_t pl = strlen(pre);
+    for (size_t i = 0; i < st_model_count(m->st); i++) {
+        const struct st_tensor *t = st_model_at(m->st, i);
+        if (!strncmp(t->name, pre, pl)) n += (uint64_t)t->numel * sizeof(float);
+    }
+    return n;
+}
+
+void model_prefetch_drop(struct model *m)
+{
+    struct block_prefetch *p = m->prefetch;
+    if (!p) return;
+    if (!p->joined) pthread_join(p->thread, NULL);
+    for (size_t i = 0; p->host && i < p->n; i++) free(p->host[i]);
+    free(p->host);
+    free(p->t);
+    free(p);
+    m->prefetch = NULL;
+}
+
+int model_block_prefetch(struct model *m, int b, struct slm_err *err)
+{
+    (void)err;
+    model_prefetch_drop(m);
+    if (b < 0 || b >= m->cfg.n_layers || m->blocks[b].loaded || !m->st || m->linear_loader) return 0;
+    struct block_prefetch *p = calloc(1, sizeof *p);
+    if (!p) return 0;
+    p->block = b;
+    p->st = m->st;
+    m->arch->block_prefix(p->prefix, sizeof p->prefix, b);
+    size_t pl = strlen(p->prefix), cap = 0;
+    for (size_t i = 0; i < st_model_count(m->st); i++) {
+        const struct st_tensor *t = st_model_at(m->st, i);
+        if (strncmp(t->name, p->prefix, pl) || !is_float(t->dtype)) continue;
+        if (p->n == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            const struct st_tensor **nt = realloc(p->t, nc * sizeof *nt);
+            if (!nt) goto fail;
+            p->t = nt;
+            cap = nc;
+        }
+        p->t[p->n++] = t;
+    }
+    if (!(p->host = calloc(p->n ? p->n : 1, sizeof *p->host))) goto fail;
+    if (pthread_create(&p->thread, NULL, prefetch_main, p)) goto fail;
+    m->prefetch = p;
+    return 0;
+fail:   /* not an error: the block loads the plain way */
+    free(p->host);
+    free(p->t);
+    free(p);
+    return 0;
+}
+
+/* Host f32 copy of t prepared by the prefetch of the block being loaded, handed over (the caller
+** frees it); NULL when there is none. */
+static float *prefetched(struct model *m, const struct st_tensor *t)
+{
+    struct block_prefetch *p = m->prefetch;
+    if (!p || !p->joined) return NULL;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->t[i] == t) {
+            float *h = p->host[i];
+            p->host[i] = NULL;
+            return h;
+        }
+    return NULL;
+}
+
 /* Load tensor name (any float dtype) into new backend memory, checking its shape.
 ** Missing and !required: *out = NULL, returns 0. */
 static int load_tensor(struct model *m, float **out, const char *name, int ndim, const int64_t *shape, bool required,
@@ -53,10 +161,12 @@ static int load_tensor(struct model *m, float **out, const char *name, int ndim,
         return slm_err_set(err, SLM_ESHAPE, "tensor %s has shape [%s], expected [%s]", name, got, want);
     }
     size_t n = (size_t)t->numel;
-    float *host = malloc((n ? n : 1) * sizeof(float)), *dev = NULL;
+    float *host = prefetched(m, t), *dev = NULL;
     int rc;
-    if (!host) return slm_err_set(err, SLM_ENOMEM, "tensor %s: %zu floats", name, n);
-    if ((rc = st_tensor_to_f32(host, t, err))) goto done;
+    if (!host) {
+        if (!(host = malloc((n ? n : 1) * sizeof(float)))) return slm_err_set(err, SLM_ENOMEM, "tensor %s: %zu floats", name, n);
+        if ((rc = st_tensor_to_f32(host, t, err))) goto done;
+    }
     if ((rc = kb_alloc(m->kb, (void **)&dev, n * sizeof(float), err))) goto done;
     if ((rc = kb_upload(m->kb, dev, host, n * sizeof(float), err))) { kb_release(m->kb, dev); goto done; }
     *out = dev;
@@ -124,11 +234,10 @@ static int block_round_bf16(struct model *m, struct block *bl, struct slm_err *e
     return rc;
 }
 
-int model_block_load(struct model *m, int b, struct slm_err *err)
+/* The plain load of block b, from the prefetched host copies where there are some. */
+static int block_load(struct model *m, int b, struct slm_err *err)
 {
     struct block *bl = &m->blocks[b];
-    if (bl->loaded) return 0;
-    if (!m->st) return slm_err_set(err, SLM_EINVAL, "block %d: model has no weights file to load from", b);
     const struct arch_names *nm = m->arch->names;
     char pre[64], name[160];
     int rc = 0;
@@ -191,6 +300,20 @@ int model_block_load(struct model *m, int b, struct slm_err *err)
 fail:
     bl->loaded = true; /* so unload frees what was loaded */
     model_block_unload(m, b);
+    return rc;
+}
+
+int model_block_load(struct model *m, int b, struct slm_err *err)
+{
+    if (m->blocks[b].loaded) return 0;
+    if (!m->st) return slm_err_set(err, SLM_EINVAL, "block %d: model has no weights file to load from", b);
+    struct block_prefetch *p = m->prefetch;
+    if (p && p->block == b && !p->joined) {
+        pthread_join(p->thread, NULL);
+        p->joined = true;
+    }
+    int rc = block_load(m, b, err);
+    if (p && p->block == b) model_prefetch_drop(m);
     return rc;
 }
 
@@ -338,6 +461,7 @@ static int pos_width(const struct model *m)
 void model_free(struct model *m)
 {
     if (!m) return;
+    model_prefetch_drop(m);
     if (m->blocks)
         for (int b = 0; b < m->cfg.n_layers; b++) model_block_unload(m, b);
     free(m->blocks);

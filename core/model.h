@@ -129,6 +129,8 @@ struct model {
     /* --- device-side embedding gather (backends with gather_rows) --- */
     float *embed_dev;               /* backend copy of embed, uploaded on first model_embed, or NULL */
     float *pos_embed_dev;           /* backend copy of pos_embed (OPT), or NULL */
+    /* --- block prefetch (model_block_prefetch) --- */
+    struct block_prefetch *prefetch;   /* the one in flight or done and not yet used; NULL none */
 };
 
 /* Emulate a model cast to bfloat16, as the SLiM reference runs (ALGORITHMS.md §1.1).
@@ -152,6 +154,22 @@ void model_free(struct model *m);
 /* Load / drop one block's weights in backend memory (no-op if already so). */
 int model_block_load(struct model *m, int b, struct slm_err *err);
 void model_block_unload(struct model *m, int b);
+
+/* Start preparing block b's tensors as host f32 on a helper thread (the costly part of a load:
+** paging the mapping in and converting), so that the caller can keep computing with the backend;
+** the next model_block_load(m, b) waits for it and only uploads. The thread reads the immutable
+** mapping and writes only its own buffers; everything else stays on the caller's thread, and
+** model_block_load, model_prefetch_drop and model_free join it, so no state is shared unjoined.
+** The result is bit-identical to a plain load (same conversion, same order of upload). One at a
+** time: a new call drops the previous one. A no-op for a block already loaded, a model without
+** weights file or with a linear_loader (compressed checkpoints read their own tensors). A
+** failure to start the thread is not an error: the load just happens the plain way. */
+int model_block_prefetch(struct model *m, int b, struct slm_err *err);
+/* Join and free a pending prefetch (an error path, or a change of plan). */
+void model_prefetch_drop(struct model *m);
+/* f32 bytes of block b's tensors in the weights file (what a load will take in backend memory,
+** for budgeting before loading); 0 for a model without weights file. */
+uint64_t model_block_nbytes(const struct model *m, int b);
 
 /* Called with the input of every linear of a block during model_block_forward (statistics for
 ** compression). x is backend memory [rows x lin->d_in]; return non-zero to cancel. */

@@ -118,6 +118,16 @@ struct kquant_args {
     const float *col_scale;
 };
 
+/* Backend memory, in bytes, as kb_mem_stats reports it. */
+struct kmem_stats {
+    int64_t in_use;        /* held by live kb_alloc buffers (as allocated: CUDA's pool rounds sizes up) */
+    int64_t peak;          /* most in_use since open or the last reset */
+    int64_t cached;        /* released but kept by the allocator for reuse (CUDA pool); 0 on the CPU */
+    int64_t limit;         /* kbackend_set_limit budget, 0 = none */
+    int64_t device_total;  /* device memory; -1 on the CPU */
+    int64_t device_free;   /* free on the device now, as the driver sees it; -1 on the CPU */
+};
+
 struct kbackend_i {
     const char *(*name)(struct kbackend *kb);
     void (*free)(struct kbackend *kb);
@@ -225,6 +235,17 @@ struct kbackend_i {
     ** memory is the host's: core/ gathers from its host table there. */
     int (*gather_rows)(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols,
                        int V, struct slm_err *err);
+    /* --- added for memory accounting and budgets (optional) --- */
+    /* Figures of this backend's allocations (struct kmem_stats); reset_peak: peak <- in_use after
+    ** reading. */
+    int (*mem_stats)(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err);
+    /* Budget for kb_alloc: an allocation that would take in_use above bytes fails with
+    ** -SLM_ENOMEM ("out of ... memory allocating N bytes ... (X in use, limit Y)"); 0 = none. */
+    int (*set_limit)(struct kbackend *kb, size_t bytes, struct slm_err *err);
+    /* Host memory the backend copies to and from fastest (CUDA: pinned, cudaMallocHost); NOT
+    ** backend memory and not counted in mem_stats. Free with host_free. */
+    int (*host_alloc)(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err);
+    void (*host_free)(struct kbackend *kb, void *p);
 };
 
 struct kbackend {
@@ -276,5 +297,20 @@ int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct s
 /* col_stats on backend buffers; a backend without the op gets a host round trip (same bits). */
 int kb_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
                  struct slm_err *err);
+
+/* Memory figures (struct kmem_stats). -SLM_EUNSUPPORTED, *out all -1, without the op. */
+int kb_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err);
+/* Budget in bytes for kb_alloc (0: none); -SLM_EUNSUPPORTED without the op. */
+int kbackend_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err);
+/* The budget from the environment: SLIM_MEM_LIMIT_MB (MiB, fractions allowed) when set, for
+** jobs and tools that open a backend. -SLM_EINVAL naming the variable when it is not a number. */
+int kbackend_limit_from_env(struct kbackend *kb, struct slm_err *err);
+/* "512 B", "12.5 KiB", "3.2 MiB", "1.50 GiB": sizes in out-of-memory messages, readable for a
+** test model as for a 70B one. buf holds at least 16 chars; returns buf. */
+const char *kb_size_str(char *buf, size_t n, uint64_t bytes);
+/* Host staging memory (pinned where the backend offers it, else malloc); *out is the caller's
+** until kb_host_free on the same backend. */
+int kb_host_alloc(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err);
+void kb_host_free(struct kbackend *kb, void *p);
 
 #endif

@@ -13,6 +13,11 @@ void kcpu_round_bf16(float *y, size_t n);
 int kcpu_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
 /* The col_stats op on host arrays (kbackend.h): the CPU backend's and kb_col_stats' fallback. */
 void kcpu_col_stats(float *scaler, double *abssum, const float *x, int rows, int cols, int nseq);
+/* The one out-of-memory message of every backend's allocator and budget, returns -SLM_ENOMEM:
+** "WHO: out of WHAT memory allocating N bytes[ on WHERE] (X in use by slimd, limit Y)" with a
+** budget (limit > 0), else "(X in use by slimd, F of T free)" (dev_total >= 0) or "(X in use by slimd)". */
+int kmem_oom(struct slm_err *err, const char *who, const char *what, const char *where, size_t n, uint64_t in_use,
+             uint64_t limit, int64_t dev_free, int64_t dev_total);
 
 #ifdef SLM_HAVE_CUDA
 /* device < 0: first visible device. -SLM_EUNSUPPORTED if no device. */

@@ -5,6 +5,9 @@
 #include "kbackend.h"
 #include "kbackend_impl.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,4 +161,73 @@ done:
     free(hx);
     free(ha);
     return rc;
+}
+
+/* ---- memory accounting and budgets ---- */
+
+const char *kb_size_str(char *buf, size_t n, uint64_t bytes)
+{
+    static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 4) { v /= 1024; u++; }
+    if (u == 0) snprintf(buf, n, "%llu B", (unsigned long long)bytes);
+    else snprintf(buf, n, v < 10 ? "%.2f %s" : "%.1f %s", v, unit[u]);
+    return buf;
+}
+
+int kmem_oom(struct slm_err *err, const char *who, const char *what, const char *where, size_t n, uint64_t in_use,
+             uint64_t limit, int64_t dev_free, int64_t dev_total)
+{
+    char a[24], b[24], c[24];
+    kb_size_str(a, sizeof a, in_use);
+    const char *on = where ? " on " : "", *wh = where ? where : "";
+    if (limit)
+        return slm_err_set(err, SLM_ENOMEM, "%s: out of %s memory allocating %zu bytes%s%s (%s in use by slimd, limit %s)",
+                           who, what, n, on, wh, a, kb_size_str(b, sizeof b, limit));
+    if (dev_total >= 0)
+        return slm_err_set(err, SLM_ENOMEM, "%s: out of %s memory allocating %zu bytes%s%s (%s in use by slimd, %s of %s free)",
+                           who, what, n, on, wh, a, kb_size_str(b, sizeof b, (uint64_t)(dev_free > 0 ? dev_free : 0)),
+                           kb_size_str(c, sizeof c, (uint64_t)dev_total));
+    return slm_err_set(err, SLM_ENOMEM, "%s: out of %s memory allocating %zu bytes%s%s (%s in use by slimd)", who, what, n,
+                       on, wh, a);
+}
+
+int kb_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err)
+{
+    if (kb->iface->mem_stats) return kb->iface->mem_stats(kb, out, reset_peak, err);
+    out->in_use = out->peak = out->cached = out->limit = out->device_total = out->device_free = -1;
+    return slm_err_set(err, SLM_EUNSUPPORTED, "%s: no memory accounting", kb_name(kb));
+}
+
+int kbackend_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err)
+{
+    if (!kb->iface->set_limit) return slm_err_set(err, SLM_EUNSUPPORTED, "%s: no memory budget", kb_name(kb));
+    return kb->iface->set_limit(kb, bytes, err);
+}
+
+int kbackend_limit_from_env(struct kbackend *kb, struct slm_err *err)
+{
+    const char *v = getenv("SLIM_MEM_LIMIT_MB");
+    if (!v || !*v) return 0;
+    char *end;
+    errno = 0;
+    double mb = strtod(v, &end);
+    if (errno || *end || !(mb >= 0) || !isfinite(mb) || mb * 1048576.0 > 1e18)
+        return slm_err_set(err, SLM_EINVAL, "SLIM_MEM_LIMIT_MB='%s' is not a size in MiB", v);
+    return kbackend_set_limit(kb, (size_t)(mb * 1048576.0), err);
+}
+
+int kb_host_alloc(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err)
+{
+    if (kb->iface->host_alloc) return kb->iface->host_alloc(kb, out, nbytes, err);
+    if (!(*out = malloc(nbytes ? nbytes : 1))) return slm_err_set(err, SLM_ENOMEM, "out of host memory allocating %zu bytes", nbytes);
+    return 0;
+}
+
+void kb_host_free(struct kbackend *kb, void *p)
+{
+    if (!p) return;
+    if (kb->iface->host_free) kb->iface->host_free(kb, p);
+    else free(p);
 }

@@ -2,6 +2,9 @@
 ** kernels/cpu/backend_cpu.c: the CPU backend, and the reference every other backend is tested
 ** against. GEMMs go to OpenBLAS (cblas_sgemm), factorizations to LAPACKE, element-wise and row
 ** ops are plain loops parallelised with OpenMP. Memory is ordinary host memory.
+** Memory accounting: every kb_alloc buffer carries its size in a 64-byte header in front of it
+** (alignment kept), so kb_release can subtract it; a budget (set_limit) fails allocations that
+** would exceed it, which lets tests drive the out-of-memory paths on the CPU.
 ** Ownership: ctx holds a scratch buffer for attention scores, grown on demand, freed with kb.
 */
 #include "../kbackend.h"
@@ -22,7 +25,10 @@
 struct cpu_ctx {
     float *scratch;      /* attention scores, one [chunk x T] block per thread */
     size_t scratch_n;
+    uint64_t in_use, peak, limit;   /* bytes of live kb_alloc buffers; limit 0 = none */
 };
+
+#define CPU_HDR 64       /* size header in front of each buffer; keeps the 64-byte alignment */
 
 static const char *cpu_name(struct kbackend *kb) { (void)kb; return "cpu"; }
 
@@ -36,16 +42,46 @@ static void cpu_free(struct kbackend *kb)
 
 static int cpu_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
 {
-    (void)kb;
+    struct cpu_ctx *c = kb->ctx;
+    if (c->limit && (n > c->limit || c->in_use > c->limit - n))
+        return kmem_oom(err, "cpu", "backend", NULL, n, c->in_use, c->limit, -1, -1);
     /* 64-byte alignment keeps BLAS and vector loops on full cache lines */
     size_t rounded = (n + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (rounded < n || rounded > SIZE_MAX - CPU_HDR) return slm_err_set(err, SLM_ENOMEM, "cpu: cannot allocate %zu bytes", n);
+    unsigned char *p = aligned_alloc(64, rounded + CPU_HDR);
     if (!p) return slm_err_set(err, SLM_ENOMEM, "cpu: cannot allocate %zu bytes", n);
-    *out = p;
+    memcpy(p, &n, sizeof n);
+    c->in_use += n;
+    if (c->in_use > c->peak) c->peak = c->in_use;
+    *out = p + CPU_HDR;
     return 0;
 }
 
-static void cpu_release(struct kbackend *kb, void *p) { (void)kb; free(p); }
+static void cpu_release(struct kbackend *kb, void *p)
+{
+    struct cpu_ctx *c = kb->ctx;
+    unsigned char *h = (unsigned char *)p - CPU_HDR;
+    size_t n;
+    memcpy(&n, h, sizeof n);
+    c->in_use -= n;
+    free(h);
+}
+
+static int cpu_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err)
+{
+    (void)err;
+    struct cpu_ctx *c = kb->ctx;
+    *out = (struct kmem_stats){ (int64_t)c->in_use, (int64_t)c->peak, 0, (int64_t)c->limit, -1, -1 };
+    if (reset_peak) c->peak = c->in_use;
+    return 0;
+}
+
+static int cpu_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err)
+{
+    (void)err;
+    ((struct cpu_ctx *)kb->ctx)->limit = bytes;
+    return 0;
+}
 
 static int cpu_memcpy(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
 {
@@ -487,6 +523,11 @@ static const struct kbackend_i cpu_iface = {
     /* --- added for GPU calibration statistics and embedding gather (optional) --- */
     .col_stats = cpu_col_stats,
     .gather_rows = NULL,   /* host memory: model_embed gathers from the host table directly */
+    /* --- added for memory accounting and budgets (optional) --- */
+    .mem_stats = cpu_mem_stats,
+    .set_limit = cpu_set_limit,
+    .host_alloc = NULL,       /* plain malloc (kb_host_alloc's fallback): host memory is all there is */
+    .host_free = NULL,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -6,6 +6,8 @@
 ** multiples of 2 MiB). kb_release() returns a block to its list; since all work is on one
 ** stream, a reused block is only touched after the work that used it before. Cached blocks are
 ** returned to CUDA when an allocation fails (then retried once) and when the backend is freed.
+** Live bytes (bucketed) are counted with their peak for mem_stats; an optional budget
+** (set_limit) fails an allocation that would take them above it, before asking CUDA.
 ** GEMM math: exact FP32 (CUBLAS_DEFAULT_MATH: FP32 products and sums, no TF32, as PyTorch's
 ** default) unless, at open, SLIM_CUDA_TF32=1 allows TF32 tensor cores (about 3e-4 relative
 ** error: above the forward-pass parity tolerance, so opt-in only) or SLIM_CUDA_PEDANTIC=1 asks
@@ -76,6 +78,8 @@ int cu_pool_alloc(struct cu_ctx *c, void **out, size_t n, struct slm_err *err)
     struct cu_pool *pl = &c->pool;
     size_t sz = bucket_size(n);
     void *p = NULL;
+    if (pl->limit && (sz > pl->limit || pl->bytes_live > pl->limit - sz))
+        return kmem_oom(err, "cuda", "device", c->name, n, pl->bytes_live, pl->limit, -1, -1);
     if (grow(&pl->live, &pl->caplive, pl->nlive + 1))
         return slm_err_set(err, SLM_ENOMEM, "cuda: pool bookkeeping for %zu blocks", pl->nlive + 1);
     for (size_t i = pl->nfree; i-- > 0;) /* most recently released first: warm in L2 */
@@ -97,9 +101,7 @@ int cu_pool_alloc(struct cu_ctx *c, void **out, size_t n, struct slm_err *err)
             if (e == cudaErrorMemoryAllocation) {
                 size_t fr = 0, tot = 0;
                 cudaMemGetInfo(&fr, &tot);
-                return slm_err_set(err, SLM_ENOMEM,
-                                   "cuda: out of device memory allocating %zu bytes on %s (%zu MiB in use by slimd, %zu of %zu MiB free)",
-                                   n, c->name, pl->bytes_live >> 20, fr >> 20, tot >> 20);
+                return kmem_oom(err, "cuda", "device", c->name, n, pl->bytes_live, 0, (int64_t)fr, (int64_t)tot);
             }
             return slm_err_set(err, SLM_ECUDA, "cuda: cudaMalloc(%zu): %s", sz, cudaGetErrorString(e));
         }
@@ -108,6 +110,7 @@ int cu_pool_alloc(struct cu_ctx *c, void **out, size_t n, struct slm_err *err)
     pl->live[pl->nlive].size = sz;
     pl->nlive++;
     pl->bytes_live += sz;
+    if (pl->bytes_live > pl->bytes_peak) pl->bytes_peak = pl->bytes_live;
     *out = p;
     return 0;
 }
@@ -192,6 +195,48 @@ static int cu_sync(struct kbackend *kb, struct slm_err *err)
     return 0;
 }
 
+static int cu_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    struct cu_pool *pl = &c->pool;
+    size_t fr = 0, tot = 0;
+    CU_TRY(cudaMemGetInfo(&fr, &tot));
+    out->in_use = (int64_t)pl->bytes_live;
+    out->peak = (int64_t)pl->bytes_peak;
+    out->cached = (int64_t)pl->bytes_cached;
+    out->limit = (int64_t)pl->limit;
+    out->device_total = (int64_t)tot;
+    out->device_free = (int64_t)fr;
+    if (reset_peak) pl->bytes_peak = pl->bytes_live;
+    return 0;
+}
+
+static int cu_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err)
+{
+    (void)err;
+    cu_ctx(kb)->pool.limit = bytes;
+    return 0;
+}
+
+/* Pinned host memory: copies to and from it run at full PCIe speed and can be asynchronous. */
+static int cu_host_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
+{
+    (void)kb;
+    cudaError_t e = cudaMallocHost(out, n ? n : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return slm_err_set(err, SLM_ENOMEM, "cuda: cannot allocate %zu bytes of pinned host memory: %s", n, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+static void cu_host_free(struct kbackend *kb, void *p)
+{
+    /* an async copy may still read it: the one stream is the only user */
+    cudaStreamSynchronize(cu_ctx(kb)->stream);
+    cudaFreeHost(p);
+}
+
 static const struct kbackend_i cuda_iface = {
     /* .name */ cu_name,
     /* .free */ cu_free,
@@ -230,6 +275,11 @@ static const struct kbackend_i cuda_iface = {
     /* --- added for GPU calibration statistics and embedding gather (optional) --- */
     /* .col_stats */ cu_col_stats,
     /* .gather_rows */ cu_gather_rows,
+    /* --- added for memory accounting and budgets (optional) --- */
+    /* .mem_stats */ cu_mem_stats,
+    /* .set_limit */ cu_set_limit,
+    /* .host_alloc */ cu_host_alloc,
+    /* .host_free */ cu_host_free,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

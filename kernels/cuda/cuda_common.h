@@ -28,6 +28,8 @@ struct cu_pool {
     struct cu_block *live; size_t nlive, caplive;
     struct cu_block *free_; size_t nfree, capfree;
     size_t bytes_live, bytes_cached;
+    size_t bytes_peak;   /* most bytes_live since open or the last mem_stats reset */
+    size_t limit;        /* budget on bytes_live (set_limit), 0 = none */
 };
 
 struct cu_ctx {

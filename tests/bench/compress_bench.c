@@ -3,7 +3,8 @@
 ** dense forward pass over the same calibration tokens measured in the same run. Not a test.
 ** By default an OPT-125M-shaped random model on the CPU backend with 8 x 512 calibration tokens;
 ** --model DIR times any checkpoint folder (the LLaMA-2-7B-shaped one of gpu_compress_bench.sh),
-** --backend cuda runs on the GPU and prints peak backend memory per configuration.
+** --backend cuda runs on the GPU. Each line gives the backend's peak memory during compression
+** (compress_result.peak_backend_bytes); SLIM_MEM_LIMIT_MB sets a backend budget as in jobs.
 ** usage: compress-bench [--layers N] [--nsamples S] [--seqlen T] [--dir TMPDIR | --model DIR]
 **                       [--backend cpu|cuda] [--forward-samples K] [--only NAME[,NAME...]]
 ** --forward-samples K times the dense forward over the first K windows only (0: skip) and scales it
@@ -72,11 +73,6 @@ static bool selected(const char *name, const char *only)
     return exact ? hit : sub;
 }
 
-static void print_peak(struct kbackend *kb)
-{
-    (void)kb;
-}
-
 int main(int argc, char **argv)
 {
     int layers = 12, S = 8, T = 512, fwd_samples = -1;
@@ -97,7 +93,10 @@ int main(int argc, char **argv)
     struct slm_err err = SLM_ERR_INIT;
     struct kbackend *kb;
     struct model *m = NULL;
-    if (kbackend_open(&kb, spec, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    if (kbackend_open(&kb, spec, &err) || kbackend_limit_from_env(kb, &err)) {
+        fprintf(stderr, "compress-bench: %s\n", err.msg);
+        return 1;
+    }
     fprintf(stderr, "backend %s; cpu: %s\n", kb_name(kb), kbackend_cpu_info());
     if (!model_dir) {
         char cfg[600];
@@ -149,8 +148,8 @@ int main(int argc, char **argv)
         printf("  %-40s %9.2f s", c->name, dt);
         if (fwd_samples) printf("  (%.1fx the forward pass", dt / t_fwd);
         printf("%speak %d block(s) resident", fwd_samples ? ", " : "  (", res.peak_blocks);
-        print_peak(kb);
-        printf(")\n");
+        printf(", peak backend %.2f GiB%s)\n", res.peak_backend_bytes / 1073741824.0,
+               res.calib_spilled ? ", activations spilled to host" : "");
         compress_result_free(&res);
         fflush(stdout);
     }

@@ -115,6 +115,11 @@ int main(int argc, char **argv)
     fprintf(stderr, "  stages: embed %.2f ms, %d blocks %.2f ms, head %.2f ms (forward with loss %.2f ms)\n",
             (ts[1] - ts[0]) * 1e3, c->n_layers, (ts[2] - ts[1]) * 1e3, (ts[3] - ts[2]) * 1e3, med * 1e3);
     kb_release(kb, x); kb_release(kb, lg);
+    struct kmem_stats ms;
+    struct slm_err ms_err = SLM_ERR_INIT;
+    if (!kb_mem_stats(kb, &ms, false, &ms_err))
+        fprintf(stderr, "  memory: peak %.1f MiB of backend memory since open (%.1f MiB cached by the allocator)\n",
+                ms.peak / 1048576.0, ms.cached / 1048576.0);
     printf("slimd %-28s %10.0f tokens/s  median %.4f s (min %.4f, %d reps)  mean_nll %.6f  load %.1f s\n",
            kb_name(kb), T / med, med, times[0], reps, mean_nll, t_load);
     rc = 0;

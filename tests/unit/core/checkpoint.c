@@ -293,8 +293,10 @@ static void byte_vocab(const char *dir)
     write_file(dir, "merges.txt", "#version: 0.2\n", 14);
 }
 
-/* input: NULL, or an activation-quantization kind ("fp8", "int") evaluated after compression */
-static void job_end_to_end(const char *input, int input_bits)
+/* input: NULL, or an activation-quantization kind ("fp8", "int") evaluated after compression.
+** limit_mb: NULL, or a SLIM_MEM_LIMIT_MB too small for one block: the job must fail with
+** -SLM_ENOMEM and a message naming the block, the stage and the sizes. */
+static void job_end_to_end(const char *input, int input_bits, const char *limit_mb)
 {
     char mdir[] = "/tmp/slim-e2e-model-XXXXXX", ddir[] = "/tmp/slim-e2e-data-XXXXXX", odir[4200];
     assert_non_null(mkdtemp(mdir));
@@ -336,8 +338,29 @@ static void job_end_to_end(const char *input, int input_bits)
     json_decref(doc);
     struct job_ctx ctx = { .model_dir = mdir, .out_dir = odir, .data_dir = ddir, .device = "cpu" };
     json_t *metrics = NULL;
+    if (limit_mb) {
+        spec.eval.baseline = false;   /* the failure comes from compression, not the baseline */
+        setenv("SLIM_MEM_LIMIT_MB", limit_mb, 1);
+    }
     int rc = job_run(&spec, &ctx, &metrics, &err);
     if (rc) fprintf(stderr, "job: %s\n", err.msg);
+    if (limit_mb) {
+        unsetenv("SLIM_MEM_LIMIT_MB");
+        assert_int_equal(rc, -SLM_ENOMEM);
+        assert_int_equal(err.rc, SLM_ENOMEM);
+        assert_null(metrics);
+        assert_true(strncmp(err.msg, "compressing: block 1 of 5, load (", 33) == 0);
+        assert_non_null(strstr(err.msg, "out of backend memory allocating"));
+        assert_non_null(strstr(err.msg, ", limit 200.0 KiB)"));
+        assert_false(checkpoint_is(odir));   /* no half-written checkpoint left */
+        jobspec_free(&spec);
+        rm_folder(odir);
+        rm_folder(mdir);
+        snprintf(line, sizeof line, "%s/calib.jsonl", ddir); unlink(line);
+        snprintf(line, sizeof line, "%s/evaltext.txt", ddir); unlink(line);
+        rmdir(ddir);
+        return;
+    }
     assert_int_equal(rc, 0);
     json_t *ppl = json_object_get(json_object_get(metrics, "perplexity"), "evaltext");
     double before = json_real_value(json_object_get(ppl, "before")), after = json_real_value(json_object_get(ppl, "after"));
@@ -377,15 +400,23 @@ static void job_end_to_end(const char *input, int input_bits)
     rmdir(ddir);
 }
 
-static void test_core_checkpoint__job_end_to_end(void **state) { (void)state; job_end_to_end(NULL, 0); }
+static void test_core_checkpoint__job_end_to_end(void **state) { (void)state; job_end_to_end(NULL, 0, NULL); }
+
+/* SLIM_MEM_LIMIT_MB below one block: a clear job failure, never a crash */
+static void test_core_checkpoint__job_out_of_memory(void **state)
+{
+    (void)state;
+    if (strcmp(test_backend_name(), "cpu")) skip();   /* job_ctx.device is "cpu" in this test */
+    job_end_to_end(NULL, 0, "0.1953125");   /* 200 KiB: the model's head and one block do not both fit */
+}
 
 /* activation quantization is applied after compression and again when the checkpoint is
 ** reopened: the reloaded model must reproduce the job's "after" perplexity exactly */
 static void test_core_checkpoint__job_with_input_quantization(void **state)
 {
     (void)state;
-    job_end_to_end("int", 4);
-    job_end_to_end("fp8", 8);
+    job_end_to_end("int", 4, NULL);
+    job_end_to_end("fp8", 8, NULL);
 }
 
 /* ---- streaming: compress_model hands each block to the writer and unloads it ---- */
@@ -659,6 +690,7 @@ int main(void)
         cmocka_unit_test(test_core_checkpoint__l2qer),
         cmocka_unit_test(test_core_checkpoint__job_end_to_end),
         cmocka_unit_test(test_core_checkpoint__job_with_input_quantization),
+        cmocka_unit_test(test_core_checkpoint__job_out_of_memory),
         cmocka_unit_test(test_core_checkpoint__streamed_quantized_adapters),
         cmocka_unit_test(test_core_checkpoint__streamed_adapters_with_blocks),
         cmocka_unit_test(test_core_checkpoint__streamed_sparsegpt),

@@ -964,6 +964,53 @@ static void test_kernels_cuda__gather_rows_exact(void **state)
     free(table); free(want); free(ids); free(got);
 }
 
+/* Accounting of the pool in bucketed bytes, its peak and reset, the budget's message, and pinned
+** host memory round-tripping exactly (a spilled calibration window takes this path). */
+static void test_kernels_cuda__mem_stats_budget_and_pinned_host(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    struct kmem_stats st;
+    void *a = NULL, *b = NULL;
+    assert_int_equal(kb_mem_stats(p->gpu, &st, true, &err), 0);
+    int64_t base = st.in_use;
+    assert_true(st.device_total > 0 && st.device_free >= 0 && st.device_free <= st.device_total);
+    assert_int_equal(st.limit, 0);
+    assert_int_equal(kb_alloc(p->gpu, &a, 3 << 20, &err), 0);   /* 3 MiB: bucketed to 4 MiB */
+    assert_int_equal(kb_mem_stats(p->gpu, &st, false, &err), 0);
+    assert_int_equal(st.in_use, base + (4 << 20));
+    assert_int_equal(st.peak, base + (4 << 20));
+    kb_release(p->gpu, a);
+    assert_int_equal(kb_mem_stats(p->gpu, &st, true, &err), 0);
+    assert_int_equal(st.in_use, base);
+    assert_true(st.cached >= 4 << 20);   /* kept for reuse */
+    assert_int_equal(kb_mem_stats(p->gpu, &st, false, &err), 0);
+    assert_int_equal(st.peak, base);
+    assert_int_equal(kbackend_set_limit(p->gpu, (size_t)base + (6 << 20), &err), 0);
+    assert_int_equal(kb_alloc(p->gpu, &a, 4 << 20, &err), 0);
+    assert_int_equal(kb_alloc(p->gpu, &b, 4 << 20, &err), -SLM_ENOMEM);   /* 8 MiB > 6 MiB budget */
+    assert_null(b);
+    assert_non_null(strstr(err.msg, "cuda: out of device memory allocating 4194304 bytes on cuda:"));
+    assert_non_null(strstr(err.msg, " in use by slimd, limit "));
+    slm_err_clear(&err);
+    kb_release(p->gpu, a);
+    assert_int_equal(kbackend_set_limit(p->gpu, 0, &err), 0);
+    /* pinned host buffer: device -> pinned -> device -> pageable, bit for bit */
+    size_t n = 1 << 16;
+    float *src = rand_vec(n), *pinned = NULL, *back = nan_vec(n);
+    assert_int_equal(kb_host_alloc(p->gpu, (void **)&pinned, n * sizeof *pinned, &err), 0);
+    float *d = dev_f(p->gpu, src, n), *d2 = dev_nan(p->gpu, n);
+    assert_int_equal(kb_download(p->gpu, pinned, d, n * sizeof *pinned, &err), 0);
+    assert_int_equal(kb_upload(p->gpu, d2, pinned, n * sizeof *pinned, &err), 0);
+    assert_int_equal(kb_download(p->gpu, back, d2, n * sizeof *back, &err), 0);
+    assert_memory_equal(src, back, n * sizeof *src);
+    kb_host_free(p->gpu, pinned);
+    kb_release(p->gpu, d);
+    kb_release(p->gpu, d2);
+    free(src);
+    free(back);
+}
+
 int main(void)
 {
     if (!kbackend_cuda_available()) {
@@ -972,6 +1019,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kernels_cuda__memory_pool_and_oom),
+        cmocka_unit_test(test_kernels_cuda__mem_stats_budget_and_pinned_host),
         cmocka_unit_test(test_kernels_cuda__gemm_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__norms_match_cpu),
         cmocka_unit_test(test_kernels_cuda__elementwise_match_cpu),
