@@ -990,6 +990,7 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if (!l->w) continue;
             struct compressed_linear scratch = { 0 }, *cl = res ? &res->lin[b][r] : &scratch;
             if (bs.slot_of[r] < 0) { rc = slm_err_set(err, SLM_EINTERNAL, "%s: no calibration input seen", l->name); goto done; }
+            l->w_bf16 = false;   /* the compressed weight need not be bf16-exact: plain f32 GEMMs from here */
             if (o->jsq.on) rc = jsq_prune_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, &jb, r, err);
             else rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
             at_stage(err, rc, b, nb, "compress %s (%d x %d)", short_name(l->name), l->d_out, l->d_in);

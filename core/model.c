@@ -218,6 +218,7 @@ static int block_round_bf16(struct model *m, struct block *bl, struct slm_err *e
     for (int r = 0; r < LIN_COUNT && !rc; r++) {
         struct linear *l = &bl->lin[r];
         if (l->w) rc = kb_round_bf16(m->kb, l->w, (size_t)l->d_out * l->d_in, err);
+        l->w_bf16 = l->w && !rc;
         if (!rc && l->b) rc = kb_round_bf16(m->kb, l->b, (size_t)l->d_out, err);
         if (!rc && l->rank) rc = kb_round_bf16(m->kb, l->lora_l, (size_t)l->d_in * l->rank, err);
         if (!rc && l->rank) rc = kb_round_bf16(m->kb, l->lora_r, (size_t)l->rank * l->d_out, err);
@@ -328,6 +329,7 @@ void model_block_unload(struct model *m, int b)
         kb_release(m->kb, l->lora_l);
         kb_release(m->kb, l->lora_r);
         l->w = l->b = l->lora_l = l->lora_r = NULL;
+        l->w_bf16 = false;
         l->rank = 0;
     }
     float **bufs[] = { &bl->norm1_w, &bl->norm1_b, &bl->norm2_w, &bl->norm2_b, &bl->shortcut_attn, &bl->shortcut_mlp };
@@ -591,7 +593,12 @@ static int lin_fwd(struct model *m, const struct linear *l, float *y, const floa
     struct kbackend *kb = m->kb;
     int rc;
     if (m->input_quant[0] && (rc = input_quant(m, (float *)x, rows, l->d_in, err))) return rc;
-    rc = kb_linear(kb, y, x, l->w, l->b, rows, l->d_out, l->d_in, err);
+    /* under bf16 emulation every activation entering a linear went through act_round */
+    struct kgemm_args g = { .ta = KB_N, .tb = KB_T, .m = rows, .n = l->d_out, .k = l->d_in, .alpha = 1, .beta = 0,
+                            .a = x, .lda = l->d_in, .b = l->w, .ldb = l->d_in, .c = y, .ldc = l->d_out, .batch = 1,
+                            .bf16_inputs = m->act_bf16 && l->w_bf16 && !m->input_quant[0] };
+    rc = kb->iface->gemm(kb, &g, err);
+    if (!rc && l->b) rc = kb->iface->add_bias(kb, y, l->b, rows, l->d_out, l->d_out, err);
     if (!rc) rc = act_round(m, y, (size_t)rows * l->d_out, err);
     if (rc || !l->rank) return rc;
     struct kgemm_args g1 = { .ta = KB_N, .tb = KB_N, .m = rows, .n = l->rank, .k = l->d_in, .alpha = 1, .beta = 0,

@@ -66,6 +66,10 @@ struct linear {
     /* optional low-rank adapter (SLiM): y += (x L) R, L [d_in x rank], R [rank x d_out] */
     int rank;
     float *lora_l, *lora_r;
+    /* every value of w is bf16-representable: set when bf16 emulation rounds the loaded weight,
+    ** cleared by whoever rewrites w unless it knows the new values are bf16 too. Lets the forward
+    ** pass use TF32 tensor cores, exact for such inputs (kgemm_args.bf16_inputs). */
+    bool w_bf16;
 };
 
 struct block {

@@ -40,6 +40,11 @@ struct kgemm_args {
     const float *b; int ldb; int64_t stride_b;
     float *c; int ldc; int64_t stride_c;
     int batch;           /* >= 1 */
+    /* Every value of a and b is bf16-representable (bf16 emulation rounds weights and activations):
+    ** a backend may then use TF32 tensor cores, which hold such values exactly (8-bit significands
+    ** in TF32's 11; products exact in f32) and accumulate in f32, so only the summation order
+    ** differs from the plain f32 GEMM. Ignored by the CPU. */
+    bool bf16_inputs;
 };
 
 /* Causal multi-head attention over a batch of sequences, with grouped KV heads.

@@ -261,7 +261,7 @@ static const struct kbackend_i cuda_iface = {
     /* .cholesky_upper */ cu_cholesky_upper,
     /* .spd_inverse */ cu_spd_inverse,
     /* .svd */ cu_svd,
-    /* .gram_f64 */ NULL,
+    /* .gram_f64 */ cu_gram_f64,
     /* .round_bf16 */ cu_round_bf16,
     /* --- added for GPU SparseGPT (optional) --- */
     /* .sparsegpt_block */ cu_sparsegpt_block,
@@ -316,6 +316,7 @@ static int open_ctx(struct cu_ctx *c, int device, struct slm_err *err)
     cublasMath_t mode = CUBLAS_DEFAULT_MATH;
     if (tf32 && strcmp(tf32, "1") == 0) mode = CUBLAS_TF32_TENSOR_OP_MATH;
     else if (ped && strcmp(ped, "1") == 0) mode = CUBLAS_PEDANTIC_MATH;
+    c->pedantic = mode == CUBLAS_PEDANTIC_MATH;
     CUBLAS_TRY(cublasSetMathMode(c->blas, mode));
     CUSOLVER_TRY(cusolverDnCreate(&c->solver));
     CUSOLVER_TRY(cusolverDnSetStream(c->solver, c->stream));

@@ -41,6 +41,7 @@ struct cu_ctx {
     struct cu_pool pool;
     int *d_info;         /* cuSOLVER info word */
     int max_smem_optin;  /* bytes of dynamic shared memory a block may opt into */
+    bool pedantic;       /* SLIM_CUDA_PEDANTIC=1: no tensor-core shortcut, not even for bf16 inputs */
 };
 
 static inline struct cu_ctx *cu_ctx(struct kbackend *kb) { return (struct cu_ctx *)kb->ctx; }
@@ -104,6 +105,7 @@ int cu_eigh_f64(struct kbackend *kb, double *a, double *w, int n, struct slm_err
 int cu_cholesky_upper(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_spd_inverse(struct kbackend *kb, float *a, int n, struct slm_err *err);
 int cu_svd(struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err);
+int cu_gram_f64(struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err);
 /* SparseGPT's within-block OBS loop (sparsegpt_cuda.cu) */
 int cu_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err);
 /* SLiM pruning and quantization (quant_cuda.cu) */

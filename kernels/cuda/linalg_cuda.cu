@@ -20,6 +20,18 @@ int cu_gemm(struct kbackend *kb, const struct kgemm_args *a, struct slm_err *err
     cublasOperation_t opb = a->tb == KB_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opa = a->ta == KB_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     int ldb = a->ldb > 0 ? a->ldb : 1, lda = a->lda > 0 ? a->lda : 1;
+    if (a->bf16_inputs && !c->pedantic) {
+        /* bf16-valued inputs are exact in TF32: tensor cores, f32 accumulation (kbackend.h) */
+        const cublasComputeType_t ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+        if (a->batch == 1)
+            CUBLAS_TRY(cublasGemmEx(c->blas, opb, opa, a->n, a->m, a->k, &a->alpha, a->b, CUDA_R_32F, ldb, a->a,
+                                    CUDA_R_32F, lda, &a->beta, a->c, CUDA_R_32F, a->ldc, ct, CUBLAS_GEMM_DEFAULT));
+        else
+            CUBLAS_TRY(cublasGemmStridedBatchedEx(c->blas, opb, opa, a->n, a->m, a->k, &a->alpha, a->b, CUDA_R_32F, ldb,
+                                                  a->stride_b, a->a, CUDA_R_32F, lda, a->stride_a, &a->beta, a->c,
+                                                  CUDA_R_32F, a->ldc, a->stride_c, a->batch, ct, CUBLAS_GEMM_DEFAULT));
+        return 0;
+    }
     if (a->batch == 1)
         CUBLAS_TRY(cublasSgemm(c->blas, opb, opa, a->n, a->m, a->k, &a->alpha, a->b, ldb, a->a, lda,
                                &a->beta, a->c, a->ldc));
@@ -196,5 +208,39 @@ done:
     if (work) cu_pool_release(c, work);
     if (uc) cu_pool_release(c, uc);
     if (vc) cu_pool_release(c, vc);
+    return rc;
+}
+
+/* ---- Gram matrix in f64 (PCA for SliceGPT, the Gram path of the low-rank adapters) ---- */
+__global__ static void k_f32_to_f64(double *y, const float *x, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = (double)x[i];
+}
+
+int cu_gram_f64(struct kbackend *kb, double *cmat, const float *x, int rows, int n, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    int rc = 0;
+    double *xd = NULL;
+    const double one = 1.0;
+    if (rows < 0 || n <= 0) return slm_err_set(err, SLM_EINVAL, "gram: bad shape %d x %d", rows, n);
+    if (rows == 0) return 0;
+    /* chunks of rows converted to f64 (exact), then dsyrk: products and sums in f64 as on the CPU.
+    ** x row-major [rows x n] is column-major X^T [n x rows], so C += X^T X is syrk 'N' on it;
+    ** the row-major upper triangle is the column-major lower one. */
+    int chunk = (int)((size_t)256 * 1024 * 1024 / ((size_t)n * sizeof(double)));
+    if (chunk < 1) chunk = 1;
+    if (chunk > rows) chunk = rows;
+    RC_GO(cu_pool_alloc(c, (void **)&xd, (size_t)chunk * n * sizeof(double), err));
+    for (int r0 = 0; r0 < rows; r0 += chunk) {
+        int nr = rows - r0 < chunk ? rows - r0 : chunk;
+        size_t ne = (size_t)nr * n;
+        k_f32_to_f64<<<cu_blocks(ne), 256, 0, c->stream>>>(xd, x + (size_t)r0 * n, ne);
+        CU_GO(cudaGetLastError());
+        CUBLAS_GO(cublasDsyrk(c->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, nr, &one, xd, n, &one, cmat, n));
+    }
+done:
+    if (xd) cu_pool_release(c, xd);
     return rc;
 }

@@ -6,10 +6,11 @@
 ** --backend cuda runs on the GPU. Each line gives the backend's peak memory during compression
 ** (compress_result.peak_backend_bytes); SLIM_MEM_LIMIT_MB sets a backend budget as in jobs.
 ** usage: compress-bench [--layers N] [--nsamples S] [--seqlen T] [--dir TMPDIR | --model DIR]
-**                       [--backend cpu|cuda] [--forward-samples K] [--only NAME[,NAME...]]
+**                       [--backend cpu|cuda] [--forward-samples K] [--only NAME[,NAME...]] [--bf16 1]
 ** --forward-samples K times the dense forward over the first K windows only (0: skip) and scales it
 ** to all S in the "x dense forward" column; --only keeps the configurations named (comma-separated,
-** whole names, or parts of names).
+** whole names, or parts of names). --bf16 1 compresses in the reference's bf16 precision (the job
+** spec's "precision": "bf16"): on a GPU its linears then run on TF32 tensor cores, exact for bf16.
 */
 #include <stdbool.h>
 #include <stdio.h>
@@ -75,7 +76,7 @@ static bool selected(const char *name, const char *only)
 
 int main(int argc, char **argv)
 {
-    int layers = 12, S = 8, T = 512, fwd_samples = -1;
+    int layers = 12, S = 8, T = 512, fwd_samples = -1, bf16 = 0;
     const char *dir = "/tmp/slim-bench-opt125m", *only = NULL, *model_dir = NULL, *spec = "cpu";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
@@ -85,6 +86,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--model")) model_dir = argv[i + 1];
         else if (!strcmp(argv[i], "--backend")) spec = argv[i + 1];
         else if (!strcmp(argv[i], "--forward-samples")) fwd_samples = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--bf16")) bf16 = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--only")) only = argv[i + 1];
         else { fprintf(stderr, "compress-bench: unknown option %s\n", argv[i]); return 2; }
     }
@@ -117,7 +119,8 @@ int main(int argc, char **argv)
     layers = m->cfg.n_layers;
     model_free(m);
     m = NULL;
-    printf("compress-bench (%s, %s, %d layers, %d x %d calibration tokens)\n", kb_name(kb), model_dir, layers, S, T);
+    printf("compress-bench (%s, %s, %d layers, %d x %d calibration tokens, %s)\n", kb_name(kb), model_dir, layers, S, T,
+           bf16 ? "bf16 precision" : "f32");
     if (fwd_samples)
         printf("  %-40s %9.2f s%s\n", "dense forward over the calibration set", t_fwd,
                fwd_samples < S ? "  (scaled from the first windows)" : "");
@@ -137,6 +140,7 @@ int main(int argc, char **argv)
         o.shift_zero_metrics = !c->jsq;
         o.jsq.on = c->jsq;
         o.unload_blocks = true;   /* as jobs run: one block resident */
+        o.bf16 = bf16 != 0;
         struct compress_result res;
         if (model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
         t0 = now_s();

@@ -10,6 +10,8 @@
 # transformers) stays in $WORK between calls so that each configuration can run in its own device
 # call (one call is limited to 10 minutes); KEEP=0 removes it at the end.
 # Peak backend memory is the caching allocator's high-water mark (compress-bench prints it).
+# PRECISION=bf16 (default: the reference's own precision; linears on TF32 tensor cores, exact for
+# bf16 values) or PRECISION=f32 (exact f32 GEMMs throughout).
 set -u
 BIN=$(cd "$1" && pwd); shift
 L=${1:-32}; shift || true
@@ -48,7 +50,7 @@ for C in $CONFIGS; do
   NAME=${R%%|*}; REST=${R#*|}; PUB=${REST%%|*}; TGT=${REST#*|}
   OUT=$WORK/$C-$L.log
   "$BIN/compress-bench" --model "$D" --backend cuda --nsamples 128 --seqlen 2048 --forward-samples 4 \
-      --only "$NAME" >"$OUT" 2>&1
+      --bf16 "$([ "${PRECISION:-bf16}" = bf16 ] && echo 1 || echo 0)" --only "$NAME" >"$OUT" 2>&1
   cat "$OUT"
   LINE=$(grep -F "  $NAME " "$OUT" | head -1)
   SECS=$(echo "$LINE" | awk '{for (i = 1; i <= NF; i++) if ($(i+1) == "s") { print $i; exit }}')
@@ -56,6 +58,7 @@ for C in $CONFIGS; do
   awk -v n="$NAME" -v s="${SECS:-nan}" -v p="$PUB" -v t="$TGT" -v l="$L" -v pk="${PEAK:-?}" 'BEGIN {
     f = l / 32; printf "| %s | %s | %.1f min | %.2f min | %.2f min | %s |\n", n, l, s / 60, p * f, t * f, pk }' >>"$TABLE"
 done
+echo "precision ${PRECISION:-bf16}"
 echo "| configuration | blocks | slimd | published (scaled) | target (scaled) | peak GPU memory |"
 echo "|---|---|---|---|---|---|"
 cat "$TABLE"

@@ -456,6 +456,51 @@ static void test_core_forward__backend_embedding_gather_is_exact(void **state)
     gather_case(&gk, "tiny-llama", true);
 }
 
+
+/* The TF32 hint (kgemm_args.bf16_inputs) is given exactly when both GEMM operands are bf16 values:
+** bf16 weights and activations, no input-quantization emulation in between. A CPU backend that
+** counts the hints stands in for the GPU (it ignores them, so the logits must not change). */
+static const struct kbackend_i *hint_base;
+static int hint_calls, hint_set;
+static int hint_gemm(struct kbackend *k, const struct kgemm_args *a, struct slm_err *err)
+{
+    hint_calls++;
+    hint_set += a->bf16_inputs;
+    return hint_base->gemm(k, a, err);
+}
+
+static int hint_forward(struct kbackend *hk, bool bf16, bool iquant)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    struct model *m = NULL;
+    char dir[512];
+    int32_t ids[16];
+    float nll[15];
+    snprintf(dir, sizeof dir, "%s/stories260K", data_dir());
+    assert_int_equal(model_open(&m, dir, hk, 0, &err), 0);
+    for (int t = 0; t < 16; t++) ids[t] = (t * 37 + 5) % m->cfg.vocab;
+    if (bf16) assert_int_equal(model_set_bf16(m, true, true, &err), 0);
+    if (iquant) assert_int_equal(model_set_input_quant(m, "int", 8, -1, &err), 0);
+    hint_calls = hint_set = 0;
+    assert_int_equal(model_forward(m, ids, 1, 16, NULL, nll, NULL, NULL, &err), 0);
+    model_free(m);
+    return hint_set;
+}
+
+static void test_core_forward__bf16_gemm_hint_only_on_bf16_operands(void **state)
+{
+    (void)state;
+    struct kbackend_i iface = *kb->iface;
+    hint_base = kb->iface;
+    iface.gemm = hint_gemm;
+    struct kbackend hk = { kb->api_version, &iface, kb->ctx };
+    assert_int_equal(hint_forward(&hk, false, false), 0);
+    int n = hint_forward(&hk, true, false);
+    assert_int_equal(n, 5 * 7);   /* stories260K: 5 blocks x 7 linears; the head and attention get none */
+    assert_true(hint_calls > n);
+    assert_int_equal(hint_forward(&hk, true, true), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -471,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_core_forward__input_quantization_emulation),
         cmocka_unit_test(test_core_forward__rejects_bad_ids_and_lengths),
         cmocka_unit_test(test_core_forward__backend_embedding_gather_is_exact),
+        cmocka_unit_test(test_core_forward__bf16_gemm_hint_only_on_bf16_operands),
     };
     return cmocka_run_group_tests_name("core/forward", tests, setup, teardown);
 }

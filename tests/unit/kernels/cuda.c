@@ -149,8 +149,8 @@ static void test_kernels_cuda__memory_pool_and_oom(void **state)
 
 /* ---- GEMM ---- */
 #define TOL_GEMM 1e-5
-static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, int tb, int pad, float beta,
-                      int share_b)
+static void gemm_case_ex(struct pair *p, int m, int n, int k, int batch, int ta, int tb, int pad, float beta,
+                         int share_b, bool bf16)
 {
     struct slm_err err = SLM_ERR_INIT;
     int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
@@ -158,12 +158,16 @@ static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, in
     size_t na = (size_t)sa * batch, nb = share_b ? (size_t)(tb ? n : k) * ldb : (size_t)sb * batch,
            nc = (size_t)sc * batch;
     float *a = rand_vec(na), *b = rand_vec(nb), *c = rand_vec(nc);
+    if (bf16) {   /* bf16-valued inputs: the GPU may take TF32 tensor cores, exact for them */
+        kcpu_round_bf16(a, na);
+        kcpu_round_bf16(b, nb);
+    }
     float *da = dev_f(p->gpu, a, na), *db = dev_f(p->gpu, b, nb);
     float *dc = beta != 0 ? dev_f(p->gpu, c, nc) : dev_nan(p->gpu, nc);
     struct kgemm_args g = {
         .ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = 0.75f, .beta = beta,
         .a = a, .lda = lda, .stride_a = sa, .b = b, .ldb = ldb, .stride_b = sb,
-        .c = c, .ldc = ldc, .stride_c = sc, .batch = batch,
+        .c = c, .ldc = ldc, .stride_c = sc, .batch = batch, .bf16_inputs = bf16,
     };
     assert_int_equal(p->cpu->iface->gemm(p->cpu, &g, &err), 0);
     g.a = da; g.b = db; g.c = dc;
@@ -173,13 +177,33 @@ static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, in
     for (size_t i = 0; i < nc; i++)
         if ((int)(i % ldc) >= n) gc[i] = c[i];
     char what[96];
-    snprintf(what, sizeof what, "gemm m=%d n=%d k=%d b=%d ta=%d tb=%d", m, n, k, batch, ta, tb);
+    snprintf(what, sizeof what, "gemm%s m=%d n=%d k=%d b=%d ta=%d tb=%d", bf16 ? " bf16-inputs" : "", m, n, k, batch,
+             ta, tb);
     double e = rel_err(gc, c, nc);
     report(what, e, TOL_GEMM);
     assert_true(e <= TOL_GEMM);
     free(gc);
     kb_release(p->gpu, da); kb_release(p->gpu, db); kb_release(p->gpu, dc);
     free(a); free(b); free(c);
+}
+
+static void gemm_case(struct pair *p, int m, int n, int k, int batch, int ta, int tb, int pad, float beta, int share_b)
+{
+    gemm_case_ex(p, m, n, k, batch, ta, tb, pad, beta, share_b, false);
+}
+
+/* bf16_inputs (TF32 tensor cores on the GPU) must stay within the plain f32 tolerance: bf16 values
+** are exact in TF32, so only the summation differs. A path that rounded inputs to TF32 badly, or
+** used bf16/fp16 arithmetic, would miss it by orders of magnitude. */
+static void test_kernels_cuda__gemm_bf16_inputs_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case_ex(p, 37, 29, 41, 3, ta, tb, 0, 0.0f, 0, true);
+            gemm_case_ex(p, 130, 257, 67, 1, ta, tb, 5, 0.5f, 0, true);
+        }
+    gemm_case_ex(p, 2048, 1024, 4096, 1, 0, 1, 0, 0.0f, 0, true);   /* a LLaMA linear's inner size */
 }
 
 static void test_kernels_cuda__gemm_matches_cpu(void **state)
@@ -576,6 +600,50 @@ static void test_kernels_cuda__svd_reconstructs(void **state)
         assert_true(oe < 1e-4);
         kb_release(p->gpu, da); kb_release(p->gpu, du); kb_release(p->gpu, ds); kb_release(p->gpu, dvt);
         free(a); free(u); free(s); free(vt); free(gu); free(gs); free(gvt); free(rec);
+    }
+}
+
+/* Gram matrix in f64: both sides form exact f64 products of f32 inputs and sum them in f64 in
+** different orders, so the upper triangles agree to f64 rounding; the lower triangle must stay
+** as it was (NaN-poisoned here). Accumulates onto a non-zero start; row counts cross the chunk. */
+#define TOL_GRAM 1e-12
+static void test_kernels_cuda__gram_f64_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int shapes[][2] = { { 1, 1 }, { 7, 5 }, { 300, 64 }, { 2048, 96 }, { 100, 513 } };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int rows = shapes[si][0], n = shapes[si][1];
+        size_t nn = (size_t)n * n;
+        float *x = rand_vec((size_t)rows * n);
+        double *c0 = malloc(nn * sizeof *c0), *cc = malloc(nn * sizeof *cc), *cg = malloc(nn * sizeof *cg);
+        assert_true(c0 && cc && cg);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) c0[(size_t)i * n + j] = j >= i ? 0.25 * (i + j) : NAN;
+        memcpy(cc, c0, nn * sizeof *cc);
+        assert_int_equal(p->cpu->iface->gram_f64(p->cpu, cc, x, rows, n, &err), 0);
+        float *dx = dev_f(p->gpu, x, (size_t)rows * n);
+        void *dc = NULL;
+        assert_int_equal(kb_alloc(p->gpu, &dc, nn * sizeof *c0, &err), 0);
+        assert_int_equal(kb_upload(p->gpu, dc, c0, nn * sizeof *c0, &err), 0);
+        int rc = p->gpu->iface->gram_f64(p->gpu, dc, dx, rows, n, &err);
+        if (rc) print_error("gram_f64: %s\n", err.msg);
+        assert_int_equal(rc, 0);
+        assert_int_equal(kb_download(p->gpu, cg, dc, nn * sizeof *cg, &err), 0);
+        double num = 0, den = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                size_t k = (size_t)i * n + j;
+                if (j < i) { assert_true(isnan(cg[k])); continue; }
+                num += (cg[k] - cc[k]) * (cg[k] - cc[k]);
+                den += cc[k] * cc[k];
+            }
+        char what[64];
+        snprintf(what, sizeof what, "gram_f64 %dx%d", rows, n);
+        report(what, sqrt(num / den), TOL_GRAM);
+        assert_true(sqrt(num / den) <= TOL_GRAM);
+        kb_release(p->gpu, dx); kb_release(p->gpu, dc);
+        free(x); free(c0); free(cc); free(cg);
     }
 }
 
@@ -1021,6 +1089,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__memory_pool_and_oom),
         cmocka_unit_test(test_kernels_cuda__mem_stats_budget_and_pinned_host),
         cmocka_unit_test(test_kernels_cuda__gemm_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__gemm_bf16_inputs_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__norms_match_cpu),
         cmocka_unit_test(test_kernels_cuda__elementwise_match_cpu),
         cmocka_unit_test(test_kernels_cuda__round_bf16_matches_cpu),
@@ -1030,6 +1099,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__cholesky_and_inverse_match_cpu),
         cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
         cmocka_unit_test(test_kernels_cuda__svd_reconstructs),
+        cmocka_unit_test(test_kernels_cuda__gram_f64_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__sparsegpt_block_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__prune_nm_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__absmax_groups_and_range_match_cpu),
