@@ -10,10 +10,13 @@
 ** Two kernels: k_attention4 (hd % 4 == 0 and hd <= 128: OPT, LLaMA, Phi) reads shared memory
 ** 16 bytes at a time with 8 rows per warp; k_attention is the scalar fallback for other widths.
 ** GQA: query head h reads KV head h / (H / Hkv).
+** SLIM_CUDA_ATTN=gemm selects the chunked cuBLAS path below instead (attention_gemm).
 */
 #include "cuda_common.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define ATT_WARPS 8
 #define ATT_ROWS 4
@@ -261,6 +264,74 @@ static int launch(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *
     return 0;
 }
 
+/* ---- the GEMM path: scores of a chunk of query rows by cuBLAS, causal softmax, P V by cuBLAS ----
+** For QC query rows [q0, q0 + QC) of one sequence, S_h = scale Q_h K_h^T over the kv_len = q0 + QC
+** keys they may see ([H x QC x kv_len] in global memory: never T x T once T > QC), a row-wise
+** causal softmax in place, then out_h = P_h V_h. The GEMMs run at cuBLAS's f32 rate instead of the
+** fused kernel's CUDA-core loop; the price is the scores' round trip through memory and up to
+** QC/2 masked keys per row. Chosen with SLIM_CUDA_ATTN=gemm until it is timed on a GPU. */
+#define ATT_GEMM_QC 512
+
+/* one warp per row of S [rows x kv_len] (row r is query position q0 + r % QC): softmax over keys
+** 0..q0 + r % QC, zeros after */
+__global__ static void k_softmax_causal(float *S, int nrows, int QC, int kv_len, int q0)
+{
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= nrows) return;
+    float *s = S + (size_t)row * kv_len;
+    int last = q0 + row % QC;   /* the last key this query sees */
+    float mx = -INFINITY;
+    for (int j = lane; j <= last; j += 32) mx = fmaxf(mx, s[j]);
+    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0;
+    for (int j = lane; j <= last; j += 32) {
+        float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    float inv = 1.0f / sum;
+    for (int j = lane; j < kv_len; j += 32) s[j] = j <= last ? s[j] * inv : 0.0f;
+}
+
+static int attention_gemm(struct kbackend *kb, const struct kattn_args *a, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    int QC = a->T < ATT_GEMM_QC ? a->T : ATT_GEMM_QC, g = a->H / a->Hkv, rc = 0;
+    float *S = NULL;
+    RC_GO(cu_pool_alloc(c, (void **)&S, (size_t)a->H * QC * a->T * sizeof(float), err));
+    for (int b = 0; b < a->B; b++)
+        for (int q0 = 0; q0 < a->T; q0 += QC) {
+            int qc = a->T - q0 < QC ? a->T - q0 : QC, kv = q0 + qc;
+            const float *qb = a->q + ((size_t)b * a->T + q0) * a->q_stride;
+            const float *kb_ = a->k + (size_t)b * a->T * a->kv_stride, *vb = a->v + (size_t)b * a->T * a->kv_stride;
+            float *ob = a->out + ((size_t)b * a->T + q0) * a->out_stride;
+            size_t sh = (size_t)qc * kv;   /* one head's scores */
+            /* query heads i, i + g, ... share KV heads 0, 1, ...: one strided batch per i */
+            for (int i = 0; i < g; i++) {
+                struct kgemm_args s1 = { .ta = KB_N, .tb = KB_T, .m = qc, .n = kv, .k = a->hd, .alpha = a->scale,
+                                         .beta = 0, .a = qb + (size_t)i * a->hd, .lda = a->q_stride,
+                                         .stride_a = (int64_t)g * a->hd, .b = kb_, .ldb = a->kv_stride,
+                                         .stride_b = a->hd, .c = S + (size_t)i * sh, .ldc = kv,
+                                         .stride_c = (int64_t)(g * sh), .batch = a->Hkv, .bf16_inputs = false };
+                RC_GO(cu_gemm(kb, &s1, err));
+            }
+            int nrows = a->H * qc;
+            k_softmax_causal<<<(nrows + 7) / 8, 256, 0, c->stream>>>(S, nrows, qc, kv, q0);
+            CU_GO(cudaGetLastError());
+            for (int i = 0; i < g; i++) {
+                struct kgemm_args s2 = { .ta = KB_N, .tb = KB_N, .m = qc, .n = a->hd, .k = kv, .alpha = 1, .beta = 0,
+                                         .a = S + (size_t)i * sh, .lda = kv, .stride_a = (int64_t)(g * sh), .b = vb,
+                                         .ldb = a->kv_stride, .stride_b = a->hd, .c = ob + (size_t)i * a->hd,
+                                         .ldc = a->out_stride, .stride_c = (int64_t)g * a->hd, .batch = a->Hkv, .bf16_inputs = false };
+                RC_GO(cu_gemm(kb, &s2, err));
+            }
+        }
+done:
+    if (S) cu_pool_release(c, S);
+    return rc;
+}
+
 int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err *err)
 {
     struct cu_ctx *c = cu_ctx(kb);
@@ -269,6 +340,8 @@ int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err
     if (a->B < 0 || a->T < 0 || a->hd <= 0 || a->B > 65535 || a->H > 65535)
         return slm_err_set(err, SLM_EINVAL, "attention: bad shape B=%d T=%d H=%d hd=%d", a->B, a->T, a->H, a->hd);
     if (a->B == 0 || a->T == 0 || a->H == 0) return 0;
+    const char *path = getenv("SLIM_CUDA_ATTN");
+    if (path && !strcmp(path, "gemm")) return attention_gemm(kb, a, err);
     /* 8-warp blocks: measured on an H100 (2026-11-23) 0.79 ms per OPT-125M layer at T = 2048
     ** against 1.01 ms with 4-warp blocks, and 2.83 against 4.03 ms for LLaMA-7B's shape */
     if (a->hd % 4 == 0) switch ((a->hd + 31) / 32) {

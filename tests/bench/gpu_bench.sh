@@ -4,7 +4,8 @@
 #        and lib/ with any shared libraries the machine lacks; MODELS: opt125m llama7b:4 ...)
 # Runs the GPU kernel tests first (a wrong backend is not worth timing), then for each model:
 # writes a random fp32 model with transformers, times transformers' forward+loss at seqlen 2048,
-# times slimd's (exact FP32 by default, cuBLAS pedantic FP32, then TF32 GEMMs), and prints one table
+# times slimd's (exact FP32 by default, cuBLAS pedantic FP32, the chunked-GEMM attention path
+# SLIM_CUDA_ATTN=gemm, then TF32 GEMMs), and prints one table
 # (kernel timings of one layer go to stderr). Copy the lines into RESULTS.md.
 set -u
 BIN=$(cd "$1" && pwd); shift
@@ -27,6 +28,7 @@ for M in $MODELS; do
   python3 "$HERE/hf_forward.py" time "$D" 2048 5 >>"$TABLE" || exit 1
   "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 >>"$TABLE" || exit 1
   SLIM_CUDA_PEDANTIC=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-pedantic /' >>"$TABLE"
+  SLIM_CUDA_ATTN=gemm "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-attn-gemm /' >>"$TABLE"
   SLIM_CUDA_TF32=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-tf32 /' >>"$TABLE"
   [ -n "${KEEP:-}" ] || rm -rf "$D"   # KEEP=1 leaves the model folders for further runs
 done

@@ -417,6 +417,18 @@ static void test_kernels_cuda__attention_matches_cpu(void **state)
     attn_case(p, 1, 2048, 2, 2, 64, 0);  /* OPT's head dim at the evaluation length */
 }
 
+/* The same cases through the chunked cuBLAS path (SLIM_CUDA_ATTN=gemm): several query chunks of
+** 512 rows at T = 1000 and 2048, GQA batches, fused-QKV strides. */
+static void test_kernels_cuda__attention_gemm_path_matches_cpu(void **state)
+{
+    const char *old = getenv("SLIM_CUDA_ATTN");
+    setenv("SLIM_CUDA_ATTN", "gemm", 1);
+    test_kernels_cuda__attention_matches_cpu(state);
+    attn_case(*state, 2, 1100, 8, 2, 128, 1);   /* two sequences, GQA 4, three chunks */
+    if (old) setenv("SLIM_CUDA_ATTN", old, 1);
+    else unsetenv("SLIM_CUDA_ATTN");
+}
+
 /* ---- cross-entropy ---- */
 #define TOL_XENT 1e-5
 static void test_kernels_cuda__cross_entropy_matches_cpu(void **state)
@@ -1095,6 +1107,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__round_bf16_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__rope_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__attention_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__attention_gemm_path_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__cross_entropy_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__cholesky_and_inverse_match_cpu),
         cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
