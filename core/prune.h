@@ -54,6 +54,12 @@ int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, c
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err);
 
+/* prune_weight for N:M patterns with the mask left in backend memory: d_mask (backend
+** [d_out x d_in], the caller's) gets 1 where w was zeroed. -SLM_EUNSUPPORTED for unstructured
+** patterns or without the backend's prune_nm (then prune_weight's host path is the way). */
+int prune_weight_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
+                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err);
+
 /* SparseGPT (`fasterprune`) on backend w [d_out x d_in] with backend Hessian H [d_in x d_in]
 ** (clobbered: it holds the upper Cholesky factor of H^-1 on return). mask (host, may be NULL)
 ** gets the pruned entries. With o->optq_bits, the kept weights are quantized inside the loop;
