@@ -7,6 +7,8 @@
 ** backend gemm. Linears that read the same input (q/k/v, gate/up) share one statistics slot. The
 ** per-layer reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
 ** first calibration window, kept per slot (a full-H trace would cost d_out d_in^2 per layer).
+** Per linear, magnitude / Wanda N:M with AbsMax / SLiM-Quant keep W in backend memory when the
+** backend has the ops (compress_linear_kb); the other methods work on a host copy of W.
 */
 #include "compress.h"
 
@@ -968,7 +970,7 @@ static uint64_t block_working_set(const struct model *m, int seqlen, bool need_h
     if (q > wide) wide = q;
     uint64_t f = 8 * (uint64_t)seqlen * wide;                 /* window + forward workspace */
     f += 4 * (uint64_t)seqlen * d;                            /* first-window inputs of the statistics slots */
-    f += 3 * wide * d;                                        /* error figure: [D; W] and outputs */
+    f += 3 * wide * d;                                        /* error figure: [D; W] and outputs; Wanda's mask and codes */
     if (need_h) f += 8 * d * d;                               /* Hessians, working copy, SparseGPT scratch */
     return f * sizeof(float);
 }

@@ -4,7 +4,8 @@
 ** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
 ** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
 ** Weights, statistics and Hessians live in backend memory. Magnitude and Wanda run on host copies
-** (kb_download / kb_upload) unless the backend has the op (N:M: prune_nm in prune_weight);
+** (kb_download / kb_upload) unless the backend has the op (N:M: prune_nm in prune_weight and
+** prune_weight_nm_kb);
 ** SparseGPT runs entirely on the backend (cholesky_upper, spd_inverse, sparsegpt_block, gemm): W
 ** crosses to the host only to fit OPTQ's per-tensor / per-row steps or zero dead inputs (once,
 ** before the loop) and to produce codes (once, after it).
