@@ -7,6 +7,8 @@
 ** backend gemm. Linears that read the same input (q/k/v, gate/up) share one statistics slot. The
 ** per-layer reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
 ** first calibration window, kept per slot (a full-H trace would cost d_out d_in^2 per layer).
+** Per linear, magnitude / Wanda N:M with AbsMax / SLiM-Quant keep W in backend memory when the
+** backend has the ops (compress_linear_kb); the other methods work on a host copy of W.
 */
 #include "compress.h"
 
@@ -293,26 +295,23 @@ static void lin_work_free(struct lin_work *w)
     memset(w, 0, sizeof *w);
 }
 
-/* rel. error ||X D^T|| / ||X W^T||, D = W - W_eff, on the kept inputs X (backend [rows x d_in]). */
-static int rel_error(struct kbackend *kb, double *out, const float *W, const float *Weff, const float *X, int rows,
-                     int d_out, int d_in, struct slm_err *err)
+/* rel. error ||X D^T|| / ||X W^T||, D = W - W_eff, on the kept inputs X (backend [rows x d_in]),
+** from backend DW = [D; W] [2 d_out x d_in]. */
+static int rel_error_kb(struct kbackend *kb, double *out, const float *DW, const float *X, int rows, int d_out, int d_in,
+                        struct slm_err *err)
 {
-    size_t n = (size_t)d_out * d_in, ny = (size_t)rows * 2 * d_out;
-    float *bd = NULL, *by = NULL, *h = malloc(sizeof *h * (n * 2 > ny ? n * 2 : ny));
-    int rc;
+    size_t ny = (size_t)rows * 2 * d_out;
+    float *by = NULL, *h = malloc(sizeof *h * ny);
+    double *hd = malloc(sizeof *hd * 2 * (size_t)rows);   /* rows x {num, den} */
     double num = 0, den = 0;
-    if (!h) return slm_err_set(err, SLM_ENOMEM, "layer error: out of memory");
-    if ((rc = kb_alloc(kb, (void **)&bd, sizeof *h * n * 2, err)) || (rc = kb_alloc(kb, (void **)&by, sizeof *h * ny, err)))
-        goto done;
-    for (size_t i = 0; i < n; i++) { h[i] = W[i] - Weff[i]; h[n + i] = W[i]; }
-    if ((rc = kb_upload(kb, bd, h, sizeof *h * n * 2, err))) goto done;
+    int rc;
+    if (!h || !hd) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
+    if ((rc = kb_alloc(kb, (void **)&by, sizeof *h * ny, err))) goto done;
     /* Y = X [D; W]^T: the first d_out columns are X D^T, the next X W^T */
-    if ((rc = kb_linear(kb, by, X, bd, NULL, rows, 2 * d_out, d_in, err)) || (rc = kb_download(kb, h, by, sizeof *h * ny, err)))
+    if ((rc = kb_linear(kb, by, X, DW, NULL, rows, 2 * d_out, d_in, err)) || (rc = kb_download(kb, h, by, sizeof *h * ny, err)))
         goto done;
     /* per-row partial sums (in parallel), then added in row order: the same bits on any number
-    ** of threads. hd: rows x {num, den}. */
-    double *hd = malloc(sizeof *hd * 2 * (size_t)rows);
-    if (!hd) { rc = slm_err_set(err, SLM_ENOMEM, "layer error: out of memory"); goto done; }
+    ** of threads */
 #pragma omp parallel for schedule(static) if (ny >= (1 << 16))
     for (int t = 0; t < rows; t++) {
         double pn = 0, pd = 0;
@@ -328,11 +327,29 @@ static int rel_error(struct kbackend *kb, double *out, const float *W, const flo
         num += hd[2 * t];
         den += hd[2 * t + 1];
     }
-    free(hd);
     *out = den > 0 ? sqrt(num / den) : 0;
 done:
-    kb_release(kb, bd);
     kb_release(kb, by);
+    free(h);
+    free(hd);
+    return rc;
+}
+
+/* rel_error_kb for host W and W_eff [d_out x d_in]: [W - W_eff; W] goes up once. */
+static int rel_error(struct kbackend *kb, double *out, const float *W, const float *Weff, const float *X, int rows,
+                     int d_out, int d_in, struct slm_err *err)
+{
+    size_t n = (size_t)d_out * d_in;
+    float *bd = NULL, *h = malloc(sizeof *h * n * 2);
+    int rc;
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "layer error: out of memory");
+    for (size_t i = 0; i < n; i++) { h[i] = W[i] - Weff[i]; h[n + i] = W[i]; }
+    if (!(rc = kb_alloc(kb, (void **)&bd, sizeof *h * n * 2, err)) && !(rc = kb_upload(kb, bd, h, sizeof *h * n * 2, err))) {
+        free(h);
+        h = NULL;
+        rc = rel_error_kb(kb, out, bd, X, rows, d_out, d_in, err);
+    }
+    kb_release(kb, bd);
     free(h);
     return rc;
 }
@@ -363,9 +380,103 @@ static int attach_adapters(struct kbackend *kb, struct linear *l, const float *L
     return 0;
 }
 
+/* Can compress_linear keep the weight in backend memory? Magnitude / Wanda N:M (or no pruning)
+** with AbsMax / SLiM-Quant (or none) and no adapters, on a backend with the ops. */
+static bool linear_on_backend(struct kbackend *kb, const struct compress_opts *o)
+{
+    const struct kbackend_i *f = kb->iface;
+    bool pruned = o->prune.method != PRUNE_NONE, quant = o->quant.method != QUANT_NONE;
+    if (o->lowrank.method != LOWRANK_NONE || o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ)
+        return false;
+    if ((pruned && !(o->prune.m && f->prune_nm)) || (quant && !quant_weight_on_backend(kb))) return false;
+    return !(pruned && quant && o->prune.method == PRUNE_WANDA) || f->apply_mask;
+}
+
+/* compress_linear's paths for which linear_on_backend holds, bit for bit as the host path: W
+** stays in backend memory (a backend copy of the dense W serves Wanda's mask and the error
+** figure). Only the scaler, the quantizer's scales and, for the checkpoint (keep_codes), the mask
+** and codes cross; the dense W comes to the host only for scale_important_weights. */
+static int compress_linear_kb(struct model *m, struct linear *l, struct stat_slot *st, const struct compress_opts *o,
+                              struct compressed_linear *cl, struct slm_err *err)
+{
+    struct kbackend *kb = m->kb;
+    int d_out = l->d_out, d_in = l->d_in, rc;
+    size_t n = (size_t)d_out * d_in;
+    bool pruned = o->prune.method != PRUNE_NONE, quant = o->quant.method != QUANT_NONE;
+    /* Wanda's quantize_first: Q(dense W), then the pruned entries (mask of the dense W) go */
+    bool quant_first = pruned && quant && o->prune.method == PRUNE_WANDA;
+    float *DW = NULL;   /* backend [2n]: W - W_eff (before that: Wanda's scratch), then the dense W */
+    uint8_t *d_mask = NULL, *mask = NULL;
+    int8_t *codes = NULL;
+    float *s = malloc(sizeof *s * (size_t)d_in), *cs = NULL;
+    struct quant_params qp = { 0 };
+    if (!s || (pruned && o->keep_codes && !(mask = malloc(n))) || (quant && o->keep_codes && !(codes = malloc(n)))) {
+        rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name);
+        goto done;
+    }
+    if ((rc = kb_alloc(kb, (void **)&DW, sizeof *DW * 2 * n, err)) ||
+        (rc = kb->iface->copy(kb, DW + n, l->w, sizeof *DW * n, err)) || (rc = stat_host(kb, st, err)))
+        goto done;
+    memcpy(s, st->h_scaler, sizeof *s * (size_t)d_in);
+    if (o->shift_zero_metrics) prune_shift_scaler(s, d_in);
+    if (o->scale_important_weights) {
+        float *W = malloc(sizeof *W * n);
+        if (!W || !(cs = malloc(sizeof *cs * (size_t)d_in))) rc = slm_err_set(err, SLM_ENOMEM, "%s: out of memory", l->name);
+        else if (!(rc = kb_download(kb, W, l->w, sizeof *W * n, err))) rc = quant_important_columns(cs, W, d_out, d_in, s, err);
+        free(W);
+        if (rc) goto done;
+    }
+    if (quant_first) {
+        if ((rc = kb_alloc(kb, (void **)&d_mask, n, err)) || (rc = kb->iface->copy(kb, DW, l->w, sizeof *DW * n, err)) ||
+            (rc = prune_weight_nm_kb(kb, DW, s, d_out, d_in, &o->prune, d_mask, err)) ||
+            (rc = quant_weight(kb, l->w, d_out, d_in, &o->quant, cs, codes, &qp, err)) ||
+            (rc = kb_apply_mask(kb, l->w, d_mask, n, err)) || (mask && (rc = kb_download(kb, mask, d_mask, n, err))))
+            goto done;
+        kb_release(kb, d_mask);
+        d_mask = NULL;
+        for (size_t i = 0; codes && i < n; i++)
+            if (mask[i]) codes[i] = 0;
+    } else {
+        /* magnitude: prune, then quantize the sparse matrix (Wanda without quantization: the same) */
+        if ((pruned && (rc = prune_weight(kb, l->w, s, d_out, d_in, &o->prune, mask, err))) ||
+            (quant && (rc = quant_weight(kb, l->w, d_out, d_in, &o->quant, cs, codes, &qp, err))))
+            goto done;
+    }
+    if ((rc = attach_adapters(kb, l, NULL, NULL, 0, err))) goto done;
+    cl->present = true;
+    cl->rank = 0;
+    /* D = -W_eff + W: the same bits as W - W_eff */
+    if ((rc = kb->iface->copy(kb, DW, l->w, sizeof *DW * n, err)) || (rc = kb->iface->scale(kb, DW, -1.0f, n, err)) ||
+        (rc = kb->iface->add(kb, DW, DW + n, n, err)) ||
+        (rc = rel_error_kb(kb, &cl->rel_error, DW, st->x0, st->x0_rows, d_out, d_in, err)))
+        goto done;
+    kb_release(kb, DW);
+    DW = NULL;
+    if (o->keep_codes) {
+        cl->mask = mask;
+        mask = NULL;
+        cl->codes = codes;
+        codes = NULL;
+        cl->qp = qp;
+        qp.scale = NULL;
+        cl->col_scale = cs;
+        cs = NULL;
+    }
+done:
+    kb_release(kb, DW);
+    kb_release(kb, d_mask);
+    free(s);
+    free(mask);
+    free(codes);
+    free(cs);
+    quant_params_free(&qp);
+    return rc;
+}
+
 static int compress_linear(struct model *m, struct linear *l, struct stat_slot *st, const struct compress_opts *o,
                            struct compressed_linear *cl, struct slm_err *err)
 {
+    if (linear_on_backend(m->kb, o)) return compress_linear_kb(m, l, st, o, cl, err);
     struct kbackend *kb = m->kb;
     int d_out = l->d_out, d_in = l->d_in, rc = 0;
     size_t n = (size_t)d_out * d_in;
@@ -859,7 +970,7 @@ static uint64_t block_working_set(const struct model *m, int seqlen, bool need_h
     if (q > wide) wide = q;
     uint64_t f = 8 * (uint64_t)seqlen * wide;                 /* window + forward workspace */
     f += 4 * (uint64_t)seqlen * d;                            /* first-window inputs of the statistics slots */
-    f += 3 * wide * d;                                        /* error figure: [D; W] and outputs */
+    f += 3 * wide * d;                                        /* error figure: [D; W] and outputs; Wanda's mask and codes */
     if (need_h) f += 8 * d * d;                               /* Hessians, working copy, SparseGPT scratch */
     return f * sizeof(float);
 }

@@ -137,36 +137,46 @@ done:
     return rc;
 }
 
-/* N:M prune_weight with the backend's prune_nm: only the scaler and the mask cross. */
+/* N:M prune_weight with the backend's prune_nm: only the scaler crosses; the mask lands in backend
+** d_mask [d_out x d_in]. */
 static int prune_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
-                       const struct prune_opts *o, uint8_t *mask, struct slm_err *err)
+                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err)
 {
-    size_t n = (size_t)d_out * d_in;
     float *d_s = NULL;
-    uint8_t *d_mask = NULL;
     int rc = check_opts(o, d_in, err);
     if (rc) return rc;
-    if ((rc = kb_alloc(kb, (void **)&d_mask, n, err))) goto done;
     if (s && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
               (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
         goto done;
-    if ((rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err))) goto done;
-    if (mask) rc = kb_download(kb, mask, d_mask, n, err);
+    rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err);
 done:
     kb_release(kb, d_s);
-    kb_release(kb, d_mask);
     return rc;
+}
+
+int prune_weight_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
+                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err)
+{
+    if (!o->m || !kb->iface->prune_nm)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "prune: %s pattern on backend %s", o->m ? "N:M" : "unstructured", kb_name(kb));
+    return prune_nm_kb(kb, w, o->method == PRUNE_WANDA ? s : NULL, d_out, d_in, o, d_mask, err);
 }
 
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err)
 {
-    if (o->m && kb->iface->prune_nm)
-        return prune_nm_kb(kb, w, o->method == PRUNE_WANDA ? s : NULL, d_out, d_in, o, mask, err);
     size_t n = (size_t)d_out * d_in;
+    int rc;
+    if (o->m && kb->iface->prune_nm) {
+        uint8_t *d_mask = NULL;
+        if (!(rc = kb_alloc(kb, (void **)&d_mask, n, err)) &&
+            !(rc = prune_weight_nm_kb(kb, w, s, d_out, d_in, o, d_mask, err)) && mask)
+            rc = kb_download(kb, mask, d_mask, n, err);
+        kb_release(kb, d_mask);
+        return rc;
+    }
     float *h = malloc(sizeof *h * n);
     uint8_t *mk = mask ? mask : malloc(n);
-    int rc;
     if (!h || !mk) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
     if ((rc = kb_download(kb, h, w, sizeof *h * n, err))) goto done;
     if ((rc = prune_mask_host(mk, h, o->method == PRUNE_WANDA ? s : NULL, d_out, d_in, o, err))) goto done;

@@ -281,11 +281,16 @@ done:
     return rc;
 }
 
+bool quant_weight_on_backend(const struct kbackend *kb)
+{
+    const struct kbackend_i *f = kb->iface;
+    return f->absmax_groups && f->quant_apply && f->abs_range && f->abs_histogram;
+}
+
 int quant_weight(struct kbackend *kb, float *w, int d_out, int d_in, const struct quant_opts *o,
                  const float *col_scale, int8_t *codes, struct quant_params *params, struct slm_err *err)
 {
-    const struct kbackend_i *f = kb->iface;
-    if (f->absmax_groups && f->quant_apply && f->abs_range && f->abs_histogram)
+    if (quant_weight_on_backend(kb))
         return quant_weight_kb(kb, w, d_out, d_in, o, col_scale, codes, params, err);
     size_t nb = sizeof(float) * (size_t)d_out * d_in;
     float *h = malloc(nb);

@@ -70,6 +70,9 @@ int quant_weight_host(float *w, int d_out, int d_in, const struct quant_opts *o,
 int quant_weight(struct kbackend *kb, float *w, int d_out, int d_in, const struct quant_opts *o,
                  const float *col_scale, int8_t *codes, struct quant_params *params, struct slm_err *err);
 
+/* True when quant_weight runs on the backend's ops (no host copy of w). */
+bool quant_weight_on_backend(const struct kbackend *kb);
+
 /* Rebuild a weight from codes and params exactly as quant_weight_host left it (col_scale: the
 ** same array that was used, or NULL). */
 int quant_dequant_host(float *w, const int8_t *codes, int d_out, int d_in, const struct quant_params *p,

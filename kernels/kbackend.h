@@ -251,6 +251,10 @@ struct kbackend_i {
     ** backend memory and not counted in mem_stats. Free with host_free. */
     int (*host_alloc)(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err);
     void (*host_free)(struct kbackend *kb, void *p);
+    /* --- added for the GPU compress flow (optional) --- */
+    /* w[i] <- +0 where mask[i] != 0, i < n; other entries untouched (w f32, mask bytes, backend
+    ** memory). Wanda's quantize-first order: the pruned entries of the quantized dense weight. */
+    int (*apply_mask)(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
 };
 
 struct kbackend {
@@ -302,6 +306,9 @@ int kb_sparsegpt_block(struct kbackend *kb, const struct ksgpt_args *a, struct s
 /* col_stats on backend buffers; a backend without the op gets a host round trip (same bits). */
 int kb_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
                  struct slm_err *err);
+
+/* apply_mask on backend buffers; -SLM_EUNSUPPORTED when the backend lacks it. */
+int kb_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
 
 /* Memory figures (struct kmem_stats). -SLM_EUNSUPPORTED, *out all -1, without the op. */
 int kb_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err);

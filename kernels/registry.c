@@ -163,6 +163,12 @@ done:
     return rc;
 }
 
+int kb_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err)
+{
+    if (!kb->iface->apply_mask) return slm_err_set(err, SLM_EUNSUPPORTED, "backend %s has no apply_mask", kb_name(kb));
+    return n ? kb->iface->apply_mask(kb, w, mask, n, err) : 0;
+}
+
 /* ---- memory accounting and budgets ---- */
 
 const char *kb_size_str(char *buf, size_t n, uint64_t bytes)

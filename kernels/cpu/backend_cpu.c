@@ -485,6 +485,16 @@ static int cpu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes,
     return rc;
 }
 
+/* ---- the compress flow ---- */
+
+static int cpu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    for (size_t i = 0; i < n; i++)
+        if (mask[i]) w[i] = 0;
+    return 0;
+}
+
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -528,6 +538,8 @@ static const struct kbackend_i cpu_iface = {
     .set_limit = cpu_set_limit,
     .host_alloc = NULL,       /* plain malloc (kb_host_alloc's fallback): host memory is all there is */
     .host_free = NULL,
+    /* --- added for the GPU compress flow (optional) --- */
+    .apply_mask = cpu_apply_mask,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -280,6 +280,8 @@ static const struct kbackend_i cuda_iface = {
     /* .set_limit */ cu_set_limit,
     /* .host_alloc */ cu_host_alloc,
     /* .host_free */ cu_host_free,
+    /* --- added for the GPU compress flow (optional) --- */
+    /* .apply_mask */ cu_apply_mask,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

@@ -126,4 +126,7 @@ int cu_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float
 int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const int32_t *ids, int rows, int cols, int V,
                    struct slm_err *err);
 
+/* added for the GPU compress flow (ops_cuda.cu) */
+int cu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
+
 #endif

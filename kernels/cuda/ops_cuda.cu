@@ -322,3 +322,19 @@ int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const in
     CU_LAUNCH_TRY("gather_rows kernel");
     return 0;
 }
+
+/* ---- added for the GPU compress flow ---- */
+
+__global__ static void k_apply_mask(float *w, const uint8_t *mask, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        if (mask[i]) w[i] = 0.0f;
+}
+
+int cu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err)
+{
+    if (!n) return 0;
+    k_apply_mask<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(w, mask, n);
+    CU_LAUNCH_TRY("apply_mask kernel");
+    return 0;
+}

@@ -472,6 +472,26 @@ static void test_kernels_cpu__col_stats_bit_exact(void **state)
     col_stats_case(&bare, 19, 70, 4);
 }
 
+/* apply_mask: +0 where the byte is non-zero, the value's bits elsewhere; the wrapper says when a
+** backend lacks the op. */
+static void test_kernels_cpu__apply_mask(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    float w[8] = { 1.5f, -0.0f, -2.0f, NAN, -0.0f, 3.0f, NAN, -7.0f };
+    const uint8_t mask[8] = { 0, 1, 255, 0, 0, 2, 1, 0 };
+    const float want[8] = { 1.5f, 0.0f, 0.0f, NAN, -0.0f, 0.0f, 0.0f, -7.0f };
+    assert_int_equal(kb_apply_mask(kb, w, mask, 8, &err), 0);
+    for (int i = 0; i < 8; i++) {
+        assert_true(isnan(want[i]) ? isnan(w[i]) : w[i] == want[i]);
+        assert_int_equal(!!signbit(w[i]), !!signbit(want[i]));
+    }
+    struct kbackend_i iface = *kb->iface;
+    iface.apply_mask = NULL;
+    struct kbackend bare = { kb->api_version, &iface, kb->ctx };
+    assert_int_equal(kb_apply_mask(&bare, w, mask, 8, &err), -SLM_EUNSUPPORTED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -487,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__abs_histogram),
         cmocka_unit_test(test_kernels_cpu__quant_apply_dequant),
         cmocka_unit_test(test_kernels_cpu__col_stats_bit_exact),
+        cmocka_unit_test(test_kernels_cpu__apply_mask),
     };
     return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
 }

@@ -939,6 +939,32 @@ static void test_kernels_cuda__quant_apply_dequant_match_cpu(void **state)
 
 /* core's quant_weight and prune_weight on a device weight (only scales, histogram counts, codes
 ** and the mask cross to the host) against the host path, bit for bit. */
+/* apply_mask is a select: exact (tolerance 0). Any non-zero byte prunes; -0, NaN and kept values
+** pass through untouched. */
+static void test_kernels_cuda__apply_mask_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    size_t n = 1000003;
+    float *w = rand_vec(n);
+    uint8_t *mask = malloc(n);
+    assert_non_null(mask);
+    for (size_t i = 0; i < n; i++) mask[i] = (uint8_t)(i % 3 == 0 ? 0 : i % 3 == 1 ? 1 : (i * 37) & 0xff);
+    w[1] = -0.0f;
+    w[3] = -0.0f;   /* kept: stays -0 */
+    w[6] = NAN;     /* kept */
+    w[7] = NAN;     /* pruned */
+    float *dw = dev_f(p->gpu, w, n);
+    uint8_t *dm = dev_bytes(p->gpu, mask, n);
+    assert_int_equal(p->cpu->iface->apply_mask(p->cpu, w, mask, n, &err), 0);
+    assert_int_equal(p->gpu->iface->apply_mask(p->gpu, dw, dm, n, &err), 0);
+    float *g = host_of(p->gpu, dw, n);
+    assert_memory_equal(g, w, n * sizeof *w);
+    assert_true(signbit(w[3]) && isnan(w[6]) && w[7] == 0 && !signbit(w[7]));
+    kb_release(p->gpu, dw); kb_release(p->gpu, dm);
+    free(w); free(mask); free(g);
+}
+
 static void test_kernels_cuda__core_quant_and_prune_on_device(void **state)
 {
     struct pair *p = *state;
@@ -1119,6 +1145,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__abs_histogram_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__quant_apply_dequant_match_cpu),
         cmocka_unit_test(test_kernels_cuda__core_quant_and_prune_on_device),
+        cmocka_unit_test(test_kernels_cuda__apply_mask_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__col_stats_match_cpu_bitwise),
         cmocka_unit_test(test_kernels_cuda__gather_rows_exact),
     };
