@@ -336,7 +336,8 @@ static void job_end_to_end(const char *input, int input_bits, const char *limit_
     struct slm_err err = SLM_ERR_INIT;
     assert_int_equal(jobspec_parse(&spec, doc, path, sizeof path, &err), 0);
     json_decref(doc);
-    struct job_ctx ctx = { .model_dir = mdir, .out_dir = odir, .data_dir = ddir, .device = "cpu" };
+    /* the job on the backend under test: the reload below evaluates on it and must agree to 1e-12 */
+    struct job_ctx ctx = { .model_dir = mdir, .out_dir = odir, .data_dir = ddir, .device = test_backend_name() };
     json_t *metrics = NULL;
     if (limit_mb) {
         spec.eval.baseline = false;   /* the failure comes from compression, not the baseline */
@@ -406,7 +407,7 @@ static void test_core_checkpoint__job_end_to_end(void **state) { (void)state; jo
 static void test_core_checkpoint__job_out_of_memory(void **state)
 {
     (void)state;
-    if (strcmp(test_backend_name(), "cpu")) skip();   /* job_ctx.device is "cpu" in this test */
+    if (strcmp(test_backend_name(), "cpu")) skip();   /* the message checked is the CPU allocator's */
     job_end_to_end(NULL, 0, "0.1953125");   /* 200 KiB: the model's head and one block do not both fit */
 }
 

@@ -351,7 +351,8 @@ static void sgpt_block_case(const struct blk_case *k)
         float v[4] = { 0.5f, -0.5f, 0.5f, 2.0f };
         for (int j = 0; j < 4; j++) W[r * C + k->i1 + j] = Wr[r * C + k->i1 + j] = v[j];
     }
-    if (k->bits && k->group <= 0)
+    /* grouped: a block that starts inside a group carries that group's step in (IN/OUT) */
+    if (k->bits)
         for (size_t i = 0; i < nstep; i++) step[i] = stepr[i] = 0.05f + 0.2f * (float)urand();
     float thr = -INFINITY;
     struct slm_err err = SLM_ERR_INIT;
