@@ -4,7 +4,10 @@
 #   here:    meson setup build-hc -Dcuda=enabled && meson compile -C build-hc
 #            tests/gpu/run_gpu_suite.sh --pack build-hc .carry/gpu-suite
 #   device:  tests/gpu/run_gpu_suite.sh .carry/gpu-suite          (from the repository root, with
-#            .carry/gpu-suite carried; about 26 MB packed)
+#            .carry/gpu-suite carried; about 30 MB packed)
+#   The pack also holds compress-bench and gpu-forward-bench, so the same carried folder serves
+#   tests/bench/gpu_bench.sh .carry/gpu-suite opt125m llama7b:4          (forward vs transformers)
+#   tests/bench/gpu_compress_bench.sh .carry/gpu-suite 32 wanda-slimquant (one config per call)
 #
 # DIR is either a meson build folder (executables under tests/unit/) or a folder made by --pack
 # (the executables, stripped, and lib/ with every shared library they need that is neither glibc
@@ -39,10 +42,13 @@ if [ "${1:-}" = --pack ]; then
   # runner's ldd check names any library still missing; PACK_SKIP="" packs everything.
   PACK_SKIP=${PACK_SKIP-libopenblas.so.0 libjansson.so.4}
   mkdir -p "$DEST/lib"
-  for t in t-kernels-cuda t-core-gpu_parity t-core-prune t-core-quant t-core-lowrank t-core-jsq t-core-memory \
-           t-core-checkpoint t-core-compress; do
-    cp "$BUILD/tests/unit/$t" "$DEST/$t" && strip -s "$DEST/$t" || exit 1
-    ldd "$BUILD/tests/unit/$t" | awk '$3 ~ /^\// { print $1, $3 }' | while read -r name path; do
+  # the tests, and the benchmarks gpu_bench.sh / gpu_compress_bench.sh run from the same folder
+  for f in unit/t-kernels-cuda unit/t-core-gpu_parity unit/t-core-prune unit/t-core-quant unit/t-core-lowrank \
+           unit/t-core-jsq unit/t-core-memory unit/t-core-checkpoint unit/t-core-compress bench/compress-bench \
+           bench/gpu-forward-bench; do
+    t=${f#*/}
+    cp "$BUILD/tests/$f" "$DEST/$t" && strip -s "$DEST/$t" || exit 1
+    ldd "$BUILD/tests/$f" | awk '$3 ~ /^\// { print $1, $3 }' | while read -r name path; do
       case $name in
         libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libgcc_s.so*|libstdc++.so*) continue ;;
         libcuda*|libcublas*|libcusolver*|libcusparse*|libnvJitLink*|libnvidia*|libcurand*) continue ;;
