@@ -109,8 +109,9 @@ int main(int argc, char **argv)
     int32_t *ids = malloc(sizeof *ids * (size_t)S * T);
     if (!ids) return 1;
 
-    /* dense forward over the calibration tokens, same run (blocks loaded one at a time) */
-    if (model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
+    /* dense forward over the calibration tokens, same run, all blocks resident (a lazily opened
+    ** model would reload every block for every window) */
+    if (model_open(&m, model_dir, kb, 0, &err)) { fprintf(stderr, "compress-bench: %s\n", err.msg); return 1; }
     for (size_t i = 0; i < (size_t)S * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % (unsigned)m->cfg.vocab);
     double t0 = now_s();
     for (int s = 0; s < fwd_samples; s++)
