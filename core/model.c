@@ -849,8 +849,16 @@ int model_embed(struct model *m, float *x, const int32_t *ids, int B, int T, str
             return slm_err_set(err, SLM_EINVAL, "token id %d at position %zu outside the vocabulary [0, %d)", ids[r], r, c->vocab);
     float *host = NULL, *tmp = NULL;
     int32_t *dids = NULL, *pos = NULL;
-    if (m->kb->iface->gather_rows) {
-        if ((rc = embed_tables_dev(m, err)) || (rc = kb_alloc(m->kb, (void **)&dids, sizeof *dids * rows, err))) goto done;
+    bool dev = m->kb->iface->gather_rows != NULL;
+    if (dev && (rc = embed_tables_dev(m, err)) == -SLM_ENOMEM) {
+        /* the tables do not fit beside the model's work: gather on the host, as without the op */
+        slm_err_clear(err);
+        rc = 0;
+        dev = false;
+    }
+    if (rc) goto done;
+    if (dev) {
+        if ((rc = kb_alloc(m->kb, (void **)&dids, sizeof *dids * rows, err))) goto done;
     } else if (!(host = malloc(rows * (size_t)imax(ew, c->hidden) * sizeof(float)))) {
         return slm_err_set(err, SLM_ENOMEM, "embed: %zu rows", rows);
     }

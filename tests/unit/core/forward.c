@@ -445,6 +445,40 @@ static void gather_case(struct kbackend *gk, const char *model, bool slice)
     model_free(g);
 }
 
+/* A backend too full for the embedding table's copy gathers on the host instead of failing. */
+static void gather_fallback_case(struct kbackend *gk)
+{
+    char dir[512];
+    struct slm_err err = SLM_ERR_INIT;
+    struct model *g;
+    struct kmem_stats ms;
+    enum { T = 16 };
+    int32_t ids[T];
+    float *x = NULL, *want = NULL, *got = NULL;
+    snprintf(dir, sizeof dir, "%s/tiny-llama", data_dir());
+    assert_int_equal(model_open(&g, dir, gk, 0, &err), 0);
+    size_t n = (size_t)T * g->cfg.hidden;
+    for (int i = 0; i < T; i++) ids[i] = (i * 37 + 11) % g->cfg.vocab;
+    assert_int_equal(kb_alloc(gk, (void **)&x, n * sizeof *x, &err), 0);
+    assert_true((want = malloc(n * sizeof *want)) && (got = malloc(n * sizeof *got)));
+    assert_int_equal(model_embed(g, x, ids, 1, T, &err), 0);   /* through the backend copy */
+    assert_int_equal(kb_download(gk, want, x, n * sizeof *x, &err), 0);
+    model_embed_changed(g);
+    assert_null(g->embed_dev);
+    assert_int_equal(kb_mem_stats(gk, &ms, false, &err), 0);
+    assert_true((size_t)g->cfg.vocab * g->embed_width * sizeof(float) > 1024);
+    assert_int_equal(kbackend_set_limit(gk, (size_t)ms.in_use + 1024, &err), 0);   /* no room for the table */
+    assert_int_equal(model_embed(g, x, ids, 1, T, &err), 0);
+    assert_null(g->embed_dev);
+    assert_int_equal(kb_download(gk, got, x, n * sizeof *x, &err), 0);
+    assert_memory_equal(got, want, n * sizeof *got);
+    assert_int_equal(kbackend_set_limit(gk, 0, &err), 0);
+    kb_release(gk, x);
+    free(want);
+    free(got);
+    model_free(g);
+}
+
 static void test_core_forward__backend_embedding_gather_is_exact(void **state)
 {
     (void)state;
@@ -454,6 +488,7 @@ static void test_core_forward__backend_embedding_gather_is_exact(void **state)
     gather_case(&gk, "tiny-opt", true);        /* learned positions */
     gather_case(&gk, "tiny-opt350m", false);   /* project_in, positions after it */
     gather_case(&gk, "tiny-llama", true);
+    gather_fallback_case(&gk);
 }
 
 
