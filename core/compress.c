@@ -604,6 +604,16 @@ done:
 
 /* ---- the block loop (§1.4) ---- */
 
+/* Under bf16 emulation, is every value of a compressed weight bf16? Pruning zeroes bf16 values,
+** AbsMax / SLiM-Quant store bf16 levels and a separate adapter leaves Q(M . bf16(W - L R)); the
+** SparseGPT/OPTQ updates, merged adapters and JSQ's quantizer leave f32 values. The recompute
+** pass may then keep the TF32 hint (struct linear.w_bf16); tests/unit/core/compress.c checks it. */
+static bool compressed_stays_bf16(const struct compress_opts *o)
+{
+    return o->bf16 && !o->jsq.on && o->prune.method != PRUNE_SPARSEGPT && o->quant.method != QUANT_OPTQ &&
+           (o->lowrank.method == LOWRANK_NONE || o->separate_lora);
+}
+
 static int report(const struct compress_opts *o, const char *stage, int b, int nb, const char *layer, double e,
                   double frac, struct slm_err *err)
 {
@@ -1101,9 +1111,10 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             if (!l->w) continue;
             struct compressed_linear scratch = { 0 }, *cl = res ? &res->lin[b][r] : &scratch;
             if (bs.slot_of[r] < 0) { rc = slm_err_set(err, SLM_EINTERNAL, "%s: no calibration input seen", l->name); goto done; }
-            l->w_bf16 = false;   /* the compressed weight need not be bf16-exact: plain f32 GEMMs from here */
+            l->w_bf16 = false;
             if (o->jsq.on) rc = jsq_prune_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, &jb, r, err);
             else rc = compress_linear(m, l, &bs.slot[bs.slot_of[r]], &oo, cl, err);
+            l->w_bf16 = !rc && compressed_stays_bf16(o);
             at_stage(err, rc, b, nb, "compress %s (%d x %d)", short_name(l->name), l->d_out, l->d_in);
             if (!rc) rc = report(o, "compressing", b, nb, o->jsq.on ? NULL : l->name, o->jsq.on ? -1 : cl->rel_error,
                                  (b + 0.3 + 0.4 * (r + 1) / LIN_COUNT) / nb, err);

@@ -16,6 +16,7 @@
 
 #include "../test_util.h"
 #include "core/compress.h"
+#include "core/dtype.h"
 #include "core/safetensors.h"
 #include "ref_ids.h"
 
@@ -130,6 +131,59 @@ static void test_core_compress__shape_checks_before_work(void **state)
     o.lowrank.tile = 4;
     assert_int_equal(compress_check_model(m, &o, &err), 0);
     model_free(m);
+}
+
+/* ---- the TF32 hint after compression ----
+** Under bf16 emulation a compressed weight keeps struct linear.w_bf16 (GEMMs may use TF32, exact
+** for bf16 operands) only when every value is bf16: checked value by value on stories260K. */
+static int bf16_mark_case(enum prune_method pm, enum quant_method qm, enum lowrank_method lm, bool separate)
+{
+    char dir[4200];
+    struct model *m = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    int32_t ids[4 * 32];
+    for (int i = 0; i < 4 * 32; i++) ids[i] = (i * 97 + 7) % 500 + 3;
+    snprintf(dir, sizeof dir, "%s/stories260K", data_dir);
+    assert_int_equal(model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    struct compress_opts o = COMPRESS_OPTS_INIT;
+    o.prune.method = pm;
+    o.prune.n = 2, o.prune.m = 4, o.prune.sparsity = 0.5;
+    o.quant.method = qm;
+    o.quant.bf16 = true;
+    if (qm == QUANT_OPTQ) o.prune.optq_bits = 4;
+    o.lowrank.method = lm;
+    o.lowrank.tile = 4;
+    o.lowrank.bf16 = true;
+    o.separate_lora = separate;
+    o.bf16 = true;
+    assert_int_equal(compress_model(m, ids, 4, 32, &o, NULL, &err), 0);
+    int marked = 0;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        for (int r = 0; r < LIN_COUNT; r++) {
+            struct linear *l = &m->blocks[b].lin[r];
+            if (!l->w || !l->w_bf16) continue;
+            size_t n = (size_t)l->d_out * l->d_in;
+            float *h = malloc(sizeof *h * n);
+            assert_non_null(h);
+            assert_int_equal(kb_download(kb, h, l->w, sizeof *h * n, &err), 0);
+            for (size_t i = 0; i < n; i++) assert_true(bf16_round(h[i]) == h[i]);
+            free(h);
+            marked++;
+        }
+    model_free(m);
+    return marked;
+}
+
+static void test_core_compress__bf16_mark_only_on_bf16_weights(void **state)
+{
+    (void)state;
+    enum { ALL = 5 * 7 };   /* stories260K's linears */
+    assert_int_equal(bf16_mark_case(PRUNE_WANDA, QUANT_NONE, LOWRANK_NONE, true), ALL);
+    assert_int_equal(bf16_mark_case(PRUNE_WANDA, QUANT_SLIM, LOWRANK_NONE, true), ALL);
+    assert_int_equal(bf16_mark_case(PRUNE_MAGNITUDE, QUANT_ABSMAX, LOWRANK_NONE, true), ALL);
+    assert_int_equal(bf16_mark_case(PRUNE_WANDA, QUANT_SLIM, LOWRANK_SLIM, true), ALL);
+    assert_int_equal(bf16_mark_case(PRUNE_WANDA, QUANT_SLIM, LOWRANK_NAIVE, false), 0);   /* merged: f32 sums */
+    assert_int_equal(bf16_mark_case(PRUNE_SPARSEGPT, QUANT_OPTQ, LOWRANK_NONE, true), 0);
 }
 
 /* ---- the backend flow ---- */
@@ -492,7 +546,6 @@ static const struct cfg cfgs[] = {
 };
 
 #define NCFG (sizeof cfgs / sizeof cfgs[0])
-#define NFIXED 7   /* the tests above the parity runs */
 
 static void test_core_compress__parity(void **state) { run_cfg(*state); }
 
@@ -500,15 +553,19 @@ int main(void)
 {
     /* one named test per fixture configuration: test_core_compress__parity[_opt]_<config> */
     static char names[NCFG][96];
-    struct CMUnitTest tests[NFIXED + NCFG] = {
+    static const struct CMUnitTest fixed[] = {
         cmocka_unit_test(test_core_compress__pyrandom_matches_cpython),
         cmocka_unit_test(test_core_compress__sampler_windows),
         cmocka_unit_test(test_core_compress__calibration_documents),
         cmocka_unit_test(test_core_compress__shape_checks_before_work),
+        cmocka_unit_test(test_core_compress__bf16_mark_only_on_bf16_weights),
         cmocka_unit_test(test_core_compress__backend_flow_magnitude_2of4_absmax),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_slimquant),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_group_absmax),
     };
+    enum { NFIXED = sizeof fixed / sizeof fixed[0] };
+    struct CMUnitTest tests[NFIXED + NCFG];
+    memcpy(tests, fixed, sizeof fixed);
     for (size_t i = 0; i < NCFG; i++) {
         snprintf(names[i], sizeof names[i], "test_core_compress__parity%s_%s", cfgs[i].opt ? "_opt" : "", cfgs[i].name);
         tests[NFIXED + i] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_compress__parity,
