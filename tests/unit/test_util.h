@@ -2,6 +2,8 @@
 ** tests/unit/test_util.h: what several unit tests share. Define TEST_RNG_SEED before including to
 ** get that file's own deterministic xorshift stream (urand uniform in [0, 1), nrand normal).
 ** test_backend_name(): the backend under test, "cpu" unless SLIM_TEST_DEVICE names another.
+** test_data_dir(): the test models and fixtures, SLIM_TEST_DATA or tests/data (meson runs the
+** tests from the repository root).
 */
 #ifndef SLIM_TEST_UTIL_H
 #define SLIM_TEST_UTIL_H
@@ -24,6 +26,12 @@ static inline const char *test_backend_name(void)
 {
     const char *d = getenv("SLIM_TEST_DEVICE");
     return d ? d : "cpu";
+}
+
+static inline const char *test_data_dir(void)
+{
+    const char *d = getenv("SLIM_TEST_DATA");
+    return d ? d : "tests/data";
 }
 
 #endif

@@ -29,8 +29,7 @@ static int setup(void **state)
 {
     (void)state;
     struct slm_err e = SLM_ERR_INIT;
-    const char *d = getenv("SLIM_TEST_DATA");
-    snprintf(model_dir, sizeof model_dir, "%s/stories260K", d ? d : "tests/data");
+    snprintf(model_dir, sizeof model_dir, "%s/stories260K", test_data_dir());
     return kbackend_open(&kb, test_backend_name(), &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }

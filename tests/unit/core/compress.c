@@ -27,8 +27,7 @@ static int setup(void **state)
 {
     (void)state;
     struct slm_err e = SLM_ERR_INIT;
-    const char *d = getenv("SLIM_TEST_DATA");
-    snprintf(data_dir, sizeof data_dir, "%s", d ? d : "tests/data");
+    snprintf(data_dir, sizeof data_dir, "%s", test_data_dir());
     return kbackend_open(&kb, test_backend_name(), &e);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }

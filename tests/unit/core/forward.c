@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../test_util.h"
+
 #include "core/eval.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -23,12 +25,6 @@
 #include "kernels/kbackend.h"
 
 static struct kbackend *kb;
-
-static const char *data_dir(void)
-{
-    const char *d = getenv("SLIM_TEST_DATA");
-    return d ? d : "tests/data";
-}
 
 static double rel_err(const float *out, const float *ref, size_t n)
 {
@@ -51,7 +47,7 @@ static void ref_open(struct ref *r, const char *model)
 {
     char path[512];
     struct slm_err err = SLM_ERR_INIT;
-    snprintf(path, sizeof path, "%s/%s/reference.safetensors", data_dir(), model);
+    snprintf(path, sizeof path, "%s/%s/reference.safetensors", test_data_dir(), model);
     assert_int_equal(safetensors_open(&r->st, path, &err), 0);
     const struct st_tensor *t = safetensors_find(r->st, "input_ids");
     assert_non_null(t);
@@ -113,7 +109,7 @@ static int on_hidden(int i, const float *h, int rows, int width, void *payload)
 static double json_num(const char *model, const char *key)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s/reference.json", data_dir(), model);
+    snprintf(path, sizeof path, "%s/%s/reference.json", test_data_dir(), model);
     json_t *j = json_load_file(path, 0, NULL);
     assert_non_null(j);
     double v = json_number_value(json_object_get(j, key));
@@ -128,7 +124,7 @@ static void check_model(const char *model, int nseq_cmp)
     struct slm_err err = SLM_ERR_INIT;
     struct model *m;
     struct ref r;
-    snprintf(dir, sizeof dir, "%s/%s", data_dir(), model);
+    snprintf(dir, sizeof dir, "%s/%s", test_data_dir(), model);
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     ref_open(&r, model);
     size_t nl, nn;
@@ -179,7 +175,7 @@ static void test_core_forward__stories260k_perplexity_protocol(void **state)
     struct slm_err err = SLM_ERR_INIT;
     struct model *m;
     struct ref r;
-    snprintf(dir, sizeof dir, "%s/stories260K", data_dir());
+    snprintf(dir, sizeof dir, "%s/stories260K", test_data_dir());
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     ref_open(&r, "stories260K");
     struct eval_opts o = EVAL_OPTS_INIT;
@@ -226,7 +222,7 @@ static void resave_bf16(const char *model, double tol)
     struct slm_err err = SLM_ERR_INIT;
     struct model *m, *m2;
     struct ref r;
-    snprintf(dir, sizeof dir, "%s/%s", data_dir(), model);
+    snprintf(dir, sizeof dir, "%s/%s", test_data_dir(), model);
     assert_non_null(mkdtemp(tmp));
     assert_int_equal(model_open(&m, dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
     assert_int_equal(model_save(m, tmp, DT_BF16, &err), 0);
@@ -335,7 +331,7 @@ static void test_core_forward__input_quantization_emulation(void **state)
     struct slm_err err = SLM_ERR_INIT;
     struct model *m;
     struct ref r;
-    snprintf(dir, sizeof dir, "%s/tiny-llama", data_dir());
+    snprintf(dir, sizeof dir, "%s/tiny-llama", test_data_dir());
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     ref_open(&r, "tiny-llama");
     size_t nl;
@@ -370,7 +366,7 @@ static void test_core_forward__rejects_bad_ids_and_lengths(void **state)
     char dir[512];
     struct slm_err err = SLM_ERR_INIT;
     struct model *m;
-    snprintf(dir, sizeof dir, "%s/tiny-opt", data_dir());
+    snprintf(dir, sizeof dir, "%s/tiny-opt", test_data_dir());
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     int32_t ids[4] = { 1, 2, 600, 3 };
     float nll[3];
@@ -421,7 +417,7 @@ static void gather_case(struct kbackend *gk, const char *model, bool slice)
     char dir[512];
     struct slm_err err = SLM_ERR_INIT;
     struct model *m, *g;
-    snprintf(dir, sizeof dir, "%s/%s", data_dir(), model);
+    snprintf(dir, sizeof dir, "%s/%s", test_data_dir(), model);
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     assert_int_equal(model_open(&g, dir, gk, 0, &err), 0);
     enum { B = 2, T = 16, NCAL = 4 };
@@ -455,7 +451,7 @@ static void gather_fallback_case(struct kbackend *gk)
     enum { T = 16 };
     int32_t ids[T];
     float *x = NULL, *want = NULL, *got = NULL;
-    snprintf(dir, sizeof dir, "%s/tiny-llama", data_dir());
+    snprintf(dir, sizeof dir, "%s/tiny-llama", test_data_dir());
     assert_int_equal(model_open(&g, dir, gk, 0, &err), 0);
     size_t n = (size_t)T * g->cfg.hidden;
     for (int i = 0; i < T; i++) ids[i] = (i * 37 + 11) % g->cfg.vocab;
@@ -511,7 +507,7 @@ static int hint_forward(struct kbackend *hk, bool bf16, bool iquant)
     char dir[512];
     int32_t ids[16];
     float nll[15];
-    snprintf(dir, sizeof dir, "%s/stories260K", data_dir());
+    snprintf(dir, sizeof dir, "%s/stories260K", test_data_dir());
     assert_int_equal(model_open(&m, dir, hk, 0, &err), 0);
     for (int t = 0; t < 16; t++) ids[t] = (t * 37 + 5) % m->cfg.vocab;
     if (bf16) assert_int_equal(model_set_bf16(m, true, true, &err), 0);

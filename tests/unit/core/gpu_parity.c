@@ -219,8 +219,7 @@ static int setup(void **state)
 {
     (void)state;
     struct slm_err e = SLM_ERR_INIT;
-    const char *d = getenv("SLIM_TEST_DATA");
-    snprintf(data_dir, sizeof data_dir, "%s", d ? d : "tests/data");
+    snprintf(data_dir, sizeof data_dir, "%s", test_data_dir());
     if (kbackend_open(&kb_cpu, "cpu", &e) || kbackend_open(&kb_dut, dut_name, &e)) {
         fprintf(stderr, "gpu_parity: %s\n", e.msg);
         return -1;

@@ -17,13 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/safetensors.h"
+#include "../test_util.h"
 
-static const char *data_dir(void)
-{
-    const char *d = getenv("SLIM_TEST_DATA");
-    return d ? d : "tests/data";
-}
+#include "core/safetensors.h"
 
 /* ---- helpers: temp folders, files, in-memory images ---- */
 
@@ -416,7 +412,7 @@ static void test_core_safetensors__reads_tiny_opt_and_rewrites_it_identically(vo
     (void)state;
     char path[512];
     struct slm_err err = SLM_ERR_INIT;
-    snprintf(path, sizeof path, "%s/tiny-opt/model.safetensors", data_dir());
+    snprintf(path, sizeof path, "%s/tiny-opt/model.safetensors", test_data_dir());
     struct safetensors *st;
     assert_int_equal(safetensors_open(&st, path, &err), 0);
     assert_int_equal(safetensors_count(st), 36);
@@ -468,7 +464,7 @@ static void test_core_safetensors__reads_tiny_opt_and_rewrites_it_identically(vo
     safetensors_close(st);
 
     struct st_model *m;
-    snprintf(path, sizeof path, "%s/tiny-opt", data_dir());
+    snprintf(path, sizeof path, "%s/tiny-opt", test_data_dir());
     assert_int_equal(st_model_open(&m, path, &err), 0);
     assert_int_equal(st_model_count(m), 36);
     assert_int_equal(st_model_nbytes(m), 568592 - 8 - 3848);

@@ -23,6 +23,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../test_util.h"
+
 #include "core/job.h"
 #include "core/jobspec.h"
 #include "core/model.h"
@@ -32,12 +34,6 @@
 #include "kernels/kbackend.h"
 
 static struct kbackend *kb;
-
-static const char *data_dir(void)
-{
-    const char *d = getenv("SLIM_TEST_DATA");
-    return d ? d : "tests/data";
-}
 
 /* ---- small readers ---- */
 
@@ -74,7 +70,7 @@ static struct safetensors *open_st(const char *model, const char *file)
     char path[512];
     struct slm_err err = SLM_ERR_INIT;
     struct safetensors *st;
-    snprintf(path, sizeof path, "%s/%s/%s", data_dir(), model, file);
+    snprintf(path, sizeof path, "%s/%s/%s", test_data_dir(), model, file);
     if (safetensors_open(&st, path, &err)) print_error("%s: %s\n", path, err.msg);
     assert_non_null(st);
     return st;
@@ -85,7 +81,7 @@ static struct model *open_model(const char *name)
     char dir[512];
     struct slm_err err = SLM_ERR_INIT;
     struct model *m = NULL;
-    snprintf(dir, sizeof dir, "%s/%s", data_dir(), name);
+    snprintf(dir, sizeof dir, "%s/%s", test_data_dir(), name);
     assert_int_equal(model_open(&m, dir, kb, 0, &err), 0);
     return m;
 }
@@ -113,7 +109,7 @@ static void rm_rf(const char *dir)
 static int64_t count_config(const char *file, double s)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/slicegpt/configs/%s", data_dir(), file);
+    snprintf(path, sizeof path, "%s/slicegpt/configs/%s", test_data_dir(), file);
     FILE *f = fopen(path, "rb");
     assert_non_null(f);
     char buf[8192];
@@ -310,7 +306,7 @@ static double compare_tensors(const char *model, const struct safetensors *ref, 
     struct safetensors *ours;
     snprintf(path, sizeof path, "%s/model.safetensors", ours_dir);
     assert_int_equal(safetensors_open(&ours, path, &err), 0);
-    snprintf(path, sizeof path, "%s/slicegpt/%s/summary.json", data_dir(), model);
+    snprintf(path, sizeof path, "%s/slicegpt/%s/summary.json", test_data_dir(), model);
     json_t *summ = json_load_file(path, 0, NULL);
     assert_non_null(summ);
     json_t *axes = json_object_get(summ, "rotated_axes");
@@ -380,7 +376,7 @@ static double compare_tensors(const char *model, const struct safetensors *ref, 
 static double summary_num(const char *model, const char *level, const char *key)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/slicegpt/%s/summary.json", data_dir(), model);
+    snprintf(path, sizeof path, "%s/slicegpt/%s/summary.json", test_data_dir(), model);
     json_t *j = json_load_file(path, 0, NULL);
     assert_non_null(j);
     json_t *v = level ? json_object_get(json_object_get(json_object_get(j, "levels"), level), key) : json_object_get(j, key);
@@ -516,7 +512,7 @@ static void test_core_slicegpt__reference_slim_reference_model(void **state)
 {
     (void)state;
     char path[512];
-    snprintf(path, sizeof path, "%s/slim-reference-model/config.json", data_dir());
+    snprintf(path, sizeof path, "%s/slim-reference-model/config.json", test_data_dir());
     if (access(path, R_OK)) skip();
     check_reference("slim-reference-model");
     check_fused("slim-reference-model");
@@ -608,7 +604,7 @@ static int on_progress(const struct job_progress *p, void *payload)
 static void run_job(const char *spec_json, const char *data, struct prog *g, int want_rc, json_t **metrics, char *out_dir)
 {
     char model[512], doc[2048];
-    snprintf(model, sizeof model, "%s/stories260K", data_dir());
+    snprintf(model, sizeof model, "%s/stories260K", test_data_dir());
     snprintf(doc, sizeof doc, "%s", spec_json);
     json_t *j = json_loads(doc, 0, NULL);
     assert_non_null(j);

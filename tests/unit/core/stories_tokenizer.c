@@ -13,6 +13,8 @@
 
 #include <jansson.h>
 
+#include "../test_util.h"
+
 #include "core/err.h"
 #include "core/fileio.h"
 #include "core/tokenizer.h"
@@ -21,9 +23,8 @@
 
 static const char *data_path(const char *rel)
 {
-    const char *root = getenv("SLIM_TEST_DATA");
     static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/%s", root ? root : "tests/data", rel);
+    snprintf(buf, sizeof buf, "%s/%s", test_data_dir(), rel);
     return buf;
 }
 

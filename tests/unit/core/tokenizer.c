@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../test_util.h"
+
 #include "core/err.h"
 #include "core/tokenizer.h"
 #include "core/tokenizer_impl.h"
@@ -20,9 +22,8 @@
 
 static char *data_path(const char *rel)
 {
-    const char *root = getenv("SLIM_TEST_DATA");
     static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/%s", root ? root : "tests/data", rel);
+    snprintf(buf, sizeof buf, "%s/%s", test_data_dir(), rel);
     return buf;
 }
 
