@@ -354,12 +354,20 @@ static int rel_error(struct kbackend *kb, double *out, const float *W, const flo
     return rc;
 }
 
-static int keep_mask(struct compressed_linear *cl, const uint8_t *mask, size_t n, struct slm_err *err)
+/* keep_codes: the linear's mask, codes, scales and column scaling become the result's; the
+** caller's pointers are left NULL (cs may be NULL when there is none to hand over). */
+static void hand_over(struct compressed_linear *cl, uint8_t **mask, int8_t **codes, struct quant_params *qp, float **cs)
 {
-    if (!mask) return 0;
-    if (!(cl->mask = malloc(n))) return slm_err_set(err, SLM_ENOMEM, "compress: out of memory");
-    memcpy(cl->mask, mask, n);
-    return 0;
+    cl->mask = *mask;
+    *mask = NULL;
+    cl->codes = *codes;
+    *codes = NULL;
+    cl->qp = *qp;
+    qp->scale = NULL;
+    if (cs) {
+        cl->col_scale = *cs;
+        *cs = NULL;
+    }
 }
 
 /* Attach host adapters to the linear as backend buffers. */
@@ -452,16 +460,7 @@ static int compress_linear_kb(struct model *m, struct linear *l, struct stat_slo
         goto done;
     kb_release(kb, DW);
     DW = NULL;
-    if (o->keep_codes) {
-        cl->mask = mask;
-        mask = NULL;
-        cl->codes = codes;
-        codes = NULL;
-        cl->qp = qp;
-        qp.scale = NULL;
-        cl->col_scale = cs;
-        cs = NULL;
-    }
+    if (o->keep_codes) hand_over(cl, &mask, &codes, &qp, &cs);
 done:
     kb_release(kb, DW);
     kb_release(kb, d_mask);
@@ -583,15 +582,7 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
     if (w.rank && w.E)
         for (size_t i = 0; i < n; i++) w.E[i] += w.Wc[i];
     if ((rc = rel_error(kb, &cl->rel_error, w.W, w.rank && w.E ? w.E : w.Wc, st->x0, st->x0_rows, d_out, d_in, err))) goto done;
-    if (o->keep_codes) {
-        if ((rc = keep_mask(cl, mask, n, err))) goto done;
-        cl->codes = codes;
-        codes = NULL;
-        cl->qp = qp;
-        qp.scale = NULL;
-        cl->col_scale = cs;
-        cs = NULL;
-    }
+    if (o->keep_codes) hand_over(cl, &mask, &codes, &qp, &cs);
 done:
     kb_release(kb, Hc);
     free(mask);
@@ -868,14 +859,7 @@ static int jsq_quantize_linear(struct model *m, struct linear *l, const struct s
     for (int i = 0; s && i < d_out; i++)
         for (int j = 0; j < d_in; j++) w[(size_t)i * d_in + j] /= s[j];
     if ((rc = rel_error(kb, &cl->rel_error, jb->W[r], w, st->x0, st->x0_rows, d_out, d_in, err))) goto done;
-    if (o->keep_codes) {
-        cl->mask = jb->mask[r];
-        jb->mask[r] = NULL;   /* now owned by the result */
-        cl->codes = codes;
-        codes = NULL;
-        cl->qp = qp;
-        qp.scale = NULL;
-    }
+    if (o->keep_codes) hand_over(cl, &jb->mask[r], &codes, &qp, NULL);
 done:
     free(w);
     free(codes);
