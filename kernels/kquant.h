@@ -153,6 +153,35 @@ KQ_FN int kq_hist_bin(float v, float lo, float hi, int nb, const float *edge)
     return p;
 }
 
+/* ---- argument checks of the ops, the same on every backend (host code) ---- */
+static inline int kq_check_nm(int d_out, int d_in, int n, int m, struct slm_err *err)
+{
+    if (n <= 0 || n >= m || m > 256 || d_in % m || d_out < 0)
+        return slm_err_set(err, SLM_EINVAL, "prune_nm: pattern %d:%d on %dx%d", n, m, d_out, d_in);
+    return 0;
+}
+
+static inline int kq_check_groups(int d_out, int d_in, int grows, int gcols, struct slm_err *err)
+{
+    if (d_out < 0 || d_in < 0 || grows <= 0 || gcols <= 0 || d_out % grows || d_in % gcols)
+        return slm_err_set(err, SLM_ESHAPE, "absmax_groups: %dx%d is not a multiple of %dx%d", d_out, d_in, grows, gcols);
+    return 0;
+}
+
+static inline int kq_check_quant(const struct kquant_args *q, int d_out, int d_in, struct slm_err *err)
+{
+    if (q->bits < 2 || q->bits > 8 || q->group_rows <= 0 || q->group_cols <= 0 || d_out < 0 || d_in < 0 ||
+        (int64_t)q->rows * q->group_rows < d_out || (int64_t)q->cols * q->group_cols < d_in)
+        return slm_err_set(err, SLM_EINVAL, "quantize: %d bits, scale grid %dx%d of %dx%d does not cover %dx%d",
+                           q->bits, q->rows, q->cols, q->group_rows, q->group_cols, d_out, d_in);
+    return 0;
+}
+
+static inline int kq_check_bins(int nb, struct slm_err *err)
+{
+    return nb > 0 ? 0 : slm_err_set(err, SLM_EINVAL, "abs_histogram: %d bins", nb);
+}
+
 /* ---- host loops: core's host path and the CPU backend's ops ----
 ** Rows (or whole groups of rows) are independent, so the loops run on OpenMP threads above
 ** KQ_PAR_MIN elements; each element is computed exactly as on one thread. */

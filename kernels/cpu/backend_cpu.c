@@ -425,8 +425,8 @@ static int cpu_prune_nm(struct kbackend *kb, float *w, uint8_t *mask, const floa
                         int n, int m, struct slm_err *err)
 {
     (void)kb;
-    if (n <= 0 || n >= m || m > 256 || d_in % m)
-        return slm_err_set(err, SLM_EINVAL, "prune_nm: pattern %d:%d on %d columns", n, m, d_in);
+    int rc = kq_check_nm(d_out, d_in, n, m, err);
+    if (rc) return rc;
     for (int r = 0; r < d_out; r++)
         kq_prune_nm_row(w + (size_t)r * d_in, mask + (size_t)r * d_in, s, d_in, n, m, true);
     return 0;
@@ -436,8 +436,8 @@ static int cpu_absmax_groups(struct kbackend *kb, float *amax, const float *w, i
                              int gcols, struct slm_err *err)
 {
     (void)kb;
-    if (grows <= 0 || gcols <= 0 || d_out % grows || d_in % gcols)
-        return slm_err_set(err, SLM_ESHAPE, "absmax_groups: %dx%d is not a multiple of %dx%d", d_out, d_in, grows, gcols);
+    int rc = kq_check_groups(d_out, d_in, grows, gcols, err);
+    if (rc) return rc;
     kq_absmax_groups(amax, w, d_out, d_in, grows, gcols);
     return 0;
 }
@@ -453,17 +453,9 @@ static int cpu_abs_histogram(struct kbackend *kb, uint64_t *counts, const float 
                              const float *edge, int nb, struct slm_err *err)
 {
     (void)kb;
-    if (nb <= 0) return slm_err_set(err, SLM_EINVAL, "abs_histogram: %d bins", nb);
+    int rc = kq_check_bins(nb, err);
+    if (rc) return rc;
     kq_abs_histogram(counts, a, n, lo, hi, edge, nb);
-    return 0;
-}
-
-static int check_kquant(const struct kquant_args *q, int d_out, int d_in, struct slm_err *err)
-{
-    if (q->bits < 2 || q->bits > 8 || q->group_rows <= 0 || q->group_cols <= 0 ||
-        (int64_t)q->rows * q->group_rows < d_out || (int64_t)q->cols * q->group_cols < d_in)
-        return slm_err_set(err, SLM_EINVAL, "quantize: %d bits, scale grid %dx%d of %dx%d does not cover %dx%d",
-                           q->bits, q->rows, q->cols, q->group_rows, q->group_cols, d_out, d_in);
     return 0;
 }
 
@@ -471,7 +463,7 @@ static int cpu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_o
                            const struct kquant_args *q, struct slm_err *err)
 {
     (void)kb;
-    int rc = check_kquant(q, d_out, d_in, err);
+    int rc = kq_check_quant(q, d_out, d_in, err);
     if (!rc) kq_quant(w, codes, d_out, d_in, q);
     return rc;
 }
@@ -480,7 +472,7 @@ static int cpu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes,
                              const struct kquant_args *q, struct slm_err *err)
 {
     (void)kb;
-    int rc = check_kquant(q, d_out, d_in, err);
+    int rc = kq_check_quant(q, d_out, d_in, err);
     if (!rc) kq_dequant(w, codes, d_out, d_in, q);
     return rc;
 }

@@ -33,8 +33,8 @@ __global__ static void k_prune_nm(float *w, uint8_t *mask, const float *s, int d
 int cu_prune_nm(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int n, int m,
                 struct slm_err *err)
 {
-    if (n <= 0 || n >= m || m > 256 || d_in % m || d_out < 0)
-        return slm_err_set(err, SLM_EINVAL, "prune_nm: pattern %d:%d on %dx%d", n, m, d_out, d_in);
+    int rc = kq_check_nm(d_out, d_in, n, m, err);
+    if (rc) return rc;
     size_t ng = (size_t)d_out * (d_in / m);
     if (!ng) return 0;
     k_prune_nm<<<cu_blocks(ng), 256, 0, cu_ctx(kb)->stream>>>(w, mask, s, d_in, ng, n, m);
@@ -88,8 +88,8 @@ int cu_absmax_groups(struct kbackend *kb, float *amax, const float *w, int d_out
                      struct slm_err *err)
 {
     cudaStream_t st = cu_ctx(kb)->stream;
-    if (d_out < 0 || d_in < 0 || grows <= 0 || gcols <= 0 || d_out % grows || d_in % gcols)
-        return slm_err_set(err, SLM_ESHAPE, "absmax_groups: %dx%d is not a multiple of %dx%d", d_out, d_in, grows, gcols);
+    int rc = kq_check_groups(d_out, d_in, grows, gcols, err);
+    if (rc) return rc;
     size_t ng = (size_t)(d_out / grows) * (d_in / gcols);
     if (!ng) return 0;
     CU_TRY(cudaMemsetAsync(amax, 0, ng * sizeof *amax, st));
@@ -167,7 +167,8 @@ int cu_abs_histogram(struct kbackend *kb, uint64_t *counts, const float *a, size
                      const float *edge, int nb, struct slm_err *err)
 {
     struct cu_ctx *c = cu_ctx(kb);
-    if (nb <= 0) return slm_err_set(err, SLM_EINVAL, "abs_histogram: %d bins", nb);
+    int rc = kq_check_bins(nb, err);
+    if (rc) return rc;
     if (!n) return 0;
     unsigned blocks = cu_blocks(n) < HIST_BLOCKS ? cu_blocks(n) : HIST_BLOCKS;
     size_t smem = sizeof(unsigned int) * (size_t)nb;
@@ -200,19 +201,10 @@ __global__ static void k_quant_dequant(float *w, const int8_t *codes, int d_in, 
         w[i] = kq_dequant1(codes[i], (int)(i / d_in), (int)(i % d_in), &q);
 }
 
-static int check_kquant(const struct kquant_args *q, int d_out, int d_in, struct slm_err *err)
-{
-    if (q->bits < 2 || q->bits > 8 || q->group_rows <= 0 || q->group_cols <= 0 || d_out < 0 || d_in < 0 ||
-        (long long)q->rows * q->group_rows < d_out || (long long)q->cols * q->group_cols < d_in)
-        return slm_err_set(err, SLM_EINVAL, "quantize: %d bits, scale grid %dx%d of %dx%d does not cover %dx%d",
-                           q->bits, q->rows, q->cols, q->group_rows, q->group_cols, d_out, d_in);
-    return 0;
-}
-
 int cu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_out, int d_in, const struct kquant_args *q,
                    struct slm_err *err)
 {
-    int rc = check_kquant(q, d_out, d_in, err);
+    int rc = kq_check_quant(q, d_out, d_in, err);
     size_t n = (size_t)d_out * d_in;
     if (rc || !n) return rc;
     k_quant_apply<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(w, codes, d_in, n, *q);
@@ -223,7 +215,7 @@ int cu_quant_apply(struct kbackend *kb, float *w, int8_t *codes, int d_out, int 
 int cu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
                      const struct kquant_args *q, struct slm_err *err)
 {
-    int rc = check_kquant(q, d_out, d_in, err);
+    int rc = kq_check_quant(q, d_out, d_in, err);
     size_t n = (size_t)d_out * d_in;
     if (rc || !n) return rc;
     k_quant_dequant<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(w, codes, d_in, n, *q);
