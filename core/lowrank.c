@@ -87,7 +87,7 @@ int lowrank_fit_gram(struct kbackend *kb, float *L, float *R, const float *E, co
     size_t nx = (size_t)rows * n, nn = (size_t)n * n;
     float *hx = malloc(sizeof *hx * nx), *hv = malloc(sizeof *hv * (size_t)n * (r ? r : 1));
     float *hy = malloc(sizeof *hy * (size_t)rows * (r ? r : 1)), *S = malloc(sizeof *S * (r ? r : 1));
-    float *U = NULL, *Vt = NULL;
+    float *Vt = NULL;
     double *hg = calloc(nn, sizeof *hg), *hw = malloc(sizeof *hw * n);
     float *bx = NULL, *bv = NULL, *by = NULL;
     double *bg = NULL, *bw = NULL;
@@ -128,8 +128,7 @@ int lowrank_fit_gram(struct kbackend *kb, float *L, float *R, const float *E, co
     if (!(Vt = malloc(sizeof *Vt * (size_t)(r ? r : 1) * d_in))) { rc = slm_err_set(err, SLM_ENOMEM, "low-rank: out of memory"); goto done; }
     for (int c = 0; c < r; c++)
         for (int j = 0; j < d_in; j++) Vt[(size_t)c * d_in + j] = Vr[(size_t)j * r + c];
-    U = Ur;
-    factors_to_adapters(L, R, U, r, S, Vt, d, d_out, d_in, r, bf16);
+    factors_to_adapters(L, R, Ur, r, S, Vt, d, d_out, d_in, r, bf16);
 done:
     kb_release(kb, bx);
     kb_release(kb, bg);
