@@ -388,15 +388,15 @@ static int attach_adapters(struct kbackend *kb, struct linear *l, const float *L
     return 0;
 }
 
-/* Can compress_linear keep the weight in backend memory? Magnitude / Wanda N:M (or no pruning)
-** with AbsMax / SLiM-Quant (or none) and no adapters, on a backend with the ops. */
+/* Can compress_linear keep the weight in backend memory? Magnitude / Wanda (or no pruning) with
+** AbsMax / SLiM-Quant (or none) and no adapters, on a backend with the ops. */
 static bool linear_on_backend(struct kbackend *kb, const struct compress_opts *o)
 {
     const struct kbackend_i *f = kb->iface;
     bool pruned = o->prune.method != PRUNE_NONE, quant = o->quant.method != QUANT_NONE;
     if (o->lowrank.method != LOWRANK_NONE || o->prune.method == PRUNE_SPARSEGPT || o->quant.method == QUANT_OPTQ)
         return false;
-    if ((pruned && !(o->prune.m && f->prune_nm)) || (quant && !quant_weight_on_backend(kb))) return false;
+    if ((pruned && !prune_on_backend(kb, &o->prune)) || (quant && !quant_weight_on_backend(kb))) return false;
     return !(pruned && quant && o->prune.method == PRUNE_WANDA) || f->apply_mask;
 }
 
@@ -436,7 +436,7 @@ static int compress_linear_kb(struct model *m, struct linear *l, struct stat_slo
     }
     if (quant_first) {
         if ((rc = kb_alloc(kb, (void **)&d_mask, n, err)) || (rc = kb->iface->copy(kb, DW, l->w, sizeof *DW * n, err)) ||
-            (rc = prune_weight_nm_kb(kb, DW, s, d_out, d_in, &o->prune, d_mask, err)) ||
+            (rc = prune_weight_kb(kb, DW, s, d_out, d_in, &o->prune, d_mask, err)) ||
             (rc = quant_weight(kb, l->w, d_out, d_in, &o->quant, cs, codes, &qp, err)) ||
             (rc = kb_apply_mask(kb, l->w, d_mask, n, err)) || (mask && (rc = kb_download(kb, mask, d_mask, n, err))))
             goto done;
@@ -706,19 +706,18 @@ static int quantize_all_adapters(struct model *m, const struct compress_opts *o,
 
 /* ---- block streaming: per-block figures, then the block goes (compress_opts.unload_blocks) ---- */
 
-/* Adds the exact zeros and entries of block b's compressed linears to res (measured sparsity). */
+/* Adds the exact zeros and entries of block b's compressed linears to res (measured sparsity),
+** counted where the weights are (kb_count_zeros). */
 static int count_zeros(struct model *m, int b, struct compress_result *res, struct slm_err *err)
 {
     for (int r = 0; r < LIN_COUNT; r++) {
         struct linear *l = &m->blocks[b].lin[r];
         if (!l->w) continue;
         size_t n = (size_t)l->d_out * l->d_in;
-        float *h = malloc(sizeof *h * n);
-        if (!h) return slm_err_set(err, SLM_ENOMEM, "sparsity: out of memory");
-        int rc = kb_download(m->kb, h, l->w, sizeof *h * n, err);
-        for (size_t i = 0; !rc && i < n; i++) res->zeros += h[i] == 0;
-        free(h);
+        uint64_t z;
+        int rc = kb_count_zeros(m->kb, &z, l->w, n, err);
         if (rc) return rc;
+        res->zeros += (int64_t)z;
         res->weights += (int64_t)n;
     }
     return 0;

@@ -27,21 +27,6 @@ void prune_shift_scaler(float *s, int n)
     for (int j = 0; j < n; j++) s[j] += c;
 }
 
-struct keyed { float v; int j; };
-
-static int keyed_asc(const void *a, const void *b)
-{
-    const struct keyed *x = a, *y = b;
-    if (x->v != y->v) return x->v < y->v ? -1 : 1;
-    return x->j - y->j;
-}
-
-static int float_asc(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 /* In each group of m consecutive entries of metric row t (stride 1), mark the m-n smallest. */
 static void nm_row(uint8_t *mask, const float *t, int len, int n, int m)
 {
@@ -63,35 +48,30 @@ static int check_opts(const struct prune_opts *o, int d_in, struct slm_err *err)
 
 /* ---- magnitude / Wanda ---- */
 
+/* Entries pruned per row by unstructured Wanda. */
+static int rows_pruned(int d_in, const struct prune_opts *o)
+{
+    return (int)floor((double)d_in * o->sparsity);
+}
+
+/* Rank (from 0) of the global magnitude threshold among n metrics: floor(n * sparsity), the last
+** entry at most; everything <= it goes, as the reference's sort-and-compare. */
+static size_t magnitude_rank(size_t n, const struct prune_opts *o)
+{
+    size_t k = (size_t)floor((double)n * o->sparsity);
+    return k < n ? k : n - 1;
+}
+
 /* Per-row selection on metric t: N:M groups, or exactly floor(d_in * sparsity) per row in stable
-** ascending order (Wanda). */
+** ascending order (Wanda; kq_select_rows, the CPU backend's prune_rows). */
 static int mask_rows(uint8_t *mask, const float *t, int d_out, int d_in, const struct prune_opts *o, struct slm_err *err)
 {
-    bool par = (size_t)d_out * d_in >= KQ_PAR_MIN;
     if (o->m) {
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
         for (int r = 0; r < d_out; r++) nm_row(mask + (size_t)r * d_in, t + (size_t)r * d_in, d_in, o->n, o->m);
         return 0;
     }
-    int k = (int)floor((double)d_in * o->sparsity), nthr = 1;
-#ifdef _OPENMP
-    if (par) nthr = omp_get_max_threads();
-#endif
-    struct keyed *rows = malloc(sizeof *rows * (size_t)d_in * nthr);   /* one sort buffer per thread */
-    if (!rows) return slm_err_set(err, SLM_ENOMEM, "prune: out of memory");
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nthr) if (nthr > 1)
-    for (int r = 0; r < d_out; r++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        struct keyed *row = rows + (size_t)tid * d_in;
-        for (int c = 0; c < d_in; c++) { row[c].v = t[(size_t)r * d_in + c]; row[c].j = c; }
-        qsort(row, (size_t)d_in, sizeof *row, keyed_asc);
-        for (int c = 0; c < k; c++) mask[(size_t)r * d_in + row[c].j] = 1;
-    }
-    free(rows);
-    return 0;
+    return kq_select_rows(mask, t, d_out, d_in, rows_pruned(d_in, o), err);
 }
 
 int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, const struct prune_opts *o,
@@ -122,44 +102,49 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
         rc = mask_rows(mask, t, d_out, d_in, o, err);
     } else {
         /* magnitude: one threshold for the whole matrix */
-        float *sorted = malloc(sizeof *sorted * n);
-        if (!sorted) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
-        memcpy(sorted, t, sizeof *t * n);
-        qsort(sorted, n, sizeof *sorted, float_asc);
-        size_t k = (size_t)floor((double)n * o->sparsity);
-        float thr = sorted[k < n ? k : n - 1];
-        free(sorted);
-        if (o->sparsity > 0)
+        uint32_t *keys = o->sparsity > 0 && n ? malloc(sizeof *keys * n) : NULL;
+        if (o->sparsity > 0 && n) {
+            if (!keys) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
+            float thr = kq_kth_abs(keys, t, n, magnitude_rank(n, o));
+            free(keys);
             for (size_t i = 0; i < n; i++) mask[i] = t[i] <= thr;
+        }
     }
 done:
     free(t);
     return rc;
 }
 
-/* N:M prune_weight with the backend's prune_nm: only the scaler crosses; the mask lands in backend
-** d_mask [d_out x d_in]. */
-static int prune_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
-                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err)
+bool prune_on_backend(struct kbackend *kb, const struct prune_opts *o)
 {
-    float *d_s = NULL;
+    const struct kbackend_i *f = kb->iface;
+    if (o->method != PRUNE_MAGNITUDE && o->method != PRUNE_WANDA) return false;
+    if (o->m) return f->prune_nm != NULL;
+    return o->method == PRUNE_WANDA ? f->prune_rows != NULL : f->abs_kth && f->prune_abs_le;
+}
+
+int prune_weight_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in, const struct prune_opts *o,
+                    uint8_t *d_mask, struct slm_err *err)
+{
+    size_t n = (size_t)d_out * d_in;
+    float *d_s = NULL, thr = -1;   /* |w| <= -1 holds for no weight: sparsity 0 prunes nothing */
     int rc = check_opts(o, d_in, err);
     if (rc) return rc;
-    if (s && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
-              (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
+    if (!prune_on_backend(kb, o))
+        return slm_err_set(err, SLM_EUNSUPPORTED, "prune: method %d, %s pattern: no op on backend %s", (int)o->method,
+                           o->m ? "N:M" : "unstructured", kb_name(kb));
+    bool wanda = o->method == PRUNE_WANDA;
+    if (wanda && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
+                  (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
         goto done;
-    rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err);
+    if (o->m) rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err);
+    else if (wanda) rc = kb->iface->prune_rows(kb, w, d_mask, d_s, d_out, d_in, rows_pruned(d_in, o), err);
+    else if (!n) rc = 0;
+    else if (!(o->sparsity > 0) || !(rc = kb_abs_kth(kb, &thr, w, n, magnitude_rank(n, o), err)))
+        rc = kb->iface->prune_abs_le(kb, w, d_mask, n, thr, err);
 done:
     kb_release(kb, d_s);
     return rc;
-}
-
-int prune_weight_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
-                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err)
-{
-    if (!o->m || !kb->iface->prune_nm)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "prune: %s pattern on backend %s", o->m ? "N:M" : "unstructured", kb_name(kb));
-    return prune_nm_kb(kb, w, o->method == PRUNE_WANDA ? s : NULL, d_out, d_in, o, d_mask, err);
 }
 
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
@@ -167,10 +152,10 @@ int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d
 {
     size_t n = (size_t)d_out * d_in;
     int rc;
-    if (o->m && kb->iface->prune_nm) {
+    if (prune_on_backend(kb, o)) {
         uint8_t *d_mask = NULL;
         if (!(rc = kb_alloc(kb, (void **)&d_mask, n, err)) &&
-            !(rc = prune_weight_nm_kb(kb, w, s, d_out, d_in, o, d_mask, err)) && mask)
+            !(rc = prune_weight_kb(kb, w, s, d_out, d_in, o, d_mask, err)) && mask)
             rc = kb_download(kb, mask, d_mask, n, err);
         kb_release(kb, d_mask);
         return rc;
@@ -221,30 +206,6 @@ done:
     return rc;
 }
 
-/* The k-th smallest of t [n] (k < n), as t sorted ascending would hold at k; t is reordered.
-** Quickselect with three-way partitions: linear on average, and blocks full of equal metrics
-** (zeroed columns) cost one pass. */
-static float kth_smallest(float *t, size_t n, size_t k)
-{
-    size_t lo = 0, hi = n;   /* the answer lies in t[lo, hi) */
-    uint64_t x = 0x9e3779b97f4a7c15ull ^ n;
-    for (;;) {
-        if (hi - lo == 1) return t[lo];
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-        float p = t[lo + x % (hi - lo)];
-        size_t lt = lo, i = lo, gt = hi;   /* [lo, lt) < p, [lt, i) == p, [gt, hi) > p */
-        while (i < gt) {
-            float v = t[i];
-            if (v < p) { t[i] = t[lt]; t[lt++] = v; i++; }
-            else if (v > p) { t[i] = t[--gt]; t[gt] = v; }
-            else i++;
-        }
-        if (k < lt) hi = lt;
-        else if (k >= gt) lo = gt;
-        else return p;
-    }
-}
-
 /* Zero the dead input columns of backend w and fit OPTQ's per-tensor / per-row steps from the
 ** dense weight (§3.5): both need W on the host once, so only then is it downloaded. */
 static int sgpt_prepare_w(struct kbackend *kb, float *w, int d_out, int d_in, const uint8_t *dead, int ndead,
@@ -269,8 +230,9 @@ done:
     return rc;
 }
 
-/* The unstructured threshold of block [i1, i2): the floor(numel * sparsity)-th smallest metric. */
-static int sgpt_threshold(struct kbackend *kb, struct ksgpt_args *a, float *host_t, double sparsity, struct slm_err *err)
+/* The unstructured threshold of block [i1, i2): the floor(numel * sparsity)-th smallest metric,
+** selected on the backend (kb_abs_kth: the metrics are >= 0, so |t| is t). */
+static int sgpt_threshold(struct kbackend *kb, struct ksgpt_args *a, double sparsity, struct slm_err *err)
 {
     size_t nt = (size_t)a->rows * (a->i2 - a->i1);
     float *metric = a->err;   /* the block's err buffer is free until the loop runs */
@@ -278,10 +240,9 @@ static int sgpt_threshold(struct kbackend *kb, struct ksgpt_args *a, float *host
     a->metric = metric;
     rc = kb_sparsegpt_block(kb, a, err);
     a->metric = NULL;
-    if (rc || (rc = kb_download(kb, host_t, metric, sizeof *host_t * nt, err))) return rc;
+    if (rc) return rc;
     size_t k = (size_t)floor((double)nt * sparsity);
-    a->thr = kth_smallest(host_t, nt, k < nt ? k : nt - 1);
-    return 0;
+    return kb_abs_kth(kb, &a->thr, metric, nt, k < nt ? k : nt - 1, err);
 }
 
 int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in, const struct prune_opts *o,
@@ -290,7 +251,7 @@ int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in
     int B = o->blocksize > 0 ? o->blocksize : 128, bits = o->optq_bits, group = o->optq_group, ndead = 0;
     size_t nw = (size_t)d_out * d_in;
     bool unstructured = !o->m && o->sparsity > 0;
-    float *step = NULL, *hostw = NULL, *host_t = NULL, *errb = NULL, *stepb = NULL;
+    float *step = NULL, *hostw = NULL, *errb = NULL, *stepb = NULL;
     uint8_t *dead = NULL, *maskb = NULL;
     int rc = check_opts(o, d_in, err);
     if (rc) return rc;
@@ -304,8 +265,7 @@ int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in
     size_t nmask = mask ? nw : (size_t)d_out * B;
     step = malloc(sizeof *step * nstep);
     dead = malloc((size_t)d_in);
-    host_t = unstructured ? malloc(sizeof *host_t * (size_t)d_out * B) : NULL;
-    if (!step || !dead || (unstructured && !host_t)) { rc = slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in); goto done; }
+    if (!step || !dead) { rc = slm_err_set(err, SLM_ENOMEM, "SparseGPT %dx%d: out of memory", d_out, d_in); goto done; }
     if ((rc = kb_alloc(kb, (void **)&errb, sizeof *errb * (size_t)d_out * B, err)) ||
         (rc = kb_alloc(kb, (void **)&maskb, nmask, err)) ||
         (rc = kb_alloc(kb, (void **)&stepb, sizeof *stepb * nstep, err)))
@@ -319,7 +279,7 @@ int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in
                                 .hinv = H, .ldh = d_in, .mask = mask ? maskb + i1 : maskb, .ldm = mask ? d_in : cnt,
                                 .err = errb, .n = o->n, .m = o->m, .thr = -INFINITY,
                                 .bits = bits, .group = group, .ngroups = ngroups, .step = stepb };
-        if (unstructured && (rc = sgpt_threshold(kb, &a, host_t, o->sparsity, err))) goto done;
+        if (unstructured && (rc = sgpt_threshold(kb, &a, o->sparsity, err))) goto done;
         if ((rc = kb_sparsegpt_block(kb, &a, err))) goto done;
         if (i2 < d_in) {
             /* lazy update of the remaining columns: W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:] */
@@ -360,7 +320,6 @@ done:
     kb_release(kb, stepb);
     free(step);
     free(dead);
-    free(host_t);
     free(hostw);
     return rc;
 }

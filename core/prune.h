@@ -4,8 +4,8 @@
 ** N:M means "keep N of every M consecutive input columns of a row" (2:4 keeps 2).
 ** Masks are host byte arrays [d_out x d_in], 1 = pruned, 0 = kept.
 ** Weights, statistics and Hessians live in backend memory. Magnitude and Wanda run on host copies
-** (kb_download / kb_upload) unless the backend has the op (N:M: prune_nm in prune_weight and
-** prune_weight_nm_kb);
+** (kb_download / kb_upload) unless the backend has the ops (prune_on_backend: prune_nm,
+** prune_rows, abs_kth / prune_abs_le);
 ** SparseGPT runs entirely on the backend (cholesky_upper, spd_inverse, sparsegpt_block, gemm): W
 ** crosses to the host only to fit OPTQ's per-tensor / per-row steps or zero dead inputs (once,
 ** before the loop) and to produce codes (once, after it).
@@ -50,16 +50,20 @@ int prune_mask_metric(uint8_t *mask, const float *metric, int d_out, int d_in, c
                       struct slm_err *err);
 
 /* Magnitude / Wanda on backend w: compute the mask (mask may be NULL) and zero the pruned
-** entries. s: host [d_in] or NULL for magnitude. N:M runs on the backend (prune_nm) when it has
-** the op; unstructured selection runs on a host copy. */
+** entries. s: host [d_in] or NULL for magnitude. Runs on the backend when prune_on_backend holds;
+** otherwise the selection runs on a host copy. */
 int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
                  const struct prune_opts *o, uint8_t *mask, struct slm_err *err);
 
-/* prune_weight for N:M patterns with the mask left in backend memory: d_mask (backend
-** [d_out x d_in], the caller's) gets 1 where w was zeroed. -SLM_EUNSUPPORTED for unstructured
-** patterns or without the backend's prune_nm (then prune_weight's host path is the way). */
-int prune_weight_nm_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in,
-                       const struct prune_opts *o, uint8_t *d_mask, struct slm_err *err);
+/* Whether kb has the ops for o's magnitude / Wanda selection: prune_nm (N:M), prune_rows
+** (unstructured Wanda), abs_kth and prune_abs_le (unstructured magnitude). */
+bool prune_on_backend(struct kbackend *kb, const struct prune_opts *o);
+
+/* prune_weight with the mask left in backend memory: d_mask (backend [d_out x d_in], the
+** caller's) gets 1 where w was zeroed, 0 elsewhere. -SLM_EUNSUPPORTED unless prune_on_backend
+** (then prune_weight's host path is the way). */
+int prune_weight_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in, const struct prune_opts *o,
+                    uint8_t *d_mask, struct slm_err *err);
 
 /* SparseGPT (`fasterprune`) on backend w [d_out x d_in] with backend Hessian H [d_in x d_in]
 ** (clobbered: it holds the upper Cholesky factor of H^-1 on return). mask (host, may be NULL)

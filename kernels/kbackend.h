@@ -255,6 +255,22 @@ struct kbackend_i {
     /* w[i] <- +0 where mask[i] != 0, i < n; other entries untouched (w f32, mask bytes, backend
     ** memory). Wanda's quantize-first order: the pruned entries of the quantized dense weight. */
     int (*apply_mask)(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
+    /* --- added for GPU unstructured pruning and measured sparsity (optional) --- */
+    /* Unstructured per-row pruning of w [d_out x d_in] in place (Wanda): in each row the k smallest
+    ** metrics (kq_prune_metric under s, as prune_nm; ordered by kq_order_key, equal ones the lower
+    ** column first: a stable ascending sort) go: mask 1 and w 0 there, mask 0 elsewhere.
+    ** 0 <= k <= d_in. All arrays backend memory. */
+    int (*prune_rows)(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
+                      struct slm_err *err);
+    /* *kth (host memory) <- the k-th smallest (0-based, k < n) of |a[i]| over a [n] (backend
+    ** memory) in kq_abs_key order (NaN above +inf): the threshold of global magnitude pruning and
+    ** of SparseGPT's unstructured blocks. The value is unique, so every backend gives its bits. */
+    int (*abs_kth)(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err);
+    /* Magnitude pruning under a global threshold: mask[i] <- |w[i]| <= thr, and w[i] <- 0 there, i < n
+    ** (w f32, mask bytes, backend memory; a NaN weight stays). */
+    int (*prune_abs_le)(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err);
+    /* *count (host memory) <- how many of a [n] (backend memory) equal 0 (either sign). */
+    int (*count_zeros)(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err);
 };
 
 struct kbackend {
@@ -309,6 +325,11 @@ int kb_col_stats(struct kbackend *kb, float *scaler, double *abssum, const float
 
 /* apply_mask on backend buffers; -SLM_EUNSUPPORTED when the backend lacks it. */
 int kb_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
+
+/* count_zeros of a [n] (backend memory); a backend without the op gets a host round trip. */
+int kb_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err);
+/* abs_kth of a [n] (backend memory); a backend without the op gets a host round trip. */
+int kb_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err);
 
 /* Memory figures (struct kmem_stats). -SLM_EUNSUPPORTED, *out all -1, without the op. */
 int kb_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err);

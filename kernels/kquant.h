@@ -77,6 +77,33 @@ KQ_FN bool kq_nm_pruned(const float *t, int k, int m, int n)
     return before < m - n;
 }
 
+/* The bits of v (no aliasing through pointers: host memcpy, device intrinsic). */
+KQ_FN uint32_t kq_bits(float v)
+{
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(v);
+#else
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u;
+#endif
+}
+
+/* Order key of a metric for the unstructured selections: ascending as the floats, -0 equal to +0,
+** every NaN first (as kq_nm_pruned ranks a NaN metric). Sorting by (key, column) is the host
+** path's stable ascending sort, and a total order even when a metric is NaN. */
+KQ_FN uint32_t kq_order_key(float v)
+{
+    if (v != v) return 0;
+    if (v == 0) return 0x80000000u;
+    uint32_t u = kq_bits(v);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/* Order key of |v| for the global thresholds (abs_kth): the bits without the sign, so NaN ranks
+** above +inf and -0 equals +0. */
+KQ_FN uint32_t kq_abs_key(float v) { return kq_bits(v) & 0x7fffffffu; }
+
 /* ---- AbsMax / SLiM-Quant fake quantization (§3.1 - §3.4) ---- */
 
 KQ_FN float kq_clampq(float q, int max_q)
@@ -161,6 +188,19 @@ static inline int kq_check_nm(int d_out, int d_in, int n, int m, struct slm_err 
     return 0;
 }
 
+static inline int kq_check_rows(int d_out, int d_in, int k, struct slm_err *err)
+{
+    if (d_out < 0 || d_in < 0 || k < 0 || k > d_in)
+        return slm_err_set(err, SLM_EINVAL, "prune_rows: %d of %d columns per row on %dx%d", k, d_in, d_out, d_in);
+    return 0;
+}
+
+static inline int kq_check_kth(size_t n, size_t k, struct slm_err *err)
+{
+    if (k >= n) return slm_err_set(err, SLM_EINVAL, "abs_kth: rank %zu of %zu values", k, n);
+    return 0;
+}
+
 static inline int kq_check_groups(int d_out, int d_in, int grows, int gcols, struct slm_err *err)
 {
     if (d_out < 0 || d_in < 0 || grows <= 0 || gcols <= 0 || d_out % grows || d_in % gcols)
@@ -187,6 +227,11 @@ static inline int kq_check_bins(int nb, struct slm_err *err)
 ** KQ_PAR_MIN elements; each element is computed exactly as on one thread. */
 #ifndef __CUDACC__
 
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* Below this many weights a parallel region costs more than the work it spreads. */
 #define KQ_PAR_MIN (1 << 14)
 
@@ -200,6 +245,86 @@ static inline void kq_prune_nm_row(float *w, uint8_t *mask, const float *s, int 
             mask[c0 + k] = kq_nm_pruned(t, k, m, n);
             if (zero && mask[c0 + k]) w[c0 + k] = 0;
         }
+    }
+}
+
+/* A metric and its column: the unstructured per-row sort's item. */
+struct kq_keyed { uint32_t key; int j; };
+
+static inline int kq_keyed_asc(const void *a, const void *b)
+{
+    const struct kq_keyed *x = (const struct kq_keyed *)a, *y = (const struct kq_keyed *)b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return (x->j > y->j) - (x->j < y->j);
+}
+
+/* Unstructured per-row selection (Wanda): in each row of the metric t [d_out x d_in], mask gets 1
+** at the k smallest (kq_order_key; equal ones the lower column first: a stable ascending sort)
+** and 0 elsewhere. One sort buffer per thread; -SLM_ENOMEM without it. */
+static inline int kq_select_rows(uint8_t *mask, const float *t, int d_out, int d_in, int k, struct slm_err *err)
+{
+    bool par = (size_t)d_out * d_in >= KQ_PAR_MIN;
+    int nthr = 1;
+#ifdef _OPENMP
+    if (par) nthr = omp_get_max_threads();
+#endif
+    struct kq_keyed *rows = (struct kq_keyed *)malloc(sizeof *rows * ((size_t)d_in * nthr + 1));
+    if (!rows) return slm_err_set(err, SLM_ENOMEM, "prune: out of memory for %d sort buffers of %d", nthr, d_in);
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthr) if (nthr > 1)
+    for (int r = 0; r < d_out; r++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        struct kq_keyed *row = rows + (size_t)tid * d_in;
+        uint8_t *mr = mask + (size_t)r * d_in;
+        for (int c = 0; c < d_in; c++) {
+            row[c].key = kq_order_key(t[(size_t)r * d_in + c]);
+            row[c].j = c;
+        }
+        qsort(row, (size_t)d_in, sizeof *row, kq_keyed_asc);
+        memset(mr, 0, (size_t)d_in);
+        for (int c = 0; c < k; c++) mr[row[c].j] = 1;
+    }
+    free(rows);
+    return 0;
+}
+
+/* The k-th smallest (0-based, k < n) of |a[i]| over a [n] by kq_abs_key (NaN above +inf);
+** keys [n] is the caller's scratch. Three-way quickselect, O(n) expected. */
+static inline float kq_kth_abs(uint32_t *keys, const float *a, size_t n, size_t k)
+{
+    for (size_t i = 0; i < n; i++) keys[i] = kq_abs_key(a[i]);
+    size_t lo = 0, hi = n;   /* the answer lies in keys[lo, hi) */
+    uint64_t x = 0x9e3779b97f4a7c15ull ^ n;
+    uint32_t p;
+    for (;;) {
+        if (hi - lo == 1) { p = keys[lo]; break; }
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        p = keys[lo + x % (hi - lo)];
+        size_t lt = lo, i = lo, gt = hi;   /* [lo, lt) < p, [lt, i) == p, [gt, hi) > p */
+        while (i < gt) {
+            uint32_t v = keys[i];
+            if (v < p) { keys[i] = keys[lt]; keys[lt++] = v; i++; }
+            else if (v > p) { keys[i] = keys[--gt]; keys[gt] = v; }
+            else i++;
+        }
+        if (k < lt) hi = lt;
+        else if (k >= gt) lo = gt;
+        else break;
+    }
+    float v;
+    memcpy(&v, &p, 4);
+    return v;
+}
+
+/* Magnitude under a global threshold: mask[i] = |w[i]| <= thr, and w[i] = 0 there. */
+static inline void kq_prune_abs_le(float *w, uint8_t *mask, size_t n, float thr)
+{
+#pragma omp parallel for schedule(static) if (n >= KQ_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        mask[i] = fabsf(w[i]) <= thr;
+        if (mask[i]) w[i] = 0;
     }
 }
 

@@ -4,6 +4,7 @@
 */
 #include "kbackend.h"
 #include "kbackend_impl.h"
+#include "kquant.h"
 
 #include <errno.h>
 #include <math.h>
@@ -167,6 +168,33 @@ int kb_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, 
 {
     if (!kb->iface->apply_mask) return slm_err_set(err, SLM_EUNSUPPORTED, "backend %s has no apply_mask", kb_name(kb));
     return n ? kb->iface->apply_mask(kb, w, mask, n, err) : 0;
+}
+
+int kb_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err)
+{
+    *count = 0;
+    if (!n) return 0;
+    if (kb->iface->count_zeros) return kb->iface->count_zeros(kb, count, a, n, err);
+    float *h = malloc(sizeof *h * n);
+    if (!h) return slm_err_set(err, SLM_ENOMEM, "count_zeros: %zu floats", n);
+    int rc = kb_download(kb, h, a, sizeof *h * n, err);
+    for (size_t i = 0; !rc && i < n; i++) *count += h[i] == 0;
+    free(h);
+    return rc;
+}
+
+int kb_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err)
+{
+    int rc = kq_check_kth(n, k, err);
+    if (rc) return rc;
+    if (kb->iface->abs_kth) return kb->iface->abs_kth(kb, kth, a, n, k, err);
+    float *h = malloc(sizeof *h * n);
+    uint32_t *keys = malloc(sizeof *keys * n);
+    if (!h || !keys) rc = slm_err_set(err, SLM_ENOMEM, "abs_kth: %zu floats", n);
+    else if (!(rc = kb_download(kb, h, a, sizeof *h * n, err))) *kth = kq_kth_abs(keys, h, n, k);
+    free(h);
+    free(keys);
+    return rc;
 }
 
 /* ---- memory accounting and budgets ---- */

@@ -487,6 +487,56 @@ static int cpu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, si
     return 0;
 }
 
+/* ---- unstructured pruning and measured sparsity ---- */
+
+static int cpu_prune_rows(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
+                          struct slm_err *err)
+{
+    (void)kb;
+    size_t n = (size_t)d_out * d_in;
+    int rc = kq_check_rows(d_out, d_in, k, err);
+    if (rc || !n) return rc;
+    float *t = malloc(sizeof *t * n);
+    if (!t) return slm_err_set(err, SLM_ENOMEM, "prune_rows %dx%d: out of memory", d_out, d_in);
+#pragma omp parallel for schedule(static) if (n >= KQ_PAR_MIN)
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) t[(size_t)r * d_in + c] = kq_prune_metric(w[(size_t)r * d_in + c], s, c);
+    if (!(rc = kq_select_rows(mask, t, d_out, d_in, k, err)))
+        for (size_t i = 0; i < n; i++)
+            if (mask[i]) w[i] = 0;
+    free(t);
+    return rc;
+}
+
+static int cpu_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err)
+{
+    (void)kb;
+    int rc = kq_check_kth(n, k, err);
+    if (rc) return rc;
+    uint32_t *keys = malloc(sizeof *keys * n);
+    if (!keys) return slm_err_set(err, SLM_ENOMEM, "abs_kth: %zu keys: out of memory", n);
+    *kth = kq_kth_abs(keys, a, n, k);
+    free(keys);
+    return 0;
+}
+
+static int cpu_prune_abs_le(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    kq_prune_abs_le(w, mask, n, thr);
+    return 0;
+}
+
+static int cpu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    uint64_t z = 0;
+#pragma omp parallel for reduction(+ : z) schedule(static) if (n >= KQ_PAR_MIN)
+    for (size_t i = 0; i < n; i++) z += a[i] == 0;
+    *count = z;
+    return 0;
+}
+
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -532,6 +582,11 @@ static const struct kbackend_i cpu_iface = {
     .host_free = NULL,
     /* --- added for the GPU compress flow (optional) --- */
     .apply_mask = cpu_apply_mask,
+    /* --- added for GPU unstructured pruning and measured sparsity (optional) --- */
+    .prune_rows = cpu_prune_rows,
+    .abs_kth = cpu_abs_kth,
+    .prune_abs_le = cpu_prune_abs_le,
+    .count_zeros = cpu_count_zeros,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

@@ -282,6 +282,11 @@ static const struct kbackend_i cuda_iface = {
     /* .host_free */ cu_host_free,
     /* --- added for the GPU compress flow (optional) --- */
     /* .apply_mask */ cu_apply_mask,
+    /* --- added for GPU unstructured pruning and measured sparsity (optional) --- */
+    /* .prune_rows */ cu_prune_rows,
+    /* .abs_kth */ cu_abs_kth,
+    /* .prune_abs_le */ cu_prune_abs_le,
+    /* .count_zeros */ cu_count_zeros,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

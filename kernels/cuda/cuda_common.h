@@ -128,5 +128,11 @@ int cu_gather_rows(struct kbackend *kb, float *out, const float *table, const in
 
 /* added for the GPU compress flow (ops_cuda.cu) */
 int cu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err);
+/* added for GPU unstructured pruning and measured sparsity (quant_cuda.cu) */
+int cu_prune_rows(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
+                  struct slm_err *err);
+int cu_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err);
+int cu_prune_abs_le(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err);
+int cu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err);
 
 #endif

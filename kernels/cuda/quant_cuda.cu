@@ -7,6 +7,8 @@
 ** values equal the CPU's bit for bit. Maxima and minima are order-independent (NaN ignored by
 ** fminf/fmaxf on both sides), so the parallel reductions keep that property.
 */
+#include <cub/block/block_scan.cuh>
+
 #include "cuda_common.h"
 #include "../kquant.h"
 
@@ -221,4 +223,201 @@ int cu_quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_o
     k_quant_dequant<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(w, codes, d_in, n, *q);
     CU_LAUNCH_TRY("quant_dequant kernel");
     return 0;
+}
+
+/* ---- unstructured pruning: per-row and global radix selection ----
+** Both selections find the exact key (kq_order_key / kq_abs_key) of the k-th smallest metric by
+** four 8-bit radix passes, most significant digit first: each pass counts, among the entries whose
+** higher digits equal the prefix found so far, how many fall in each of the 256 values of the next
+** digit, and the digit where the running count reaches the rank joins the prefix. Counting is
+** exact, so the threshold is the CPU's value bit for bit, whatever the order of the atomics. */
+
+#define ROWS_THREADS 256
+
+__device__ static inline uint32_t row_key(const float *wr, const float *s, int c)
+{
+    return kq_order_key(kq_prune_metric(wr[c], s, c));
+}
+
+/* Keys of the higher digits than `shift` (none in the first pass). */
+__device__ static inline uint32_t radix_hi_mask(int shift)
+{
+    return shift == 24 ? 0u : 0xffffffffu << (shift + 8);
+}
+
+/* One block per row. After the passes, thr is the key of the row's k-th smallest metric and
+** `take` (>= 1) how many entries equal to it are pruned: the lowest columns, found by a block-wide
+** prefix count in column order; every key below thr goes too. */
+__global__ static void __launch_bounds__(ROWS_THREADS) k_prune_rows(float *w, uint8_t *mask, const float *s, int d_in, int k)
+{
+    typedef cub::BlockScan<int, ROWS_THREADS> Scan;
+    __shared__ typename Scan::TempStorage scan_tmp;
+    __shared__ unsigned int hist[256];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_left;
+    float *wr = w + (size_t)blockIdx.x * d_in;
+    uint8_t *mr = mask + (size_t)blockIdx.x * d_in;
+    if (k == 0) {
+        for (int c = threadIdx.x; c < d_in; c += ROWS_THREADS) mr[c] = 0;
+        return;
+    }
+    if (threadIdx.x == 0) {
+        s_prefix = 0;
+        s_left = k;   /* rank, from 1, among the entries that match the prefix */
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += ROWS_THREADS) hist[i] = 0;
+        __syncthreads();
+        uint32_t prefix = s_prefix, hi = radix_hi_mask(shift);
+        for (int c = threadIdx.x; c < d_in; c += ROWS_THREADS) {
+            uint32_t key = row_key(wr, s, c);
+            if ((key & hi) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int left = s_left;
+            unsigned d = 0;
+            for (; d < 255 && (int)hist[d] < left; d++) left -= (int)hist[d];
+            s_prefix = prefix | (d << shift);
+            s_left = left;
+        }
+        __syncthreads();
+    }
+    uint32_t thr = s_prefix;
+    int take = s_left, running = 0;
+    for (int base = 0; base < d_in; base += ROWS_THREADS) {
+        int c = base + threadIdx.x, pos, total;
+        uint32_t key = c < d_in ? row_key(wr, s, c) : 0xffffffffu;
+        int eq = c < d_in && key == thr;
+        Scan(scan_tmp).ExclusiveSum(eq, pos, total);
+        if (c < d_in) {
+            bool p = key < thr || (eq && running + pos < take);
+            mr[c] = p;
+            if (p) wr[c] = 0;
+        }
+        running += total;
+        __syncthreads();   /* scan_tmp is reused by the next chunk */
+    }
+}
+
+int cu_prune_rows(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
+                  struct slm_err *err)
+{
+    int rc = kq_check_rows(d_out, d_in, k, err);
+    if (rc || !d_out || !d_in) return rc;
+    k_prune_rows<<<d_out, ROWS_THREADS, 0, cu_ctx(kb)->stream>>>(w, mask, s, d_in, k);
+    CU_LAUNCH_TRY("prune_rows kernel");
+    return 0;
+}
+
+/* The global selection's state in device memory: the prefix, the rank left within it (from 1),
+** and the pass's digit counts. */
+struct kth_state {
+    uint32_t prefix;
+    unsigned long long left;
+    unsigned long long hist[256];
+};
+
+__global__ static void k_kth_init(struct kth_state *st, unsigned long long rank)
+{
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) st->hist[i] = 0;
+    if (threadIdx.x == 0) {
+        st->prefix = 0;
+        st->left = rank;
+    }
+}
+
+__global__ static void k_kth_hist(struct kth_state *st, const float *a, size_t n, int shift)
+{
+    __shared__ unsigned int bins[256];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) bins[i] = 0;
+    __syncthreads();
+    uint32_t prefix = st->prefix, hi = radix_hi_mask(shift);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t key = kq_abs_key(a[i]);
+        if ((key & hi) == prefix) atomicAdd(&bins[(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        if (bins[i]) atomicAdd(&st->hist[i], (unsigned long long)bins[i]);
+}
+
+/* One thread: the digit where the count reaches the rank; the counts are cleared for the next pass. */
+__global__ static void k_kth_pick(struct kth_state *st, int shift)
+{
+    unsigned long long left = st->left;
+    unsigned d = 0;
+    for (; d < 255 && st->hist[d] < left; d++) left -= st->hist[d];
+    st->prefix |= d << shift;
+    st->left = left;
+    for (int i = 0; i < 256; i++) st->hist[i] = 0;
+}
+
+int cu_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    struct kth_state *st = NULL;
+    uint32_t key = 0;
+    int rc = kq_check_kth(n, k, err);
+    if (rc || (rc = cu_pool_alloc(c, (void **)&st, sizeof *st, err))) return rc;
+    unsigned blocks = cu_blocks(n) < HIST_BLOCKS ? cu_blocks(n) : HIST_BLOCKS;
+    k_kth_init<<<1, 256, 0, c->stream>>>(st, (unsigned long long)k + 1);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        k_kth_hist<<<blocks, 256, 0, c->stream>>>(st, a, n, shift);
+        k_kth_pick<<<1, 1, 0, c->stream>>>(st, shift);
+    }
+    CU_GO(cudaGetLastError());
+    CU_GO(cudaMemcpyAsync(&key, &st->prefix, sizeof key, cudaMemcpyDeviceToHost, c->stream));
+    CU_GO(cudaStreamSynchronize(c->stream));
+    memcpy(kth, &key, sizeof key);
+done:
+    cu_pool_release(c, st);
+    return rc;
+}
+
+__global__ static void k_prune_abs_le(float *w, uint8_t *mask, size_t n, float thr)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        bool p = fabsf(w[i]) <= thr;
+        mask[i] = p;
+        if (p) w[i] = 0;
+    }
+}
+
+int cu_prune_abs_le(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err)
+{
+    if (!n) return 0;
+    k_prune_abs_le<<<cu_blocks(n), 256, 0, cu_ctx(kb)->stream>>>(w, mask, n, thr);
+    CU_LAUNCH_TRY("prune_abs_le kernel");
+    return 0;
+}
+
+/* ---- measured sparsity ---- */
+
+__global__ static void k_count_zeros(unsigned long long *count, const float *a, size_t n)
+{
+    unsigned int z = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        z += a[i] == 0;
+    for (int o = 16; o > 0; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
+    if ((threadIdx.x & 31) == 0 && z) atomicAdd(count, (unsigned long long)z);
+}
+
+int cu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    unsigned long long *d = NULL, h = 0;
+    int rc;
+    *count = 0;
+    if (!n) return 0;
+    if ((rc = cu_pool_alloc(c, (void **)&d, sizeof *d, err))) return rc;
+    CU_GO(cudaMemsetAsync(d, 0, sizeof *d, c->stream));
+    k_count_zeros<<<cu_blocks(n) < 1024 ? cu_blocks(n) : 1024, 256, 0, c->stream>>>(d, a, n);
+    CU_GO(cudaGetLastError());
+    CU_GO(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, c->stream));
+    CU_GO(cudaStreamSynchronize(c->stream));
+    *count = h;
+done:
+    cu_pool_release(c, d);
+    return rc;
 }

@@ -192,7 +192,7 @@ static void test_core_compress__bf16_mark_only_on_bf16_weights(void **state)
 ** copied, as tests/unit/core/quant.c does) must give the same bits. Counting wrappers show the
 ** backend flow ran, and that it moved fewer bytes across than the host one. */
 static const struct kbackend_i *flow_real;
-static int flow_apply_mask_calls, flow_prune_nm_calls;
+static int flow_apply_mask_calls, flow_prune_calls;
 static uint64_t flow_moved;
 
 static int flow_apply_mask(struct kbackend *k, float *w, const uint8_t *mask, size_t n, struct slm_err *err)
@@ -203,8 +203,19 @@ static int flow_apply_mask(struct kbackend *k, float *w, const uint8_t *mask, si
 static int flow_prune_nm(struct kbackend *k, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int n, int m,
                          struct slm_err *err)
 {
-    flow_prune_nm_calls++;
+    flow_prune_calls++;
     return flow_real->prune_nm(k, w, mask, s, d_out, d_in, n, m, err);
+}
+static int flow_prune_rows(struct kbackend *k, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int n,
+                           struct slm_err *err)
+{
+    flow_prune_calls++;
+    return flow_real->prune_rows(k, w, mask, s, d_out, d_in, n, err);
+}
+static int flow_prune_abs_le(struct kbackend *k, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err)
+{
+    flow_prune_calls++;
+    return flow_real->prune_abs_le(k, w, mask, n, thr, err);
 }
 static int flow_upload(struct kbackend *k, void *dst, const void *src, size_t nbytes, struct slm_err *err)
 {
@@ -261,16 +272,23 @@ static void flow_free(struct flow_out *out)
     model_free(out->m);
 }
 
-static void flow_case(const char *model, enum prune_method pm, enum quant_method qm, int group, bool bf16, bool important)
+/* m: 4 for 2:4, 0 for unstructured 50% */
+static void flow_case(const char *model, enum prune_method pm, int m, enum quant_method qm, int group, bool bf16,
+                      bool important)
 {
     struct kbackend ops = *kb, plain = *kb;
     struct kbackend_i fo = *kb->iface, fp = *kb->iface;
     flow_real = kb->iface;
     fo.apply_mask = fp.apply_mask ? flow_apply_mask : NULL;
     fo.prune_nm = fp.prune_nm ? flow_prune_nm : NULL;
+    fo.prune_rows = fp.prune_rows ? flow_prune_rows : NULL;
+    fo.prune_abs_le = fp.prune_abs_le ? flow_prune_abs_le : NULL;
     fo.upload = fp.upload = flow_upload;
     fo.download = fp.download = flow_download;
     fp.prune_nm = NULL;
+    fp.prune_rows = NULL;
+    fp.abs_kth = NULL;
+    fp.prune_abs_le = NULL;
     fp.absmax_groups = NULL;
     fp.abs_range = NULL;
     fp.abs_histogram = NULL;
@@ -279,13 +297,14 @@ static void flow_case(const char *model, enum prune_method pm, enum quant_method
     fp.apply_mask = NULL;
     ops.iface = &fo;
     plain.iface = &fp;
-    if (!kb->iface->prune_nm || !kb->iface->apply_mask || !quant_weight_on_backend(kb)) {
+    if (!kb->iface->prune_nm || !kb->iface->prune_rows || !kb->iface->abs_kth || !kb->iface->prune_abs_le ||
+        !kb->iface->apply_mask || !quant_weight_on_backend(kb)) {
         fprintf(stderr, "backend %s lacks the pruning / quantization ops: skipped\n", kb_name(kb));
         skip();
     }
     struct compress_opts o = COMPRESS_OPTS_INIT;
     o.prune.method = pm;
-    o.prune.n = 2, o.prune.m = 4, o.prune.sparsity = 0.5;
+    o.prune.n = m ? m / 2 : 0, o.prune.m = m, o.prune.sparsity = 0.5;
     o.quant.method = qm;
     o.quant.group_size = group;
     o.quant.bits = 4;
@@ -295,13 +314,13 @@ static void flow_case(const char *model, enum prune_method pm, enum quant_method
     o.scale_important_weights = important;
     o.keep_codes = true;
     struct flow_out a = { 0 }, h = { 0 };
-    flow_apply_mask_calls = flow_prune_nm_calls = 0;
+    flow_apply_mask_calls = flow_prune_calls = 0;
     flow_run(&a, &ops, model, &o);
     int nlin = 0;
     for (int b = 0; b < a.m->cfg.n_layers; b++)
         for (int r = 0; r < LIN_COUNT; r++) nlin += a.m->blocks[b].lin[r].w != NULL;
     /* Wanda + quantization: the mask of a dense copy, applied after quantizing; magnitude: pruned in place */
-    assert_int_equal(flow_prune_nm_calls, nlin);
+    assert_int_equal(flow_prune_calls, nlin);
     assert_int_equal(flow_apply_mask_calls, pm == PRUNE_WANDA ? nlin : 0);
     flow_run(&h, &plain, model, &o);
     fprintf(stderr, "flow %s: %d linears, %.1f KiB moved with the ops, %.1f KiB without\n", model, nlin,
@@ -336,15 +355,23 @@ static void flow_case(const char *model, enum prune_method pm, enum quant_method
 static void test_core_compress__backend_flow_magnitude_2of4_absmax(void **state)
 {
     (void)state;
-    flow_case("stories260K", PRUNE_MAGNITUDE, QUANT_ABSMAX, 0, false, false);
-    flow_case("stories260K", PRUNE_MAGNITUDE, QUANT_ABSMAX, 0, true, true);
+    flow_case("stories260K", PRUNE_MAGNITUDE, 4, QUANT_ABSMAX, 0, false, false);
+    flow_case("stories260K", PRUNE_MAGNITUDE, 4, QUANT_ABSMAX, 0, true, true);
 }
 
 static void test_core_compress__backend_flow_wanda_2of4_slimquant(void **state)
 {
     (void)state;
-    flow_case("stories260K", PRUNE_WANDA, QUANT_SLIM, 0, true, false);
-    flow_case("stories260K", PRUNE_WANDA, QUANT_SLIM, 0, false, true);
+    flow_case("stories260K", PRUNE_WANDA, 4, QUANT_SLIM, 0, true, false);
+    flow_case("stories260K", PRUNE_WANDA, 4, QUANT_SLIM, 0, false, true);
+}
+
+static void test_core_compress__backend_flow_unstructured(void **state)
+{
+    (void)state;
+    flow_case("stories260K", PRUNE_WANDA, 0, QUANT_SLIM, 0, true, false);
+    flow_case("stories260K", PRUNE_WANDA, 0, QUANT_ABSMAX, 0, false, true);
+    flow_case("stories260K", PRUNE_MAGNITUDE, 0, QUANT_ABSMAX, 0, false, true);
 }
 
 static void test_core_compress__backend_flow_wanda_2of4_group_absmax(void **state)
@@ -353,13 +380,13 @@ static void test_core_compress__backend_flow_wanda_2of4_group_absmax(void **stat
     char p[4200];
     /* stories260K's 64 / 32 / 172 rows take groups of 4; groups of 128 need the fixture OPT
     ** (hidden 256, ffn 1024), which only the full fixture set has */
-    flow_case("stories260K", PRUNE_WANDA, QUANT_ABSMAX, 4, true, true);
+    flow_case("stories260K", PRUNE_WANDA, 4, QUANT_ABSMAX, 4, true, true);
     snprintf(p, sizeof p, "%s/slim-reference/model/config.json", data_dir);
     if (access(p, R_OK)) {
         fprintf(stderr, "slim-reference/model: not in %s, group 128 skipped\n", data_dir);
         return;
     }
-    flow_case("slim-reference/model", PRUNE_WANDA, QUANT_ABSMAX, 128, true, false);
+    flow_case("slim-reference/model", PRUNE_WANDA, 4, QUANT_ABSMAX, 128, true, false);
 }
 
 /* ---- parity with the reference ---- */
@@ -560,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_core_compress__bf16_mark_only_on_bf16_weights),
         cmocka_unit_test(test_core_compress__backend_flow_magnitude_2of4_absmax),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_slimquant),
+        cmocka_unit_test(test_core_compress__backend_flow_unstructured),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_group_absmax),
     };
     enum { NFIXED = sizeof fixed / sizeof fixed[0] };

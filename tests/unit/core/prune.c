@@ -423,10 +423,10 @@ static void test_core_prune__sgpt_block_optq_grouped(void **state)
     sgpt_block_case(&t);
 }
 
-/* prune_weight N:M through the backend's prune_nm and through the host loop (a view of kb without
-** the op) give prune_mask_host's mask, and zero exactly the pruned entries; equal metrics in a
-** group (repeated values) exercise the tie rule. */
-static void test_core_prune__nm_backend_op_matches_host(void **state)
+/* prune_weight through the backend's ops (prune_nm; prune_rows; abs_kth + prune_abs_le) and
+** through the host loop (a view of kb without them) gives prune_mask_host's mask, and zeroes
+** exactly the pruned entries; equal metrics (repeated values) exercise the tie rules. */
+static void test_core_prune__backend_ops_match_host(void **state)
 {
     (void)state;
     enum { R = 9, C = 48 };
@@ -434,20 +434,28 @@ static void test_core_prune__nm_backend_op_matches_host(void **state)
     struct kbackend plain = *kb;
     struct kbackend_i f = *kb->iface;
     f.prune_nm = NULL;
+    f.prune_rows = NULL;
+    f.abs_kth = NULL;
+    f.prune_abs_le = NULL;
     plain.iface = &f;
     float w[R * C], s[C], hw[R * C];
     uint8_t want[R * C], got[R * C];
     for (int i = 0; i < R * C; i++) w[i] = i % 6 == 1 ? -w[i - 1] : nrand();
     for (int c = 0; c < C; c++) s[c] = c % 4 == 3 ? s[c - 1] : (float)urand() + 0.1f;
     const enum prune_method methods[2] = { PRUNE_MAGNITUDE, PRUNE_WANDA };
-    const int pat[2][2] = { { 2, 4 }, { 4, 8 } };
+    /* N:M, then unstructured at 50%, 30% and 0% */
+    const int pat[5][2] = { { 2, 4 }, { 4, 8 }, { 0, 0 }, { 0, 0 }, { 0, 0 } };
+    const double unstructured_sparsity[5] = { 0, 0, 0.5, 0.3, 0 };
     for (int mi = 0; mi < 2; mi++)
-        for (int p = 0; p < 2; p++) {
+        for (int p = 0; p < 5; p++) {
             struct prune_opts po = PRUNE_OPTS_INIT;
             po.method = methods[mi];
             po.n = pat[p][0];
             po.m = pat[p][1];
-            po.sparsity = (double)(po.m - po.n) / po.m;
+            po.sparsity = po.m ? (double)(po.m - po.n) / po.m : unstructured_sparsity[p];
+            assert_true(prune_on_backend(kb, &po) == (kb->iface->prune_nm && kb->iface->prune_rows &&
+                                                      kb->iface->abs_kth && kb->iface->prune_abs_le));
+            assert_false(prune_on_backend(&plain, &po));
             assert_int_equal(prune_mask_host(want, w, po.method == PRUNE_WANDA ? s : NULL, R, C, &po, &err), 0);
             struct kbackend *kbs[2] = { kb, &plain };
             for (int k = 0; k < 2; k++) {
@@ -481,7 +489,7 @@ int main(void)
         cmocka_unit_test(test_core_prune__sgpt_block_unstructured),
         cmocka_unit_test(test_core_prune__sgpt_block_optq_per_row_2of4),
         cmocka_unit_test(test_core_prune__sgpt_block_optq_grouped),
-        cmocka_unit_test(test_core_prune__nm_backend_op_matches_host),
+        cmocka_unit_test(test_core_prune__backend_ops_match_host),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -271,10 +271,11 @@ static void test_kernels_cpu__round_bf16(void **state)
 
 /* ---- SLiM pruning and quantization ops ---- */
 
-/* N:M with metric |w| * sqrt(s) (or |w|): the reference ranks each entry in its group by
-** (metric, column) in double, so equal metrics prune the lower column first. Ties are built in
-** by repeating values inside groups. */
-static void nm_case(struct kbackend *kb, int d_out, int d_in, int n, int m, bool wanda)
+/* N:M (m > 0) or unstructured per-row (m == 0, k pruned per row) with metric |w| * sqrt(s) (or
+** |w|): the reference ranks each entry in its group (N:M) or row by (metric, column) in double,
+** so equal metrics prune the lower column first; -0 ties with +0. Ties are built in by repeating
+** |w| and scaler values. */
+static void prune_case(struct kbackend *kb, int d_out, int d_in, int n, int m, int k, bool wanda)
 {
     struct slm_err err = SLM_ERR_INIT;
     size_t sz = (size_t)d_out * d_in;
@@ -283,24 +284,32 @@ static void nm_case(struct kbackend *kb, int d_out, int d_in, int n, int m, bool
     assert_non_null(w0);
     assert_non_null(mask);
     for (int c = 0; c < d_in; c++) s[c] = fabsf(s[c]) + 0.01f;
-    for (size_t i = 0; i < sz; i += 7) w[i + 1 < sz ? i + 1 : i] = -w[i];   /* equal |w| */
+    for (size_t i = 0; i < sz; i += 7) w[i + 1 < sz ? i + 1 : i] = -w[i];   /* equal |w| in a group */
+    for (size_t i = 0; !m && i + 3 < sz; i += 5) w[i + 3] = -w[i];          /* and across a row */
+    for (size_t i = 2; !m && i < sz; i += 11) w[i] = i % 2 ? -0.0f : 0.0f;
     if (wanda) for (int c = 1; c < d_in; c += 5) s[c] = s[c - 1];
     memcpy(w0, w, sz * sizeof *w);
     memset(mask, 0xee, sz);
-    assert_int_equal(kb->iface->prune_nm(kb, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
-    for (int r = 0; r < d_out; r++)
+    if (m) assert_int_equal(kb->iface->prune_nm(kb, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
+    else assert_int_equal(kb->iface->prune_rows(kb, w, mask, wanda ? s : NULL, d_out, d_in, k, &err), 0);
+    int span = m ? m : d_in, drop = m ? m - n : k;
+    for (int r = 0; r < d_out; r++) {
+        int pruned_in_row = 0;
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;
-            int g0 = c / m * m, before = 0;
+            int g0 = c / span * span, before = 0;
             double mi = fabs((double)w0[i]) * (wanda ? sqrt((double)s[c]) : 1);
-            for (int j = g0; j < g0 + m; j++) {
+            for (int j = g0; j < g0 + span; j++) {
                 double mj = fabs((double)w0[(size_t)r * d_in + j]) * (wanda ? sqrt((double)s[j]) : 1);
                 before += mj < mi || (mj == mi && j < c);
             }
-            int pruned = before < m - n;
+            int pruned = before < drop;
             assert_int_equal(mask[i], pruned);
             assert_true(w[i] == (pruned ? 0.0f : w0[i]));
+            pruned_in_row += pruned;
         }
+        assert_int_equal(pruned_in_row, m ? d_in / m * drop : k);
+    }
     free(w); free(w0); free(s); free(mask);
 }
 
@@ -308,13 +317,66 @@ static void test_kernels_cpu__prune_nm(void **state)
 {
     struct kbackend *kb = *state;
     struct slm_err err = SLM_ERR_INIT;
-    nm_case(kb, 5, 24, 2, 4, false);
-    nm_case(kb, 7, 40, 2, 4, true);
-    nm_case(kb, 3, 64, 3, 8, true);
-    nm_case(kb, 2, 32, 1, 16, true);
+    prune_case(kb, 5, 24, 2, 4, 0, false);
+    prune_case(kb, 7, 40, 2, 4, 0, true);
+    prune_case(kb, 3, 64, 3, 8, 0, true);
+    prune_case(kb, 2, 32, 1, 16, 0, true);
     float w[6] = { 0 };
     uint8_t mk[6];
     assert_int_equal(kb->iface->prune_nm(kb, w, mk, NULL, 1, 6, 2, 4, &err), -SLM_EINVAL);
+}
+
+static int float_cmp(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_kernels_cpu__prune_rows_abs_kth_count_zeros(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    prune_case(kb, 6, 40, 0, 0, 20, false);
+    prune_case(kb, 5, 37, 0, 0, 13, true);
+    prune_case(kb, 3, 16, 0, 0, 0, true);
+    prune_case(kb, 3, 16, 0, 0, 16, true);
+    float w[6] = { 0 };
+    uint8_t mk[6];
+    assert_int_equal(kb->iface->prune_rows(kb, w, mk, NULL, 1, 6, 7, &err), -SLM_EINVAL);
+
+    /* abs_kth against a sort of |a|; prune_abs_le and count_zeros against loops here */
+    enum { N = 1001 };
+    float *a = rand_vec(N), sorted[N], kth;
+    for (int i = 0; i < N; i += 9) a[i + 1 < N ? i + 1 : i] = -a[i];
+    a[5] = -0.0f;
+    a[6] = 0.0f;
+    for (int i = 0; i < N; i++) sorted[i] = fabsf(a[i]);
+    qsort(sorted, N, sizeof *sorted, float_cmp);
+    const size_t ks[] = { 0, 1, 2, 500, 777, N - 1 };
+    for (size_t t = 0; t < sizeof ks / sizeof *ks; t++) {
+        kth = -1;
+        assert_int_equal(kb->iface->abs_kth(kb, &kth, a, N, ks[t], &err), 0);
+        assert_true(kth == sorted[ks[t]]);
+        assert_false(signbit(kth));
+    }
+    assert_int_equal(kb->iface->abs_kth(kb, &kth, a, N, N, &err), -SLM_EINVAL);
+    float b[N];
+    uint8_t m[N];
+    uint64_t z = 99;
+    memcpy(b, a, sizeof b);
+    assert_int_equal(kb->iface->prune_abs_le(kb, b, m, N, sorted[400], &err), 0);
+    int np = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(m[i], fabsf(a[i]) <= sorted[400]);
+        assert_true(b[i] == (m[i] ? 0.0f : a[i]));
+        np += m[i];
+    }
+    assert_int_equal(np, 401);
+    assert_int_equal(kb->iface->count_zeros(kb, &z, b, N, &err), 0);
+    assert_int_equal(z, 401);
+    assert_int_equal(kb->iface->count_zeros(kb, &z, a, N, &err), 0);
+    assert_int_equal(z, 2);
+    free(a);
 }
 
 static void test_kernels_cpu__absmax_groups_and_range(void **state)
@@ -503,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__factorizations),
         cmocka_unit_test(test_kernels_cpu__round_bf16),
         cmocka_unit_test(test_kernels_cpu__prune_nm),
+        cmocka_unit_test(test_kernels_cpu__prune_rows_abs_kth_count_zeros),
         cmocka_unit_test(test_kernels_cpu__absmax_groups_and_range),
         cmocka_unit_test(test_kernels_cpu__abs_histogram),
         cmocka_unit_test(test_kernels_cpu__quant_apply_dequant),

@@ -784,21 +784,32 @@ static void *host_bytes(struct kbackend *kb, const void *d, size_t n)
     return h;
 }
 
-static void prune_nm_case(struct pair *p, int d_out, int d_in, int n, int m, bool wanda)
+/* N:M (m > 0: n of every m kept) or unstructured per-row (m == 0: k of each row pruned) pruning
+** on both backends from the same w and s; masks and weights must agree bit for bit. Equal metrics
+** (repeated |w|, +-0, repeated scaler values) exercise the tie rules; nan puts a NaN weight in. */
+static void prune_case(struct pair *p, int d_out, int d_in, int n, int m, int k, bool wanda, bool nan)
 {
     struct slm_err err = SLM_ERR_INIT;
     size_t sz = (size_t)d_out * d_in;
     float *w = rand_vec(sz), *s = rand_vec(d_in);
-    for (size_t i = 1; i < sz; i += 5) w[i] = -w[i - 1];        /* equal metrics: the tie rule */
+    for (size_t i = 1; i < sz; i += 5) w[i] = -w[i - 1];        /* equal metrics inside N:M groups */
+    for (size_t i = 0; i + 17 < sz; i += 3) if (!m) w[i + 17] = -w[i];   /* and across a row */
+    for (size_t i = 5; i < sz; i += 13) w[i] = i % 2 ? -0.0f : 0.0f;
+    if (nan) w[sz / 3] = NAN;
     for (int c = 0; c < d_in; c++) s[c] = fabsf(s[c]) + 1e-3f;
-    for (int c = 3; c < d_in; c += 4) s[c] = s[c - 1];
+    for (int c = 3; c < d_in; c += 4) s[c] = s[c - (m ? 1 : 3)];
     uint8_t *mask = malloc(sz), *poison = malloc(sz);
     assert_true(mask && poison);
     memset(poison, 0xee, sz);
     float *dw = dev_f(p->gpu, w, sz), *ds = dev_f(p->gpu, s, d_in);
     uint8_t *dm = dev_bytes(p->gpu, poison, sz);
-    assert_int_equal(p->cpu->iface->prune_nm(p->cpu, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
-    assert_int_equal(p->gpu->iface->prune_nm(p->gpu, dw, dm, wanda ? ds : NULL, d_out, d_in, n, m, &err), 0);
+    if (m) {
+        assert_int_equal(p->cpu->iface->prune_nm(p->cpu, w, mask, wanda ? s : NULL, d_out, d_in, n, m, &err), 0);
+        assert_int_equal(p->gpu->iface->prune_nm(p->gpu, dw, dm, wanda ? ds : NULL, d_out, d_in, n, m, &err), 0);
+    } else {
+        assert_int_equal(p->cpu->iface->prune_rows(p->cpu, w, mask, wanda ? s : NULL, d_out, d_in, k, &err), 0);
+        assert_int_equal(p->gpu->iface->prune_rows(p->gpu, dw, dm, wanda ? ds : NULL, d_out, d_in, k, &err), 0);
+    }
     uint8_t *gm = host_bytes(p->gpu, dm, sz);
     float *gw = host_of(p->gpu, dw, sz);
     assert_memory_equal(gm, mask, sz);
@@ -810,10 +821,66 @@ static void prune_nm_case(struct pair *p, int d_out, int d_in, int n, int m, boo
 static void test_kernels_cuda__prune_nm_matches_cpu(void **state)
 {
     struct pair *p = *state;
-    prune_nm_case(p, 33, 100, 2, 4, false);
-    prune_nm_case(p, 33, 100, 2, 4, true);
-    prune_nm_case(p, 257, 264, 4, 8, true);
-    prune_nm_case(p, 5, 512, 1, 16, true);
+    prune_case(p, 33, 100, 2, 4, 0, false, false);
+    prune_case(p, 33, 100, 2, 4, 0, true, false);
+    prune_case(p, 257, 264, 4, 8, 0, true, false);
+    prune_case(p, 5, 512, 1, 16, 0, true, false);
+}
+
+/* Unstructured per-row selection: the GPU's radix selection against the CPU's sort. NaN ranks
+** first on both sides (kq_order_key). Rows longer than the 256-thread block exercise the chunked
+** column-order count of the entries equal to the threshold. */
+static void test_kernels_cuda__prune_rows_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    prune_case(p, 33, 100, 0, 0, 50, false, false);
+    prune_case(p, 33, 100, 0, 0, 50, true, true);
+    prune_case(p, 17, 1000, 0, 0, 333, true, false);
+    prune_case(p, 9, 4099, 0, 0, 2049, true, true);
+    prune_case(p, 4, 64, 0, 0, 0, true, false);
+    prune_case(p, 4, 64, 0, 0, 64, true, false);
+    prune_case(p, 3, 300, 0, 0, 1, false, false);
+}
+
+/* Global threshold (abs_kth), magnitude pruning under it and the zero count: bit-equal to the CPU. */
+static void test_kernels_cuda__abs_kth_prune_abs_le_count_zeros_match_cpu(void **state)
+{
+    struct pair *p = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const size_t ns[] = { 1, 7, 1000, 300001 };
+    for (size_t t = 0; t < sizeof ns / sizeof *ns; t++) {
+        size_t n = ns[t];
+        float *a = rand_vec(n);
+        for (size_t i = 0; i + 31 < n; i += 4) a[i + 31] = -a[i];   /* many equal |a| */
+        for (size_t i = 3; i < n; i += 29) a[i] = i % 2 ? -0.0f : 0.0f;
+        float *da = dev_f(p->gpu, a, n);
+        const size_t ks[] = { 0, n / 3, n / 2, n - 1 };
+        for (int j = 0; j < 4; j++) {
+            float kc = -1, kg = -2;
+            assert_int_equal(p->cpu->iface->abs_kth(p->cpu, &kc, a, n, ks[j], &err), 0);
+            assert_int_equal(p->gpu->iface->abs_kth(p->gpu, &kg, da, n, ks[j], &err), 0);
+            assert_memory_equal(&kg, &kc, sizeof kc);
+        }
+        float thr;
+        assert_int_equal(p->cpu->iface->abs_kth(p->cpu, &thr, a, n, n / 2, &err), 0);
+        uint8_t *mask = malloc(n), *poison = malloc(n);
+        assert_true(mask && poison);
+        memset(poison, 0xee, n);
+        uint8_t *dm = dev_bytes(p->gpu, poison, n);
+        assert_int_equal(p->cpu->iface->prune_abs_le(p->cpu, a, mask, n, thr, &err), 0);
+        assert_int_equal(p->gpu->iface->prune_abs_le(p->gpu, da, dm, n, thr, &err), 0);
+        uint8_t *gm = host_bytes(p->gpu, dm, n);
+        float *ga = host_of(p->gpu, da, n);
+        assert_memory_equal(gm, mask, n);
+        assert_memory_equal(ga, a, n * sizeof *a);
+        uint64_t zc = 0, zg = 1;
+        assert_int_equal(p->cpu->iface->count_zeros(p->cpu, &zc, a, n, &err), 0);
+        assert_int_equal(p->gpu->iface->count_zeros(p->gpu, &zg, da, n, &err), 0);
+        assert_int_equal(zg, zc);
+        assert_true(zc >= n / 2 + 1);
+        kb_release(p->gpu, da); kb_release(p->gpu, dm);
+        free(a); free(mask); free(poison); free(gm); free(ga);
+    }
 }
 
 static void absmax_case(struct pair *p, int d_out, int d_in, int grows, int gcols)
@@ -1141,6 +1208,8 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__gram_f64_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__sparsegpt_block_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__prune_nm_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__prune_rows_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__abs_kth_prune_abs_le_count_zeros_match_cpu),
         cmocka_unit_test(test_kernels_cuda__absmax_groups_and_range_match_cpu),
         cmocka_unit_test(test_kernels_cuda__abs_histogram_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__quant_apply_dequant_match_cpu),
