@@ -247,8 +247,10 @@ struct kbackend_i {
     /* Budget for kb_alloc: an allocation that would take in_use above bytes fails with
     ** -SLM_ENOMEM ("out of ... memory allocating N bytes ... (X in use, limit Y)"); 0 = none. */
     int (*set_limit)(struct kbackend *kb, size_t bytes, struct slm_err *err);
-    /* Host memory the backend copies to and from fastest (CUDA: pinned, cudaMallocHost); NOT
-    ** backend memory and not counted in mem_stats. Free with host_free. */
+    /* Host memory the backend copies to and from fastest (CUDA: pinned, cudaMallocHost, or plain
+    ** malloc when pinning is refused); NOT backend memory and not counted in mem_stats. Free with
+    ** host_free. An upload from pinned memory reads it after the call returns: the source must
+    ** stay unchanged until the next download or sync. */
     int (*host_alloc)(struct kbackend *kb, void **out, size_t nbytes, struct slm_err *err);
     void (*host_free)(struct kbackend *kb, void *p);
     /* --- added for the GPU compress flow (optional) --- */

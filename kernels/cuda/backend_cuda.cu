@@ -49,6 +49,7 @@ static size_t bucket_size(size_t n)
         return b;
     }
     const size_t two_mib = (size_t)2 << 20;
+    if (n > SIZE_MAX - two_mib) return SIZE_MAX;   /* no such size: the limit or cudaMalloc refuses it */
     return (n + two_mib - 1) / two_mib * two_mib;
 }
 
@@ -176,8 +177,8 @@ static int cu_upload(struct kbackend *kb, void *dst, const void *src, size_t n, 
 
 static int cu_download(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
 {
-    if (!n) return 0;
-    CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cu_ctx(kb)->stream));
+    /* a wait point even when empty (kbackend.h: downloads wait for the queued ops) */
+    if (n) CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cu_ctx(kb)->stream));
     CU_TRY(cudaStreamSynchronize(cu_ctx(kb)->stream));
     return 0;
 }
@@ -218,23 +219,33 @@ static int cu_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err)
     return 0;
 }
 
-/* Pinned host memory: copies to and from it run at full PCIe speed and can be asynchronous. */
+/* Pinned host memory: copies to and from it run at full PCIe speed and can be asynchronous.
+** When the driver refuses to lock that much (memlock and container limits can refuse gigabytes
+** that plain memory would give), plain malloc, which kb_host_alloc promises as the fallback:
+** copies from it are staged by CUDA, slower but the same bytes. */
 static int cu_host_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
 {
     (void)kb;
     cudaError_t e = cudaMallocHost(out, n ? n : 1);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return slm_err_set(err, SLM_ENOMEM, "cuda: cannot allocate %zu bytes of pinned host memory: %s", n, cudaGetErrorString(e));
-    }
-    return 0;
+    if (e == cudaSuccess) return 0;
+    cudaGetLastError();
+    if ((*out = malloc(n ? n : 1))) return 0;
+    return slm_err_set(err, SLM_ENOMEM, "cuda: cannot allocate %zu bytes of host memory (pinned: %s)", n,
+                       cudaGetErrorString(e));
 }
 
 static void cu_host_free(struct kbackend *kb, void *p)
 {
+    if (!p) return;
     /* an async copy may still read it: the one stream is the only user */
     cudaStreamSynchronize(cu_ctx(kb)->stream);
-    cudaFreeHost(p);
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) == cudaSuccess && at.type == cudaMemoryTypeHost) {
+        cudaFreeHost(p);
+    } else {
+        cudaGetLastError();
+        free(p);   /* cu_host_alloc's malloc fallback */
+    }
 }
 
 static const struct kbackend_i cuda_iface = {

@@ -252,7 +252,7 @@ __global__ static void k_cross_entropy(float *nll, const float *logits, const in
     for (int j = threadIdx.x; j < vocab; j += ROW_THREADS) mx = fmaxf(mx, l[j]);
     mx = block_max(mx, shf);
     double s = 0;
-    for (int j = threadIdx.x; j < vocab; j += ROW_THREADS) s += exp((double)l[j] - mx);
+    for (int j = threadIdx.x; j < vocab; j += ROW_THREADS) s += (double)expf(l[j] - mx);
     s = block_sum(s, shd);
     if (threadIdx.x == 0) nll[blockIdx.x] = (float)(log(s) + mx - l[t]);
 }
