@@ -36,7 +36,8 @@ static int act_round(struct model *m, float *y, size_t n, struct slm_err *err)
     return m->act_bf16 ? kb_round_bf16(m->kb, y, n, err) : 0;
 }
 
-/* ---- prefetch: one block's tensors as host f32, prepared on a helper thread ---- */
+/* ---- prefetch: one block's tensors as host f32, prepared on a helper thread, and uploaded from
+** there too when the backend has a copy stream (upload_async) ---- */
 
 struct block_prefetch {
     int block;
@@ -46,13 +47,20 @@ struct block_prefetch {
     char prefix[64];
     size_t n;
     const struct st_tensor **t;       /* [n] tensors of the block (float dtypes) */
-    float **host;                     /* [n] their f32 copies, NULL where conversion failed */
+    float **host;                     /* [n] their f32 copies, NULL where conversion failed or sent */
+    struct kbackend *kb;              /* for upload_async / copy_sync only; NULL: no uploads */
+    float **dev;                      /* [n] backend buffers taken on the caller's thread, or NULL */
+    bool *sent;                       /* [n] dev[i] holds tensor i (written by the thread) */
+    bool unsettled;                   /* copy_sync failed: copies may still write into dev */
 };
 
-/* The thread: touches only st (immutable mapping) and its own arrays. */
+/* The thread: touches only st (immutable mapping), its own arrays and, through upload_async and
+** copy_sync, the backend's copy stream. A tensor whose upload fails keeps its host copy, so the
+** load falls back to the plain upload. */
 static void *prefetch_main(void *arg)
 {
     struct block_prefetch *p = arg;
+    bool any = false;
     for (size_t i = 0; i < p->n; i++) {
         size_t k = (size_t)p->t[i]->numel;
         float *h = malloc((k ? k : 1) * sizeof *h);
@@ -62,6 +70,19 @@ static void *prefetch_main(void *arg)
             h = NULL;
         }
         p->host[i] = h;
+        if (h && p->dev[i]) any |= p->sent[i] = !p->kb->iface->upload_async(p->kb, p->dev[i], h, k * sizeof *h, &e);
+    }
+    if (any) {
+        struct slm_err e = SLM_ERR_INIT;
+        bool landed = !p->kb->iface->copy_sync(p->kb, &e);
+        p->unsettled = !landed;
+        for (size_t i = 0; i < p->n; i++)
+            if (p->sent[i] && landed) {
+                free(p->host[i]);
+                p->host[i] = NULL;
+            } else {
+                p->sent[i] = false;
+            }
     }
     return NULL;
 }
@@ -88,10 +109,54 @@ void model_prefetch_drop(struct model *m)
     if (!p) return;
     if (!p->joined) pthread_join(p->thread, NULL);
     for (size_t i = 0; p->host && i < p->n; i++) free(p->host[i]);
+    /* the buffers not handed over go back; after a failed copy_sync only once a second one
+    ** succeeds: reusing buffers that copies may still write into would be worse than leaking them
+    ** (a device that fails to synchronize is broken anyway) */
+    struct slm_err e = SLM_ERR_INIT;
+    bool settled = !p->unsettled || !p->kb->iface->copy_sync(p->kb, &e);
+    for (size_t i = 0; p->dev && settled && i < p->n; i++) kb_release(m->kb, p->dev[i]);
     free(p->host);
+    free(p->dev);
+    free(p->sent);
     free(p->t);
     free(p);
     m->prefetch = NULL;
+}
+
+/* Whether block b may take its backend memory ahead (two blocks resident for a while): the room
+** left (the budget, or the device's free plus cached memory) must hold the block three times
+** over, so that the block being computed keeps room to work. */
+static bool prefetch_room(struct model *m, int b)
+{
+    struct kmem_stats s;
+    struct slm_err e = SLM_ERR_INIT;
+    const struct kbackend_i *f = m->kb->iface;
+    if (!f->upload_async || !f->copy_sync || !f->copy_after_queued || kb_mem_stats(m->kb, &s, false, &e)) return false;
+    int64_t room = INT64_MAX;
+    if (s.limit > 0) room = s.limit - s.in_use;
+    if (s.device_free >= 0 && s.device_free + s.cached < room) room = s.device_free + s.cached;
+    return room > 0 && (uint64_t)room / 3 >= model_block_nbytes(m, b);
+}
+
+/* Backend buffers for the prefetch's tensors, taken here on the caller's thread (the allocator is
+** not shared with the thread), then the copy stream ordered after the ops queued so far. All or
+** none: without them the thread only converts. */
+static void prefetch_take_buffers(struct model *m, struct block_prefetch *p)
+{
+    struct slm_err e = SLM_ERR_INIT;
+    bool ok = prefetch_room(m, p->block);
+    for (size_t i = 0; ok && i < p->n; i++) {
+        size_t k = (size_t)p->t[i]->numel;
+        ok = !kb_alloc(m->kb, (void **)&p->dev[i], (k ? k : 1) * sizeof(float), &e);
+    }
+    if (ok && !m->kb->iface->copy_after_queued(m->kb, &e)) {
+        p->kb = m->kb;
+        return;
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        kb_release(m->kb, p->dev[i]);
+        p->dev[i] = NULL;
+    }
 }
 
 int model_block_prefetch(struct model *m, int b, struct slm_err *err)
@@ -117,15 +182,40 @@ int model_block_prefetch(struct model *m, int b, struct slm_err *err)
         }
         p->t[p->n++] = t;
     }
-    if (!(p->host = calloc(p->n ? p->n : 1, sizeof *p->host))) goto fail;
-    if (pthread_create(&p->thread, NULL, prefetch_main, p)) goto fail;
+    size_t n1 = p->n ? p->n : 1;
+    if (!(p->host = calloc(n1, sizeof *p->host)) || !(p->dev = calloc(n1, sizeof *p->dev)) ||
+        !(p->sent = calloc(n1, sizeof *p->sent)))
+        goto fail;
+    prefetch_take_buffers(m, p);
+    if (pthread_create(&p->thread, NULL, prefetch_main, p)) {
+        for (size_t i = 0; i < p->n; i++) kb_release(m->kb, p->dev[i]);
+        goto fail;
+    }
     m->prefetch = p;
     return 0;
 fail:   /* not an error: the block loads the plain way */
     free(p->host);
+    free(p->dev);
+    free(p->sent);
     free(p->t);
     free(p);
     return 0;
+}
+
+/* Backend copy of t uploaded by the prefetch of the block being loaded, handed over (the caller
+** owns it); NULL when there is none. */
+static float *prefetched_dev(struct model *m, const struct st_tensor *t)
+{
+    struct block_prefetch *p = m->prefetch;
+    if (!p || !p->joined) return NULL;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->t[i] == t && p->sent[i]) {
+            float *d = p->dev[i];
+            p->dev[i] = NULL;
+            p->sent[i] = false;
+            return d;
+        }
+    return NULL;
 }
 
 /* Host f32 copy of t prepared by the prefetch of the block being loaded, handed over (the caller
@@ -161,8 +251,13 @@ static int load_tensor(struct model *m, float **out, const char *name, int ndim,
         return slm_err_set(err, SLM_ESHAPE, "tensor %s has shape [%s], expected [%s]", name, got, want);
     }
     size_t n = (size_t)t->numel;
-    float *host = prefetched(m, t), *dev = NULL;
+    float *host, *dev = prefetched_dev(m, t);
     int rc;
+    if (dev) {
+        *out = dev;
+        return 0;
+    }
+    host = prefetched(m, t);
     if (!host) {
         if (!(host = malloc((n ? n : 1) * sizeof(float)))) return slm_err_set(err, SLM_ENOMEM, "tensor %s: %zu floats", name, n);
         if ((rc = st_tensor_to_f32(host, t, err))) goto done;

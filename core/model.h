@@ -161,9 +161,13 @@ void model_block_unload(struct model *m, int b);
 
 /* Start preparing block b's tensors as host f32 on a helper thread (the costly part of a load:
 ** paging the mapping in and converting), so that the caller can keep computing with the backend;
-** the next model_block_load(m, b) waits for it and only uploads. The thread reads the immutable
-** mapping and writes only its own buffers; everything else stays on the caller's thread, and
-** model_block_load, model_prefetch_drop and model_free join it, so no state is shared unjoined.
+** the next model_block_load(m, b) waits for it and only uploads. Where the backend has a copy
+** stream (upload_async) and room for a second block (a third of the room left must hold it), the
+** block's backend buffers are taken here and the thread uploads into them as well, beside the
+** caller's ops; model_block_load then just takes them over. The thread reads the immutable
+** mapping and writes only its own buffers (and the backend's copy stream); everything else stays
+** on the caller's thread, and model_block_load, model_prefetch_drop and model_free join it, so no
+** state is shared unjoined.
 ** The result is bit-identical to a plain load (same conversion, same order of upload). One at a
 ** time: a new call drops the previous one. A no-op for a block already loaded, a model without
 ** weights file or with a linear_loader (compressed checkpoints read their own tensors). A

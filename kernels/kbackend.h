@@ -273,6 +273,17 @@ struct kbackend_i {
     int (*prune_abs_le)(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err);
     /* *count (host memory) <- how many of a [n] (backend memory) equal 0 (either sign). */
     int (*count_zeros)(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err);
+    /* --- added for block uploads overlapped with compute (optional; all three or none) --- */
+    /* Order the copy stream after every op queued so far, so that later upload_async calls may fill
+    ** buffers just taken from kb_alloc whose earlier contents queued ops may still read. Called on
+    ** the thread that runs the backend's ops, between those allocations and the uploads. */
+    int (*copy_after_queued)(struct kbackend *kb, struct slm_err *err);
+    /* nbytes from host src to backend dst on the copy stream, concurrently with the ops; callable
+    ** from another thread (the block prefetch) while the ops go on. dst must not be touched by ops
+    ** before copy_sync has returned; src stays the caller's and may be freed then. */
+    int (*upload_async)(struct kbackend *kb, void *dst, const void *src, size_t nbytes, struct slm_err *err);
+    /* Wait for every upload_async so far (any thread). */
+    int (*copy_sync)(struct kbackend *kb, struct slm_err *err);
 };
 
 struct kbackend {

@@ -537,6 +537,14 @@ static int cpu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a,
     return 0;
 }
 
+/* ---- overlapped uploads: host memory is backend memory, so a copy is done when it returns ---- */
+
+static int cpu_copy_noop(struct kbackend *kb, struct slm_err *err)
+{
+    (void)kb; (void)err;
+    return 0;
+}
+
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -587,6 +595,10 @@ static const struct kbackend_i cpu_iface = {
     .abs_kth = cpu_abs_kth,
     .prune_abs_le = cpu_prune_abs_le,
     .count_zeros = cpu_count_zeros,
+    /* --- added for block uploads overlapped with compute (optional) --- */
+    .copy_after_queued = cpu_copy_noop,
+    .upload_async = cpu_memcpy,
+    .copy_sync = cpu_copy_noop,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

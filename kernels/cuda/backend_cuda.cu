@@ -1,7 +1,9 @@
 /*
 ** kernels/cuda/backend_cuda.cu: the CUDA backend's life cycle and memory.
 ** One device, one non-blocking stream; cuBLAS and cuSOLVER bound to that stream, so every op
-** is ordered after the previous one and kb_download()/kb_sync() are the only host waits.
+** is ordered after the previous one and kb_download()/kb_sync() are the only host waits. A second
+** stream only carries the block prefetch's uploads (upload_async), into buffers nothing queued
+** can touch: copy_after_queued orders it after the ops queued when those buffers were taken.
 ** Memory: a caching allocator with size-bucketed free lists (powers of two up to 1 MiB, then
 ** multiples of 2 MiB). kb_release() returns a block to its list; since all work is on one
 ** stream, a reused block is only touched after the work that used it before. Cached blocks are
@@ -145,6 +147,7 @@ static void cu_free(struct kbackend *kb)
     if (c) {
         cudaSetDevice(c->device);
         if (c->stream) cudaStreamSynchronize(c->stream);
+        if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
         for (size_t i = 0; i < c->pool.nlive; i++) cudaFree(c->pool.live[i].p);
         cu_pool_drain(c);
         free(c->pool.live);
@@ -152,6 +155,8 @@ static void cu_free(struct kbackend *kb)
         if (c->d_info) cudaFree(c->d_info);
         if (c->solver) cusolverDnDestroy(c->solver);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->queued) cudaEventDestroy(c->queued);
+        if (c->copy_stream) cudaStreamDestroy(c->copy_stream);
         if (c->stream) cudaStreamDestroy(c->stream);
         free(c);
     }
@@ -193,6 +198,35 @@ static int cu_copy(struct kbackend *kb, void *dst, const void *src, size_t n, st
 static int cu_sync(struct kbackend *kb, struct slm_err *err)
 {
     CU_TRY(cudaStreamSynchronize(cu_ctx(kb)->stream));
+    return 0;
+}
+
+/* ---- uploads overlapped with the ops: a second stream, and an event to order it ---- */
+
+static int cu_copy_after_queued(struct kbackend *kb, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    CU_TRY(cudaEventRecord(c->queued, c->stream));
+    CU_TRY(cudaStreamWaitEvent(c->copy_stream, c->queued, 0));
+    return 0;
+}
+
+/* From the prefetch thread: the current device is per thread, so it is set first. From pageable
+** memory the call returns once src is staged; the copy itself runs beside the op stream. */
+static int cu_upload_async(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    if (!n) return 0;
+    CU_TRY(cudaSetDevice(c->device));
+    CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->copy_stream));
+    return 0;
+}
+
+static int cu_copy_sync(struct kbackend *kb, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    CU_TRY(cudaSetDevice(c->device));
+    CU_TRY(cudaStreamSynchronize(c->copy_stream));
     return 0;
 }
 
@@ -298,6 +332,10 @@ static const struct kbackend_i cuda_iface = {
     /* .abs_kth */ cu_abs_kth,
     /* .prune_abs_le */ cu_prune_abs_le,
     /* .count_zeros */ cu_count_zeros,
+    /* --- added for block uploads overlapped with compute (optional) --- */
+    /* .copy_after_queued */ cu_copy_after_queued,
+    /* .upload_async */ cu_upload_async,
+    /* .copy_sync */ cu_copy_sync,
 };
 
 extern "C" int kbackend_cuda_device_count(void)
@@ -328,6 +366,8 @@ static int open_ctx(struct cu_ctx *c, int device, struct slm_err *err)
     snprintf(c->name, sizeof c->name, "cuda:%d (%.64s)", device, prop.name);
     c->max_smem_optin = (int)prop.sharedMemPerBlockOptin;
     CU_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CU_TRY(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+    CU_TRY(cudaEventCreateWithFlags(&c->queued, cudaEventDisableTiming));
     CUBLAS_TRY(cublasCreate(&c->blas));
     CUBLAS_TRY(cublasSetStream(c->blas, c->stream));
     const char *tf32 = getenv("SLIM_CUDA_TF32"), *ped = getenv("SLIM_CUDA_PEDANTIC");

@@ -36,6 +36,8 @@ struct cu_ctx {
     int device;
     char name[96];
     cudaStream_t stream;
+    cudaStream_t copy_stream;   /* upload_async: block uploads overlapped with the ops */
+    cudaEvent_t queued;         /* copy_after_queued: the point of the op stream copies wait for */
     cublasHandle_t blas;
     cusolverDnHandle_t solver;
     struct cu_pool pool;

@@ -203,6 +203,7 @@ static void test_core_forward__stories260k_perplexity_protocol(void **state)
     assert_memory_equal(resl.window_nll, res1.window_nll, sizeof *res1.window_nll * res1.nwindows);
     assert_true(resl.ppl == res1.ppl);
     for (int b = 0; b < lazy->cfg.n_layers; b++) assert_false(lazy->blocks[b].loaded);
+    assert_null(lazy->prefetch);   /* each block's prefetch was taken over by its load */
     free(res1.window_nll);
     free(resl.window_nll);
     model_free(lazy);

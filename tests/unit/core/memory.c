@@ -270,6 +270,24 @@ static void spill_matches(int cfg)
 static void test_core_memory__spill_is_bit_identical(void **state) { (void)state; spill_matches(CFG_SLIM_LORA); }
 static void test_core_memory__spill_is_bit_identical_sparsegpt(void **state) { (void)state; spill_matches(CFG_SPARSEGPT_OPTQ); }
 
+/* Block blk of a and of b hold the same bytes (linears and the first norm). */
+static void assert_same_block(struct model *a, struct model *b, int blk)
+{
+    for (int r = 0; r < LIN_COUNT; r++) {
+        const struct linear *la = &a->blocks[blk].lin[r], *lb = &b->blocks[blk].lin[r];
+        if (!la->w) continue;
+        size_t n = (size_t)la->d_out * la->d_in;
+        float *ha = fetch(a, la->w, n), *hb = fetch(b, lb->w, n);
+        assert_memory_equal(ha, hb, sizeof *ha * n);
+        free(ha);
+        free(hb);
+    }
+    float *na = fetch(a, a->blocks[blk].norm1_w, 64), *nb = fetch(b, b->blocks[blk].norm1_w, 64);
+    assert_memory_equal(na, nb, sizeof *na * 64);
+    free(na);
+    free(nb);
+}
+
 /* Blocks prepared on the helper thread load to the same bytes as plain loads. */
 static void test_core_memory__prefetch_is_bit_identical(void **state)
 {
@@ -298,19 +316,7 @@ static void test_core_memory__prefetch_is_bit_identical(void **state)
     assert_int_equal(model_block_load(b, 2, &err), 0);
     assert_null(b->prefetch);                             /* used up */
     assert_int_equal(model_block_load(a, 2, &err), 0);
-    for (int r = 0; r < LIN_COUNT; r++) {
-        const struct linear *la = &a->blocks[2].lin[r], *lb = &b->blocks[2].lin[r];
-        if (!la->w) continue;
-        size_t n = (size_t)la->d_out * la->d_in;
-        float *ha = fetch(a, la->w, n), *hb = fetch(b, lb->w, n);
-        assert_memory_equal(ha, hb, sizeof *ha * n);
-        free(ha);
-        free(hb);
-    }
-    float *na = fetch(a, a->blocks[2].norm1_w, 64), *nb = fetch(b, b->blocks[2].norm1_w, 64);
-    assert_memory_equal(na, nb, sizeof *na * 64);
-    free(na);
-    free(nb);
+    assert_same_block(a, b, 2);
     assert_int_equal(model_block_prefetch(b, 3, &err), 0);
     assert_int_equal(model_block_prefetch(b, 4, &err), 0);   /* drops the previous one */
     assert_int_equal(model_block_prefetch(b, 2, &err), 0);   /* loaded already: nothing to do */
@@ -318,6 +324,81 @@ static void test_core_memory__prefetch_is_bit_identical(void **state)
     assert_int_equal(model_block_prefetch(b, 4, &err), 0);
     model_free(a);
     model_free(b);                                          /* joins the pending one */
+}
+
+/* The prefetch thread's uploads (upload_async on the copy stream): used when the backend has the
+** ops and room for a second block, and every way they can fail falls back to the plain upload of
+** the host copy, to the same bytes. A view of kb counts the calls and injects the failures. */
+static const struct kbackend_i *up_real;
+static int up_calls, up_fail_every, up_sync_fails;
+
+static int up_upload_async(struct kbackend *k, void *dst, const void *src, size_t n, struct slm_err *err)
+{
+    int call = __atomic_add_fetch(&up_calls, 1, __ATOMIC_SEQ_CST);   /* the prefetch thread calls it */
+    if (up_fail_every && call % up_fail_every == 0) return slm_err_set(err, SLM_ECUDA, "injected upload failure");
+    return up_real->upload_async(k, dst, src, n, err);
+}
+static int up_copy_sync(struct kbackend *k, struct slm_err *err)
+{
+    if (up_sync_fails > 0 && up_sync_fails--) return slm_err_set(err, SLM_ECUDA, "injected sync failure");
+    return up_real->copy_sync(k, err);
+}
+
+/* tight: a budget with room for the two loads but not for a prefetch (a third of it < a block) */
+static void prefetched_load_matches(struct kbackend *view, int fail_every, int sync_fails, bool tight, bool expect_calls)
+{
+    struct model *a = NULL, *b = NULL;
+    struct slm_err err = SLM_ERR_INIT;
+    struct kmem_stats st;
+    up_calls = 0;
+    up_fail_every = fail_every;
+    up_sync_fails = sync_fails;
+    assert_int_equal(model_open(&a, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
+    assert_int_equal(model_open(&b, model_dir, view, MODEL_LAZY_BLOCKS, &err), 0);
+    assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
+    if (tight) assert_int_equal(kbackend_set_limit(kb, (size_t)st.in_use + 2 * model_block_nbytes(a, 2) + 65536, &err), 0);
+    assert_int_equal(model_block_prefetch(b, 2, &err), 0);
+    assert_int_equal(model_block_load(b, 2, &err), 0);
+    assert_int_equal(model_block_load(a, 2, &err), 0);
+    assert_int_equal(kbackend_set_limit(kb, 0, &err), 0);
+    if (expect_calls ? up_calls == 0 : up_calls != 0) fprintf(stderr, "%d upload_async calls\n", up_calls);
+    assert_true(expect_calls ? up_calls > 0 : up_calls == 0);
+    assert_same_block(a, b, 2);
+    /* a prefetch never used gives its buffers back */
+    assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
+    int64_t before = st.in_use;
+    assert_int_equal(model_block_prefetch(b, 3, &err), 0);
+    model_prefetch_drop(b);
+    assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
+    assert_int_equal(st.in_use, before);
+    model_free(a);
+    model_free(b);
+}
+
+static void test_core_memory__prefetch_uploads_beside_the_ops(void **state)
+{
+    (void)state;
+    struct kbackend view = *kb;
+    struct kbackend_i f = *kb->iface;
+    if (!f.upload_async) {
+        fprintf(stderr, "backend %s has no upload_async: skipped\n", kb_name(kb));
+        skip();
+    }
+    up_real = kb->iface;
+    f.upload_async = up_upload_async;
+    f.copy_sync = up_copy_sync;
+    view.iface = &f;
+    prefetched_load_matches(&view, 0, 0, false, true);   /* every tensor through the copy stream */
+    prefetched_load_matches(&view, 3, 0, false, true);   /* every third upload fails: those load the plain way */
+    /* the copies' sync fails: all load the plain way, and the unused buffers go back once a
+    ** second sync succeeds */
+    prefetched_load_matches(&view, 0, 1, false, true);
+    prefetched_load_matches(&view, 0, 0, true, false);   /* no room for a second block: no uploads */
+    /* without the ops: the thread only converts */
+    f.upload_async = NULL;
+    f.copy_sync = NULL;
+    f.copy_after_queued = NULL;
+    prefetched_load_matches(&view, 0, 0, false, false);
 }
 
 /* A budget that holds one block compresses the model with streaming, to the weights of the
@@ -412,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_core_memory__spill_is_bit_identical),
         cmocka_unit_test(test_core_memory__spill_is_bit_identical_sparsegpt),
         cmocka_unit_test(test_core_memory__prefetch_is_bit_identical),
+        cmocka_unit_test(test_core_memory__prefetch_uploads_beside_the_ops),
         cmocka_unit_test(test_core_memory__budget_streams_or_fails_clearly),
         cmocka_unit_test(test_core_memory__auto_spill_under_budget),
     };
