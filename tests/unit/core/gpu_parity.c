@@ -370,6 +370,7 @@ struct cfg {
     enum lowrank_method lm;
     bool qlora, separate, bf16, jsq;
     bool opt;                  /* the fixture OPT (slim-reference/, with the full fixture set) */
+    bool prune_lora;           /* §4.5: L pruned 2:4 and refit by Adam */
 };
 
 static void opts_of(struct compress_opts *o, const struct cfg *c)
@@ -389,6 +390,7 @@ static void opts_of(struct compress_opts *o, const struct cfg *c)
     o->lowrank.tile = c->opt ? 128 : 4;
     o->lowrank.quantize = c->qlora;
     o->separate_lora = c->separate;
+    o->prune_lora = c->prune_lora;
     o->shift_zero_metrics = true;
     o->jsq.on = c->jsq;
     o->bf16 = o->quant.bf16 = o->lowrank.bf16 = c->bf16;
@@ -559,34 +561,35 @@ static void run_cfg(const struct cfg *c)
 
 /* The matrix of compress.c's and checkpoint.c's parity tests, stories260K unless .opt. */
 static const struct cfg cfgs[] = {
-    /* name                                  prune            n  m  quant        grp lowrank        qlora  sep    bf16   jsq    opt */
-    { "magnitude_2of4_f32",                  PRUNE_MAGNITUDE, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "magnitude_unstr50_absmax4_f32",       PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "wanda_2of4_f32",                      PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "wanda_unstr50_f32",                   PRUNE_WANDA,     0, 0, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "sparsegpt_2of4_f32",                  PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "sparsegpt_unstr50_f32",               PRUNE_SPARSEGPT, 0, 0, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "wanda_2of4_groupabsmax4_f32",         PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 4, LOWRANK_NONE,  false, true,  false, false, false },
-    { "wanda_2of4_slimquant4_f32",           PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_NONE,  false, true,  false, false, false },
-    { "sparsegpt_unstr50_optq4row_f32",      PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ,  -1, LOWRANK_NONE,  false, true,  false, false, false },
-    { "optq4row_f32",                        PRUNE_NONE,      0, 0, QUANT_OPTQ,  -1, LOWRANK_NONE,  false, true,  false, false, false },
-    { "wanda_2of4_slimquant4_naivelora_f32", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_NAIVE, false, true,  false, false, false },
-    { "wanda_2of4_slimquant4_slimlora_f32",  PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  false, false, false },
-    { "wanda_2of4_slimquant4_slimlora_q_f32",PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  false, false, false },
-    { "wanda_2of4_absmax4_naivelora_merged", PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 0, LOWRANK_NAIVE, false, false, false, false, false },
-    { "groupabsmax4_l2qer_f32",              PRUNE_NONE,      0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true,  false, false, false },
-    { "jsq_wanda_2of4_groupabsmax4_f32",     PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 4, LOWRANK_NONE,  false, true,  false, true,  false },
-    { "magnitude_unstr50_absmax4_bf16",      PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  true,  false, false },
-    { "wanda_2of4_bf16",                     PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  true,  false, false },
-    { "sparsegpt_2of4_bf16",                 PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  true,  false, false },
-    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  true,  false, false },
-    { "wanda_2of4_slimquant4_slimlora_q_bf16",PRUNE_WANDA,    2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  true,  false, false },
+    /* name                                  prune            n  m  quant        grp lowrank        qlora  sep    bf16   jsq    opt    plora */
+    { "magnitude_2of4_f32",                  PRUNE_MAGNITUDE, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "magnitude_unstr50_absmax4_f32",       PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "wanda_2of4_f32",                      PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "wanda_unstr50_f32",                   PRUNE_WANDA,     0, 0, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "sparsegpt_2of4_f32",                  PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "sparsegpt_unstr50_f32",               PRUNE_SPARSEGPT, 0, 0, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "wanda_2of4_groupabsmax4_f32",         PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 4, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "wanda_2of4_slimquant4_f32",           PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "sparsegpt_unstr50_optq4row_f32",      PRUNE_SPARSEGPT, 0, 0, QUANT_OPTQ,  -1, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "optq4row_f32",                        PRUNE_NONE,      0, 0, QUANT_OPTQ,  -1, LOWRANK_NONE,  false, true,  false, false, false, false },
+    { "wanda_2of4_slimquant4_naivelora_f32", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_NAIVE, false, true,  false, false, false, false },
+    { "wanda_2of4_slimquant4_slimlora_f32",  PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  false, false, false, false },
+    { "wanda_2of4_slimquant4_slimlora_q_f32",PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  false, false, false, false },
+    { "wanda_2of4_absmax4_naivelora_merged", PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 0, LOWRANK_NAIVE, false, false, false, false, false, false },
+    { "groupabsmax4_l2qer_f32",              PRUNE_NONE,      0, 0, QUANT_ABSMAX, 4, LOWRANK_L2QER, false, true,  false, false, false, false },
+    { "jsq_wanda_2of4_groupabsmax4_f32",     PRUNE_WANDA,     2, 4, QUANT_ABSMAX, 4, LOWRANK_NONE,  false, true,  false, true,  false, false },
+    { "wanda_2of4_slimquant4_slimlora_prunelora_f32", PRUNE_WANDA, 2, 4, QUANT_SLIM, 0, LOWRANK_SLIM, false, true, false, false, false, true },
+    { "magnitude_unstr50_absmax4_bf16",      PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  true,  false, false, false },
+    { "wanda_2of4_bf16",                     PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  true,  false, false, false },
+    { "sparsegpt_2of4_bf16",                 PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  true,  false, false, false },
+    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  true,  false, false, false },
+    { "wanda_2of4_slimquant4_slimlora_q_bf16",PRUNE_WANDA,    2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  true,  false, false, false },
     /* the fixture OPT (fc2 reads 1024 inputs: SparseGPT's blocks of 256, adapters' tile 128) */
-    { "wanda_2of4_f32",                      PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, true },
-    { "sparsegpt_2of4_f32",                  PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, true },
-    { "magnitude_unstr50_absmax4_f32",       PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  false, false, true },
-    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  true,  false, true },
-    { "wanda_2of4_slimquant4_slimlora_q_bf16",PRUNE_WANDA,    2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  true,  false, true },
+    { "wanda_2of4_f32",                      PRUNE_WANDA,     2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, true, false },
+    { "sparsegpt_2of4_f32",                  PRUNE_SPARSEGPT, 2, 4, QUANT_NONE,   0, LOWRANK_NONE,  false, true,  false, false, true, false },
+    { "magnitude_unstr50_absmax4_f32",       PRUNE_MAGNITUDE, 0, 0, QUANT_ABSMAX, 0, LOWRANK_NONE,  false, true,  false, false, true, false },
+    { "wanda_2of4_slimquant4_slimlora_bf16", PRUNE_WANDA,     2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  false, true,  true,  false, true, false },
+    { "wanda_2of4_slimquant4_slimlora_q_bf16",PRUNE_WANDA,    2, 4, QUANT_SLIM,   0, LOWRANK_SLIM,  true,  true,  true,  false, true, false },
 };
 #define NCFG (sizeof cfgs / sizeof cfgs[0])
 
