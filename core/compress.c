@@ -209,11 +209,14 @@ static int stats_add(struct block_stats *bs, struct stat_slot *s, const float *x
         s->nseq++;
         return 0;
     }
-    /* H <- H n/(n+1) + (2/(n+1)) x^T x */
+    /* H <- H n/(n+1) + (2/(n+1)) x^T x. Under bf16 emulation x holds bf16 values (the rounded output
+    ** of the op before the linear, as lin_fwd's hint assumes), so the products are exact on TF32
+    ** tensor cores: the largest GEMM of SparseGPT / OPTQ runs there, in f32 accumulation. */
     if (s->nseq > 0 && (rc = kb->iface->scale(kb, s->H, nn / (nn + 1), (size_t)s->d_in * s->d_in, bs->err))) return rc;
     struct kgemm_args g = { .ta = KB_T, .tb = KB_N, .m = s->d_in, .n = s->d_in, .k = rows, .alpha = 2.0f / (nn + 1),
                             .beta = s->nseq > 0 ? 1.0f : 0.0f, .a = x, .lda = s->d_in, .b = x, .ldb = s->d_in,
-                            .c = s->H, .ldc = s->d_in, .batch = 1 };
+                            .c = s->H, .ldc = s->d_in, .batch = 1,
+                            .bf16_inputs = bs->m->act_bf16 && !bs->m->input_quant[0] };
     if ((rc = kb->iface->gemm(kb, &g, bs->err))) return rc;
     s->nseq++;
     return 0;

@@ -352,6 +352,49 @@ static void flow_case(const char *model, enum prune_method pm, int m, enum quant
     flow_free(&h);
 }
 
+/* Under bf16 emulation the Hessian GEMMs (x^T x of bf16-valued linear inputs) carry the TF32
+** hint, as the forward's linears do; in f32 none does. The CPU ignores the hint. */
+static const struct kbackend_i *hess_base;
+static int hess_calls, hess_hinted;
+static int hess_gemm(struct kbackend *k, const struct kgemm_args *a, struct slm_err *err)
+{
+    if (a->ta == KB_T && a->tb == KB_N && a->a == a->b && a->m == a->n) {
+        hess_calls++;
+        hess_hinted += a->bf16_inputs;
+    }
+    return hess_base->gemm(k, a, err);
+}
+
+static void test_core_compress__hessian_gemm_hint_under_bf16(void **state)
+{
+    (void)state;
+    struct kbackend_i f = *kb->iface;
+    struct kbackend view = *kb;
+    hess_base = kb->iface;
+    f.gemm = hess_gemm;
+    view.iface = &f;
+    char dir[4200];
+    int32_t ids[2 * 16];
+    for (int i = 0; i < 2 * 16; i++) ids[i] = (i * 37 + 5) % 500 + 3;
+    snprintf(dir, sizeof dir, "%s/stories260K", data_dir);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        struct model *m = NULL;
+        struct slm_err err = SLM_ERR_INIT;
+        struct compress_opts o = COMPRESS_OPTS_INIT;
+        o.prune.method = PRUNE_SPARSEGPT;
+        o.prune.n = 2, o.prune.m = 4, o.prune.sparsity = 0.5;
+        o.prune.blocksize = 32;
+        o.lowrank.method = LOWRANK_NONE;
+        o.bf16 = bf16;
+        assert_int_equal(model_open(&m, dir, &view, MODEL_LAZY_BLOCKS, &err), 0);
+        hess_calls = hess_hinted = 0;
+        assert_int_equal(compress_model(m, ids, 2, 16, &o, NULL, &err), 0);
+        assert_true(hess_calls >= 2 * 4 * m->cfg.n_layers);   /* 2 windows x 4 distinct inputs per block */
+        assert_int_equal(hess_hinted, bf16 ? hess_calls : 0);
+        model_free(m);
+    }
+}
+
 static void test_core_compress__backend_flow_magnitude_2of4_absmax(void **state)
 {
     (void)state;
@@ -587,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_core_compress__bf16_mark_only_on_bf16_weights),
         cmocka_unit_test(test_core_compress__backend_flow_magnitude_2of4_absmax),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_slimquant),
+        cmocka_unit_test(test_core_compress__hessian_gemm_hint_under_bf16),
         cmocka_unit_test(test_core_compress__backend_flow_unstructured),
         cmocka_unit_test(test_core_compress__backend_flow_wanda_2of4_group_absmax),
     };
