@@ -16,6 +16,24 @@ static double now_s(void)
 /* Activations kept per chunk of windows when blocks are not resident (eval_block_major). */
 #define EVAL_CHUNK_BYTES ((size_t)1 << 30)
 
+/* Windows per chunk of block-major evaluation: EVAL_CHUNK_BYTES of activations, or on a device up
+** to a quarter of the room left (the budget, or the device's free plus cached memory), so that each
+** block loads (and a checkpoint's dequantizes) once per chunk, as few times as memory allows. The
+** numbers do not depend on it: every window goes through the same ops either way. */
+static size_t chunk_windows(struct model *m, size_t per, size_t nwin)
+{
+    size_t bytes = EVAL_CHUNK_BYTES;
+    struct kmem_stats s;
+    struct slm_err e = SLM_ERR_INIT;
+    if (!kb_mem_stats(m->kb, &s, false, &e) && s.device_total >= 0) {
+        int64_t room = s.device_free + s.cached;
+        if (s.limit > 0 && s.limit - s.in_use < room) room = s.limit - s.in_use;
+        if (room / 4 > (int64_t)bytes) bytes = (size_t)(room / 4);
+    }
+    size_t K = bytes / (per * sizeof(float));
+    return K < 1 ? 1 : K > nwin ? nwin : K;
+}
+
 /* Windows w0..w0+nk through a model whose blocks load on demand: block-major, so each block is
 ** loaded (and, for a checkpoint, dequantized) once per chunk instead of once per window. Same
 ** ops per window as model_forward with B = 1, so the same numbers bit for bit. nll: [L-1]. */
@@ -60,9 +78,7 @@ int eval_perplexity(struct model *m, const int32_t *ids, size_t n, const struct 
     for (int b = 0; b < m->cfg.n_layers; b++) resident &= m->blocks[b].loaded;
     if (!resident) {
         /* blocks load on demand (a model larger than memory, a compressed checkpoint) */
-        size_t per = (size_t)L * model_max_width(m), K = EVAL_CHUNK_BYTES / (per * sizeof(float));
-        if (K < 1) K = 1;
-        if (K > nwin) K = nwin;
+        size_t per = (size_t)L * model_max_width(m), K = chunk_windows(m, per, nwin);
         float *x = NULL;
         if ((rc = kb_alloc(m->kb, (void **)&x, sizeof *x * per * K, err))) goto fail;
         for (size_t w0 = 0; w0 < nwin && !rc; w0 += K) {
