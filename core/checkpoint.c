@@ -3,8 +3,9 @@
 ** DESIGN: the writer reads the compression results (masks, integer codes, scale grids) that
 ** compress_model() kept, never re-derives them from floats, so what is stored is what was
 ** computed. The loader plugs into model_block_load through model.linear_loader and rebuilds each
-** weight with quant_dequant_host() -- the same arithmetic the quantizers used -- so evaluation of
-** a reloaded model reproduces the in-memory compressed model's logits bit for bit.
+** weight with quant_dequant() -- the same arithmetic the quantizers used, on the backend where it
+** has the op -- so evaluation of a reloaded model reproduces the in-memory compressed model's
+** logits bit for bit.
 */
 #include "checkpoint.h"
 
@@ -760,10 +761,10 @@ static int ckpt_linear(struct model *m, int block, enum lin_role role, struct li
     if (!enc || (nm && (M < 2 || N < 1 || N >= M || d_in % M)))
         return slm_err_set(err, SLM_EFORMAT, "checkpoint: bad encoding for %s", l->name);
     size_t nk = nm ? n / M * N : n;
-    float *w = calloc(n, sizeof *w), *vals = NULL, *scale = NULL, *cs = NULL;
+    float *w = q ? NULL : calloc(n, sizeof *w), *vals = NULL, *scale = NULL, *cs = NULL;
     int8_t *codes = q ? calloc(n, 1) : NULL;
     size_t *pos = nm ? malloc(sizeof *pos * nk) : NULL;
-    if (!w || (q && !codes) || (nm && !pos)) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
+    if ((!q && !w) || (q && !codes) || (nm && !pos)) { rc = slm_err_set(err, SLM_ENOMEM, "checkpoint: out of memory"); goto done; }
     if (nm) {
         int ib = index_bits(M);
         const uint8_t *idx = tensor_u8(m->st, l->name, "idx", (nk * (size_t)ib + 7) / 8, err);
@@ -785,12 +786,18 @@ static int ckpt_linear(struct model *m, int block, enum lin_role role, struct li
         if (json_is_true(json_object_get(desc, "colscale")) && (rc = tensor_f32(&cs, m->st, l->name, "colscale", (size_t)d_in, err)))
             goto done;
         p.scale = scale;
-        if ((rc = quant_dequant_host(w, codes, d_out, d_in, &p, cs, err))) goto done;
+        /* dequantized where the weight goes: on a GPU only the codes (a byte per weight) cross */
+        if ((rc = kb_alloc(m->kb, (void **)&l->w, sizeof *w * n, err))) goto done;
+        if ((rc = quant_dequant(m->kb, l->w, codes, d_out, d_in, &p, cs, err))) {
+            kb_release(m->kb, l->w);
+            l->w = NULL;
+            goto done;
+        }
     } else {
         if ((rc = tensor_f32(&vals, m->st, l->name, "v", nk, err))) goto done;
         for (size_t k = 0; k < nk; k++) w[nm ? pos[k] : k] = vals[k];
+        if ((rc = upload_new(m->kb, &l->w, w, n, err))) goto done;
     }
-    if ((rc = upload_new(m->kb, &l->w, w, n, err))) goto done;
     l->rank = (int)json_integer_value(json_object_get(desc, "rank"));
     if (l->rank < 0 || l->rank > (d_out < d_in ? d_out : d_in)) { rc = slm_err_set(err, SLM_EFORMAT, "checkpoint: %s: rank", l->name); goto done; }
     if (l->rank && ((rc = load_adapter(m, l, desc, "lora_left", &l->lora_l, err)) ||

@@ -245,6 +245,38 @@ int quant_dequant_host(float *w, const int8_t *codes, int d_out, int d_in, const
     return 0;
 }
 
+int quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in, const struct quant_params *p,
+                  const float *col_scale, struct slm_err *err)
+{
+    size_t n = (size_t)d_out * d_in, ng = (size_t)p->rows * p->cols;
+    float *h = NULL, *d_scale = NULL, *d_cs = NULL;
+    int8_t *d_codes = NULL;
+    int rc;
+    if (!kb->iface->quant_dequant) {
+        if (!(h = malloc(sizeof *h * (n ? n : 1)))) return slm_err_set(err, SLM_ENOMEM, "dequantize %dx%d: out of memory", d_out, d_in);
+        if (!(rc = quant_dequant_host(h, codes, d_out, d_in, p, col_scale, err))) rc = kb_upload(kb, w, h, sizeof *h * n, err);
+        free(h);
+        return rc;
+    }
+    if (!p->scale || p->group_rows <= 0 || p->group_cols <= 0 ||
+        (int64_t)p->rows * p->group_rows < d_out || (int64_t)p->cols * p->group_cols < d_in)
+        return slm_err_set(err, SLM_ESHAPE, "dequantize: scale grid %dx%d does not cover %dx%d", p->rows, p->cols, d_out, d_in);
+    if ((rc = kb_alloc(kb, (void **)&d_codes, n ? n : 1, err)) || (rc = kb_upload(kb, d_codes, codes, n, err)) ||
+        (rc = kb_alloc(kb, (void **)&d_scale, sizeof *d_scale * ng, err)) ||
+        (rc = kb_upload(kb, d_scale, p->scale, sizeof *d_scale * ng, err)))
+        goto done;
+    if (col_scale && ((rc = kb_alloc(kb, (void **)&d_cs, sizeof *d_cs * (size_t)d_in, err)) ||
+                      (rc = kb_upload(kb, d_cs, col_scale, sizeof *d_cs * (size_t)d_in, err))))
+        goto done;
+    struct kquant_args a = kargs_of(p, d_scale, d_cs);
+    rc = kb->iface->quant_dequant(kb, w, d_codes, d_out, d_in, &a, err);
+done:
+    kb_release(kb, d_codes);
+    kb_release(kb, d_scale);
+    kb_release(kb, d_cs);
+    return rc;
+}
+
 /* quant_weight on a backend with the quantization ops: only the scale grid, the histogram and
 ** the codes cross to the host. */
 static int quant_weight_kb(struct kbackend *kb, float *w, int d_out, int d_in, const struct quant_opts *o,

@@ -78,6 +78,13 @@ bool quant_weight_on_backend(const struct kbackend *kb);
 int quant_dequant_host(float *w, const int8_t *codes, int d_out, int d_in, const struct quant_params *p,
                        const float *col_scale, struct slm_err *err);
 
+/* quant_dequant_host into backend w [d_out x d_in] (allocated by the caller) from host codes,
+** p's host scale grid and host col_scale: on the backend's quant_dequant op where it has one (only
+** the codes, a byte per weight, and the scales cross), else on the host with the floats uploaded.
+** The same bits either way. */
+int quant_dequant(struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in, const struct quant_params *p,
+                  const float *col_scale, struct slm_err *err);
+
 /* SLiM-Quant's clipping value for the |values| of a (n floats), §3.3, bit for bit the search of
 ** the reference (bins, coarse grid of 10/11 points, fine grid [lo, hi)). */
 float quant_slim_alpha(const float *a, size_t n, int bits);
