@@ -9,6 +9,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,32 +54,43 @@ static void slim_edges(float *edge, float *lo, float *hi, int nb)
     edge[nb] = *hi;
 }
 
+/* E of the candidates cand [nc] into loss [nc]: each candidate is an independent sequential sum
+** (slim_err), so OpenMP threads give the single-threaded bits; the search is the costly part of
+** SLiM-Quant on large linears (up to nb / 5 candidates of nb terms: 8e7 terms at 20000 bins). */
+static void slim_errs(double *loss, const int *cand, int nc, const float *pdf, const float *val, int nb, float dx, int bits)
+{
+#pragma omp parallel for schedule(dynamic, 8) if ((size_t)nc * nb >= KQ_PAR_MIN * 16)
+    for (int j = 0; j < nc; j++) loss[j] = slim_err(pdf, val, nb, dx, cand[j], bits);
+}
+
 /* The clipping search over the histogram counts [nb] of n values with edges edge [nb + 1]; scratch
-** [2 nb]. */
+** [2 nb] floats, then nb ints and nb doubles (slim_buffers). */
 static float slim_search(const uint64_t *counts, const float *edge, float *scratch, int nb, size_t n, int bits)
 {
     float *pdf = scratch, *val = scratch + nb;
+    int *cand = (int *)(val + nb);
+    double *loss = (double *)(((uintptr_t)(cand + nb) + 7) & ~(uintptr_t)7);   /* aligned, after nb ints */
     for (int k = 0; k < nb; k++) {
         pdf[k] = (float)((double)counts[k] / ((double)n * (double)(edge[k + 1] - edge[k])));
         val[k] = (edge[k] + edge[k + 1]) / 2;
     }
     float dx = val[1] - val[0];
     /* coarse grid: every multiple of st below nb, in an 11-slot list (unused: +inf, index 0) */
-    int st = nb / 10, idx[11] = { 0 };
-    double loss[11];
+    int st = nb / 10, idx[11] = { 0 }, nc = 0;
+    double coarse[11];
+    for (int j = 0; j < 11 && j * st < nb; j++) idx[nc++] = j * st;
+    slim_errs(coarse, idx, nc, pdf, val, nb, dx, bits);
+    for (int j = nc; j < 11; j++) coarse[j] = INFINITY;
     int t = 0;
-    for (int j = 0; j < 11; j++) {
-        loss[j] = INFINITY;
-        if (j * st < nb) { idx[j] = j * st; loss[j] = slim_err(pdf, val, nb, dx, idx[j], bits); }
-        if (loss[j] < loss[t]) t = j;
-    }
+    for (int j = 0; j < 11; j++)
+        if (coarse[j] < coarse[t]) t = j;
     int flo = idx[t > 0 ? t - 1 : 0], fhi = idx[t + 1 < 10 ? t + 1 : 10];
+    for (int i = flo; i < fhi; i++) cand[i - flo] = i;
+    slim_errs(loss, cand, fhi - flo, pdf, val, nb, dx, bits);
     int best = 0;
     double bl = INFINITY;
-    for (int i = flo; i < fhi; i++) {
-        double e = slim_err(pdf, val, nb, dx, i, bits);
-        if (e < bl) { bl = e; best = i; }
-    }
+    for (int i = flo; i < fhi; i++)
+        if (loss[i - flo] < bl) { bl = loss[i - flo]; best = i; }
     return val[best];
 }
 
@@ -86,7 +98,8 @@ static float slim_search(const uint64_t *counts, const float *edge, float *scrat
 ** counts [nb] zeroed. NULL *edge or *counts: out of memory (both freed by the caller). */
 static void slim_buffers(float **edge, uint64_t **counts, int nb)
 {
-    *edge = malloc(sizeof **edge * (size_t)(3 * nb + 1));
+    /* edges [nb + 1], pdf and values [2 nb], candidates [nb] ints, losses [nb] doubles (+ padding) */
+    *edge = malloc(sizeof **edge * (size_t)(3 * nb + 1) + sizeof(int) * (size_t)(nb + 1) + sizeof(double) * (size_t)(nb + 1));
     *counts = calloc((size_t)nb, sizeof **counts);
 }
 

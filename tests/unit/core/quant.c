@@ -170,6 +170,23 @@ static double ref_slim_alpha(const float *w, size_t n, int bits)
     return a;
 }
 
+/* A linear large enough for the search to spread its candidates over threads (2000 bins, up to
+** 400 fine candidates): the same choice as the double-precision reference, within a bin. */
+static void test_core_quant__slim_quant_search_large(void **state)
+{
+    (void)state;
+    enum { N = 2000 * 1000 };
+    float *w = malloc(sizeof *w * N);
+    assert_non_null(w);
+    fill(w, N, 0.02f);
+    w[12345] = 0.3f;
+    float a = quant_slim_alpha(w, N, 4), b = quant_slim_alpha(w, N, 4);
+    double ra = ref_slim_alpha(w, N, 4), width = 0.3 / 2000;
+    assert_true(a == b);
+    assert_true(fabs(a - ra) <= 1.01 * width);
+    free(w);
+}
+
 static void test_core_quant__slim_quant_search(void **state)
 {
     (void)state;
@@ -364,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_core_quant__column_wise_groups),
         cmocka_unit_test(test_core_quant__group_shape_error),
         cmocka_unit_test(test_core_quant__slim_quant_search),
+        cmocka_unit_test(test_core_quant__slim_quant_search_large),
         cmocka_unit_test(test_core_quant__important_columns_get_finer_grid),
         cmocka_unit_test(test_core_quant__optq_quantizer),
         cmocka_unit_test(test_core_quant__input_emulation),
