@@ -1066,8 +1066,9 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
             at_stage(err, rc, b, nb, "load (%s of weights)", kb_size_str(sz, sizeof sz, model_block_nbytes(m, b)));
             goto done;
         }
-        /* the next block pages in and converts while this one computes */
-        if (o->prefetch >= 0 && b + 1 < nb) model_block_prefetch(m, b + 1, err);
+        /* the next block pages in and converts (and, with room beside this block's work, uploads)
+        ** while this one computes */
+        if (o->prefetch >= 0 && b + 1 < nb) model_block_prefetch(m, b + 1, block_working_set(m, seqlen, bs.need_h), err);
         if (res) note_resident(m, res);
         stats_init(&bs, bl);
         /* pass 1: the dense block, hooks gather statistics */

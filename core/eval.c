@@ -46,7 +46,8 @@ static int eval_chunk(struct model *m, const int32_t *ids, size_t w0, int nk, in
         bool transient = !m->blocks[b].loaded;
         if (transient && (rc = model_block_load(m, b, err))) break;
         /* the next block pages in (and, with a copy stream, uploads) while this one computes */
-        if (transient && b + 1 < m->cfg.n_layers && !m->blocks[b + 1].loaded) model_block_prefetch(m, b + 1, err);
+        if (transient && b + 1 < m->cfg.n_layers && !m->blocks[b + 1].loaded)
+            model_block_prefetch(m, b + 1, 8 * (uint64_t)per * sizeof(float), err);   /* a window's forward workspace */
         for (int k = 0; k < nk && !rc; k++) rc = model_block_forward(m, b, x + (size_t)k * per, 1, L, NULL, NULL, err);
         if (transient) model_block_unload(m, b);
     }

@@ -124,9 +124,9 @@ void model_prefetch_drop(struct model *m)
 }
 
 /* Whether block b may take its backend memory ahead (two blocks resident for a while): the room
-** left (the budget, or the device's free plus cached memory) must hold the block three times
-** over, so that the block being computed keeps room to work. */
-static bool prefetch_room(struct model *m, int b)
+** left (the budget, or the device's free plus cached memory) must hold the block beside reserve,
+** what the caller's work on the current block still needs, and at least three times over. */
+static bool prefetch_room(struct model *m, int b, uint64_t reserve)
 {
     struct kmem_stats s;
     struct slm_err e = SLM_ERR_INIT;
@@ -135,16 +135,17 @@ static bool prefetch_room(struct model *m, int b)
     int64_t room = INT64_MAX;
     if (s.limit > 0) room = s.limit - s.in_use;
     if (s.device_free >= 0 && s.device_free + s.cached < room) room = s.device_free + s.cached;
-    return room > 0 && (uint64_t)room / 3 >= model_block_nbytes(m, b);
+    uint64_t need = model_block_nbytes(m, b);
+    return room > 0 && (uint64_t)room / 3 >= need && (uint64_t)room - need >= reserve;
 }
 
 /* Backend buffers for the prefetch's tensors, taken here on the caller's thread (the allocator is
 ** not shared with the thread), then the copy stream ordered after the ops queued so far. All or
 ** none: without them the thread only converts. */
-static void prefetch_take_buffers(struct model *m, struct block_prefetch *p)
+static void prefetch_take_buffers(struct model *m, struct block_prefetch *p, uint64_t reserve)
 {
     struct slm_err e = SLM_ERR_INIT;
-    bool ok = prefetch_room(m, p->block);
+    bool ok = prefetch_room(m, p->block, reserve);
     for (size_t i = 0; ok && i < p->n; i++) {
         size_t k = (size_t)p->t[i]->numel;
         ok = !kb_alloc(m->kb, (void **)&p->dev[i], (k ? k : 1) * sizeof(float), &e);
@@ -159,7 +160,7 @@ static void prefetch_take_buffers(struct model *m, struct block_prefetch *p)
     }
 }
 
-int model_block_prefetch(struct model *m, int b, struct slm_err *err)
+int model_block_prefetch(struct model *m, int b, uint64_t reserve, struct slm_err *err)
 {
     (void)err;
     model_prefetch_drop(m);
@@ -186,7 +187,7 @@ int model_block_prefetch(struct model *m, int b, struct slm_err *err)
     if (!(p->host = calloc(n1, sizeof *p->host)) || !(p->dev = calloc(n1, sizeof *p->dev)) ||
         !(p->sent = calloc(n1, sizeof *p->sent)))
         goto fail;
-    prefetch_take_buffers(m, p);
+    prefetch_take_buffers(m, p, reserve);
     if (pthread_create(&p->thread, NULL, prefetch_main, p)) {
         for (size_t i = 0; i < p->n; i++) kb_release(m->kb, p->dev[i]);
         goto fail;
@@ -202,15 +203,19 @@ fail:   /* not an error: the block loads the plain way */
     return 0;
 }
 
-/* Backend copy of t uploaded by the prefetch of the block being loaded, handed over (the caller
-** owns it); NULL when there is none. */
-static float *prefetched_dev(struct model *m, const struct st_tensor *t)
+/* The prefetch's backend buffer for t, handed over (the caller owns it): *filled when the thread
+** uploaded t into it; otherwise the caller uploads the host copy there, so a failed upload costs
+** no second buffer. NULL when there is none, or when copies may still be landing (a failed
+** copy_sync: the buffers stay out of use). */
+static float *prefetched_dev(struct model *m, const struct st_tensor *t, bool *filled)
 {
     struct block_prefetch *p = m->prefetch;
-    if (!p || !p->joined) return NULL;
+    *filled = false;
+    if (!p || !p->joined || p->unsettled) return NULL;
     for (size_t i = 0; i < p->n; i++)
-        if (p->t[i] == t && p->sent[i]) {
+        if (p->t[i] == t && p->dev[i]) {
             float *d = p->dev[i];
+            *filled = p->sent[i];
             p->dev[i] = NULL;
             p->sent[i] = false;
             return d;
@@ -251,21 +256,27 @@ static int load_tensor(struct model *m, float **out, const char *name, int ndim,
         return slm_err_set(err, SLM_ESHAPE, "tensor %s has shape [%s], expected [%s]", name, got, want);
     }
     size_t n = (size_t)t->numel;
-    float *host, *dev = prefetched_dev(m, t);
-    int rc;
-    if (dev) {
+    bool filled;
+    float *host, *dev = prefetched_dev(m, t, &filled);
+    int rc = 0;
+    if (filled) {
         *out = dev;
         return 0;
     }
     host = prefetched(m, t);
     if (!host) {
-        if (!(host = malloc((n ? n : 1) * sizeof(float)))) return slm_err_set(err, SLM_ENOMEM, "tensor %s: %zu floats", name, n);
+        if (!(host = malloc((n ? n : 1) * sizeof(float)))) {
+            rc = slm_err_set(err, SLM_ENOMEM, "tensor %s: %zu floats", name, n);
+            goto done;
+        }
         if ((rc = st_tensor_to_f32(host, t, err))) goto done;
     }
-    if ((rc = kb_alloc(m->kb, (void **)&dev, n * sizeof(float), err))) goto done;
-    if ((rc = kb_upload(m->kb, dev, host, n * sizeof(float), err))) { kb_release(m->kb, dev); goto done; }
+    if (!dev && (rc = kb_alloc(m->kb, (void **)&dev, n * sizeof(float), err))) goto done;
+    if ((rc = kb_upload(m->kb, dev, host, n * sizeof(float), err))) goto done;
     *out = dev;
+    dev = NULL;
 done:
+    kb_release(m->kb, dev);
     free(host);
     return rc;
 }

@@ -162,7 +162,8 @@ void model_block_unload(struct model *m, int b);
 /* Start preparing block b's tensors as host f32 on a helper thread (the costly part of a load:
 ** paging the mapping in and converting), so that the caller can keep computing with the backend;
 ** the next model_block_load(m, b) waits for it and only uploads. Where the backend has a copy
-** stream (upload_async) and room for a second block (a third of the room left must hold it), the
+** stream (upload_async) and room for a second block (a third of the room left must hold it, and
+** reserve bytes, what the caller's work before that load still needs, must fit beside it), the
 ** block's backend buffers are taken here and the thread uploads into them as well, beside the
 ** caller's ops; model_block_load then just takes them over. The thread reads the immutable
 ** mapping and writes only its own buffers (and the backend's copy stream); everything else stays
@@ -172,7 +173,7 @@ void model_block_unload(struct model *m, int b);
 ** time: a new call drops the previous one. A no-op for a block already loaded, a model without
 ** weights file or with a linear_loader (compressed checkpoints read their own tensors). A
 ** failure to start the thread is not an error: the load just happens the plain way. */
-int model_block_prefetch(struct model *m, int b, struct slm_err *err);
+int model_block_prefetch(struct model *m, int b, uint64_t reserve, struct slm_err *err);
 /* Join and free a pending prefetch (an error path, or a change of plan). */
 void model_prefetch_drop(struct model *m);
 /* f32 bytes of block b's tensors in the weights file (what a load will take in backend memory,

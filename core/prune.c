@@ -133,7 +133,9 @@ int prune_weight_kb(struct kbackend *kb, float *w, const float *s, int d_out, in
     if (!prune_on_backend(kb, o))
         return slm_err_set(err, SLM_EUNSUPPORTED, "prune: method %d, %s pattern: no op on backend %s", (int)o->method,
                            o->m ? "N:M" : "unstructured", kb_name(kb));
-    bool wanda = o->method == PRUNE_WANDA;
+    bool wanda = o->method == PRUNE_WANDA && s;   /* without a scaler row: magnitude, as the host path */
+    if (!wanda && o->method == PRUNE_WANDA && !o->m && !(kb->iface->abs_kth && kb->iface->prune_abs_le))
+        return slm_err_set(err, SLM_EUNSUPPORTED, "prune: magnitude selection: no op on backend %s", kb_name(kb));
     if (wanda && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
                   (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
         goto done;

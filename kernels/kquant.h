@@ -90,8 +90,9 @@ KQ_FN uint32_t kq_bits(float v)
 }
 
 /* Order key of a metric for the unstructured selections: ascending as the floats, -0 equal to +0,
-** every NaN first (as kq_nm_pruned ranks a NaN metric). Sorting by (key, column) is the host
-** path's stable ascending sort, and a total order even when a metric is NaN. */
+** every NaN first, so a NaN metric is pruned (as kq_nm_pruned prunes one; there a NaN also
+** counts before no other entry, so its group may lose one more). Sorting by (key, column) is the
+** host path's stable ascending sort, and a total order even when a metric is NaN. */
 KQ_FN uint32_t kq_order_key(float v)
 {
     if (v != v) return 0;

@@ -537,14 +537,6 @@ static int cpu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a,
     return 0;
 }
 
-/* ---- overlapped uploads: host memory is backend memory, so a copy is done when it returns ---- */
-
-static int cpu_copy_noop(struct kbackend *kb, struct slm_err *err)
-{
-    (void)kb; (void)err;
-    return 0;
-}
-
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -596,9 +588,11 @@ static const struct kbackend_i cpu_iface = {
     .prune_abs_le = cpu_prune_abs_le,
     .count_zeros = cpu_count_zeros,
     /* --- added for block uploads overlapped with compute (optional) --- */
-    .copy_after_queued = cpu_copy_noop,
-    .upload_async = cpu_memcpy,
-    .copy_sync = cpu_copy_noop,
+    /* none: host memory is backend memory, a copy would overlap nothing and only hold a second
+    ** block against the budget */
+    .copy_after_queued = NULL,
+    .upload_async = NULL,
+    .copy_sync = NULL,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

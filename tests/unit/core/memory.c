@@ -201,6 +201,8 @@ struct run {
 
 /* Compress stories260K (lazy blocks) with o; limit_above: budget in bytes above what the open
 ** model holds (0: none). The capture sees every block as final. */
+static struct kbackend *run_kb;   /* the backend run_compress opens the model on: kb unless set */
+
 static void run_compress(struct run *r, const struct compress_opts *o0, int ns, int T, size_t limit_above)
 {
     struct model *m = NULL;
@@ -210,7 +212,7 @@ static void run_compress(struct run *r, const struct compress_opts *o0, int ns, 
     assert_non_null(ids);
     for (int i = 0; i < ns * T; i++) ids[i] = 1 + (i * 53 + i / 7) % 500;
     memset(r, 0, sizeof *r);
-    assert_int_equal(model_open(&m, model_dir, kb, MODEL_LAZY_BLOCKS, &r->err), 0);
+    assert_int_equal(model_open(&m, model_dir, run_kb ? run_kb : kb, MODEL_LAZY_BLOCKS, &r->err), 0);
     assert_int_equal(kb_mem_stats(kb, &st, false, &r->err), 0);
     r->base = st.in_use;
     if (limit_above) assert_int_equal(kbackend_set_limit(kb, (size_t)st.in_use + limit_above, &r->err), 0);
@@ -309,7 +311,7 @@ static void test_core_memory__prefetch_is_bit_identical(void **state)
     struct slm_err err = SLM_ERR_INIT;
     assert_int_equal(model_open(&a, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
     assert_int_equal(model_open(&b, model_dir, kb, MODEL_LAZY_BLOCKS, &err), 0);
-    assert_int_equal(model_block_prefetch(b, 2, &err), 0);
+    assert_int_equal(model_block_prefetch(b, 2, 0, &err), 0);
     assert_non_null(b->prefetch);
     assert_int_equal(model_block_load(b, 1, &err), 0);   /* another block: the prefetch waits */
     assert_non_null(b->prefetch);
@@ -317,11 +319,11 @@ static void test_core_memory__prefetch_is_bit_identical(void **state)
     assert_null(b->prefetch);                             /* used up */
     assert_int_equal(model_block_load(a, 2, &err), 0);
     assert_same_block(a, b, 2);
-    assert_int_equal(model_block_prefetch(b, 3, &err), 0);
-    assert_int_equal(model_block_prefetch(b, 4, &err), 0);   /* drops the previous one */
-    assert_int_equal(model_block_prefetch(b, 2, &err), 0);   /* loaded already: nothing to do */
+    assert_int_equal(model_block_prefetch(b, 3, 0, &err), 0);
+    assert_int_equal(model_block_prefetch(b, 4, 0, &err), 0);   /* drops the previous one */
+    assert_int_equal(model_block_prefetch(b, 2, 0, &err), 0);   /* loaded already: nothing to do */
     assert_null(b->prefetch);
-    assert_int_equal(model_block_prefetch(b, 4, &err), 0);
+    assert_int_equal(model_block_prefetch(b, 4, 0, &err), 0);
     model_free(a);
     model_free(b);                                          /* joins the pending one */
 }
@@ -332,16 +334,38 @@ static void test_core_memory__prefetch_is_bit_identical(void **state)
 static const struct kbackend_i *up_real;
 static int up_calls, up_fail_every, up_sync_fails;
 
+/* The CPU backend has no copy stream (a copy there overlaps nothing): for it the view's ops are a
+** plain memcpy (its memory is the host's), which still drives model.c's whole prefetch path. */
 static int up_upload_async(struct kbackend *k, void *dst, const void *src, size_t n, struct slm_err *err)
 {
     int call = __atomic_add_fetch(&up_calls, 1, __ATOMIC_SEQ_CST);   /* the prefetch thread calls it */
     if (up_fail_every && call % up_fail_every == 0) return slm_err_set(err, SLM_ECUDA, "injected upload failure");
-    return up_real->upload_async(k, dst, src, n, err);
+    if (up_real->upload_async) return up_real->upload_async(k, dst, src, n, err);
+    memcpy(dst, src, n);
+    return 0;
 }
 static int up_copy_sync(struct kbackend *k, struct slm_err *err)
 {
     if (up_sync_fails > 0 && up_sync_fails--) return slm_err_set(err, SLM_ECUDA, "injected sync failure");
-    return up_real->copy_sync(k, err);
+    return up_real->copy_sync ? up_real->copy_sync(k, err) : 0;
+}
+static int up_copy_after_queued(struct kbackend *k, struct slm_err *err)
+{
+    return up_real->copy_after_queued ? up_real->copy_after_queued(k, err) : 0;
+}
+
+/* kb seen through the counting / failing copy-stream ops. */
+static bool up_view(struct kbackend *view, struct kbackend_i *f)
+{
+    *view = *kb;
+    *f = *kb->iface;
+    if (!f->upload_async && strcmp(kb_name(kb), "cpu")) return false;
+    up_real = kb->iface;
+    f->upload_async = up_upload_async;
+    f->copy_sync = up_copy_sync;
+    f->copy_after_queued = up_copy_after_queued;
+    view->iface = f;
+    return true;
 }
 
 /* tight: a budget with room for b's load but not for a prefetch (a third of it < a block) */
@@ -364,16 +388,21 @@ static void prefetched_load_matches(struct kbackend *view, int fail_every, int s
         assert_true(st.in_use - before_load + 65536 < 3 * (int64_t)model_block_nbytes(a, 2));
         assert_int_equal(kbackend_set_limit(kb, (size_t)(2 * st.in_use - before_load + 65536), &err), 0);
     }
-    assert_int_equal(model_block_prefetch(b, 2, &err), 0);
+    int64_t a_load = st.in_use - before_load, before_prefetch = st.in_use;
+    assert_int_equal(model_block_prefetch(b, 2, 0, &err), 0);
     assert_int_equal(model_block_load(b, 2, &err), 0);
     assert_int_equal(kbackend_set_limit(kb, 0, &err), 0);
+    /* b's block holds exactly what a's does: no buffer of the prefetch is left over, whether it
+    ** was filled, refilled by the fallback, or given back after a second sync */
+    assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
+    assert_int_equal(st.in_use - before_prefetch, a_load);
     if (expect_calls ? up_calls == 0 : up_calls != 0) fprintf(stderr, "%d upload_async calls\n", up_calls);
     assert_true(expect_calls ? up_calls > 0 : up_calls == 0);
     assert_same_block(a, b, 2);
     /* a prefetch never used gives its buffers back */
     assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
     int64_t before = st.in_use;
-    assert_int_equal(model_block_prefetch(b, 3, &err), 0);
+    assert_int_equal(model_block_prefetch(b, 3, 0, &err), 0);
     model_prefetch_drop(b);
     assert_int_equal(kb_mem_stats(kb, &st, false, &err), 0);
     assert_int_equal(st.in_use, before);
@@ -384,16 +413,12 @@ static void prefetched_load_matches(struct kbackend *view, int fail_every, int s
 static void test_core_memory__prefetch_uploads_beside_the_ops(void **state)
 {
     (void)state;
-    struct kbackend view = *kb;
-    struct kbackend_i f = *kb->iface;
-    if (!f.upload_async) {
+    struct kbackend view;
+    struct kbackend_i f;
+    if (!up_view(&view, &f)) {
         fprintf(stderr, "backend %s has no upload_async: skipped\n", kb_name(kb));
         skip();
     }
-    up_real = kb->iface;
-    f.upload_async = up_upload_async;
-    f.copy_sync = up_copy_sync;
-    view.iface = &f;
     prefetched_load_matches(&view, 0, 0, false, true);   /* every tensor through the copy stream */
     prefetched_load_matches(&view, 3, 0, false, true);   /* every third upload fails: those load the plain way */
     /* the copies' sync fails: all load the plain way, and the unused buffers go back once a
@@ -405,6 +430,50 @@ static void test_core_memory__prefetch_uploads_beside_the_ops(void **state)
     f.copy_sync = NULL;
     f.copy_after_queued = NULL;
     prefetched_load_matches(&view, 0, 0, false, false);
+}
+
+/* Taking block b+1's buffers ahead must not cost the run its budget: block b's own work comes
+** first (model_block_prefetch's reserve). Under the peak of a run without prefetch, and a little
+** above it, the run with uploads beside the ops compresses too, to the same weights. */
+static void prefetch_within_budget(int cfg)
+{
+    struct kbackend view;
+    struct kbackend_i f;
+    struct compress_opts o;
+    struct run plain, pre;
+    if (!up_view(&view, &f)) {
+        fprintf(stderr, "backend %s has no upload_async: skipped\n", kb_name(kb));
+        skip();
+    }
+    up_calls = up_fail_every = up_sync_fails = 0;
+    opts_of(&o, cfg);
+    o.spill = -1;
+    o.unload_blocks = true;
+    o.prefetch = -1;
+    run_compress(&plain, &o, 4, 32, 0);
+    assert_int_equal(plain.rc, 0);
+    size_t need = (size_t)(plain.res.peak_backend_bytes - plain.base);
+    o.prefetch = 0;
+    run_kb = &view;
+    for (size_t extra = 0; extra <= 256 * 1024; extra += 32 * 1024) {
+        run_compress(&pre, &o, 4, 32, need + extra);
+        if (pre.rc) fprintf(stderr, "budget %zu + %zu: %s\n", need, extra, pre.err.msg);
+        assert_same_result(&plain, &pre);
+        run_free(&pre);
+    }
+    run_compress(&pre, &o, 4, 32, 0);   /* unlimited: the uploads do happen */
+    assert_same_result(&plain, &pre);
+    assert_true(up_calls > 0);
+    run_free(&pre);
+    run_kb = NULL;
+    run_free(&plain);
+}
+
+static void test_core_memory__prefetch_within_budget(void **state) { (void)state; prefetch_within_budget(CFG_SLIM_LORA); }
+static void test_core_memory__prefetch_within_budget_sparsegpt(void **state)
+{
+    (void)state;
+    prefetch_within_budget(CFG_SPARSEGPT_OPTQ);
 }
 
 /* A budget that holds one block compresses the model with streaming, to the weights of the
@@ -500,6 +569,8 @@ int main(void)
         cmocka_unit_test(test_core_memory__spill_is_bit_identical_sparsegpt),
         cmocka_unit_test(test_core_memory__prefetch_is_bit_identical),
         cmocka_unit_test(test_core_memory__prefetch_uploads_beside_the_ops),
+        cmocka_unit_test(test_core_memory__prefetch_within_budget),
+        cmocka_unit_test(test_core_memory__prefetch_within_budget_sparsegpt),
         cmocka_unit_test(test_core_memory__budget_streams_or_fails_clearly),
         cmocka_unit_test(test_core_memory__auto_spill_under_budget),
     };
