@@ -3,12 +3,13 @@
 ** DESIGN: statistics are gathered one calibration sequence at a time (B = 1), so the reference's
 ** running recurrences over sequences (§1.5) are reproduced exactly: Wanda's scaler_row in f32 and
 ** L2QER's column sums by the backend's col_stats (the inputs never leave the device, except for
-** JSQ, which clips them on the host), downloaded once per linear input when compressed; the Hessian (only for SparseGPT / OPTQ, which need it) scaled and accumulated with a
-** backend gemm. Linears that read the same input (q/k/v, gate/up) share one statistics slot. The
-** per-layer reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
+** JSQ, which clips them on the host), downloaded once per linear input when compressed; the
+** Hessian (only for SparseGPT / OPTQ, which need it) scaled and accumulated with a backend gemm.
+** Linears that read the same input (q/k/v, gate/up) share one statistics slot. The per-layer
+** reconstruction error ||X W^T - X W'^T|| / ||X W^T|| is measured on the inputs of the
 ** first calibration window, kept per slot (a full-H trace would cost d_out d_in^2 per layer).
-** Per linear, magnitude / Wanda N:M with AbsMax / SLiM-Quant keep W in backend memory when the
-** backend has the ops (compress_linear_kb); the other methods work on a host copy of W.
+** Per linear, magnitude / Wanda (N:M or unstructured) with AbsMax / SLiM-Quant keep W in backend
+** memory when the backend has the ops (compress_linear_kb); the other methods work on a host copy.
 */
 #include "compress.h"
 
@@ -975,13 +976,8 @@ static uint64_t block_working_set(const struct model *m, int seqlen, bool need_h
 ** block's working set need? True when the backend cannot tell (then the allocation decides). */
 static bool acts_fit(struct model *m, uint64_t bytes, int seqlen, bool need_h, bool unload_blocks)
 {
-    struct kmem_stats st;
-    struct slm_err e = SLM_ERR_INIT;
-    if (kb_mem_stats(m->kb, &st, false, &e)) return true;
-    int64_t avail;
-    if (st.limit > 0) avail = st.limit - st.in_use;
-    else if (st.device_total >= 0) avail = st.device_free + st.cached;
-    else return true;   /* host memory: nothing to budget */
+    int64_t avail = kb_room(m->kb);
+    if (avail < 0) return true;   /* host memory without a budget: nothing to plan */
     uint64_t blocks = 0;
     for (int b = 0; b < m->cfg.n_layers; b++) {
         if (m->blocks[b].loaded) continue;

@@ -16,20 +16,15 @@ static double now_s(void)
 /* Activations kept per chunk of windows when blocks are not resident (eval_block_major). */
 #define EVAL_CHUNK_BYTES ((size_t)1 << 30)
 
-/* Windows per chunk of block-major evaluation: EVAL_CHUNK_BYTES of activations, or on a device up
-** to a quarter of the room left (the budget, or the device's free plus cached memory), so that each
-** block loads (and a checkpoint's dequantizes) once per chunk, as few times as memory allows. The
-** numbers do not depend on it: every window goes through the same ops either way. */
+/* Windows per chunk of block-major evaluation: EVAL_CHUNK_BYTES of activations, or up to a quarter
+** of the backend's room where that is known and larger (kb_room: a device's free memory, or a
+** budget), so that each block loads (and a checkpoint's dequantizes) once per chunk, as few times
+** as memory allows. The numbers do not depend on it: every window goes through the same ops. */
 static size_t chunk_windows(struct model *m, size_t per, size_t nwin)
 {
     size_t bytes = EVAL_CHUNK_BYTES;
-    struct kmem_stats s;
-    struct slm_err e = SLM_ERR_INIT;
-    if (!kb_mem_stats(m->kb, &s, false, &e) && s.device_total >= 0) {
-        int64_t room = s.device_free + s.cached;
-        if (s.limit > 0 && s.limit - s.in_use < room) room = s.limit - s.in_use;
-        if (room / 4 > (int64_t)bytes) bytes = (size_t)(room / 4);
-    }
+    int64_t room = kb_room(m->kb);
+    if (room / 4 > (int64_t)bytes) bytes = (size_t)(room / 4);
     size_t K = bytes / (per * sizeof(float));
     return K < 1 ? 1 : K > nwin ? nwin : K;
 }

@@ -103,23 +103,28 @@ uint64_t model_block_nbytes(const struct model *m, int b)
     return n;
 }
 
-void model_prefetch_drop(struct model *m)
+/* Free p (not running): its host copies and, with release_dev, the backend buffers not handed over. */
+static void prefetch_free(struct model *m, struct block_prefetch *p, bool release_dev)
 {
-    struct block_prefetch *p = m->prefetch;
-    if (!p) return;
-    if (!p->joined) pthread_join(p->thread, NULL);
     for (size_t i = 0; p->host && i < p->n; i++) free(p->host[i]);
-    /* the buffers not handed over go back; after a failed copy_sync only once a second one
-    ** succeeds: reusing buffers that copies may still write into would be worse than leaking them
-    ** (a device that fails to synchronize is broken anyway) */
-    struct slm_err e = SLM_ERR_INIT;
-    bool settled = !p->unsettled || !p->kb->iface->copy_sync(p->kb, &e);
-    for (size_t i = 0; p->dev && settled && i < p->n; i++) kb_release(m->kb, p->dev[i]);
+    for (size_t i = 0; p->dev && release_dev && i < p->n; i++) kb_release(m->kb, p->dev[i]);
     free(p->host);
     free(p->dev);
     free(p->sent);
     free(p->t);
     free(p);
+}
+
+void model_prefetch_drop(struct model *m)
+{
+    struct block_prefetch *p = m->prefetch;
+    if (!p) return;
+    if (!p->joined) pthread_join(p->thread, NULL);
+    /* the buffers not handed over go back; after a failed copy_sync only once a second one
+    ** succeeds: reusing buffers that copies may still write into would be worse than leaking them
+    ** (a device that fails to synchronize is broken anyway) */
+    struct slm_err e = SLM_ERR_INIT;
+    prefetch_free(m, p, !p->unsettled || !p->kb->iface->copy_sync(p->kb, &e));
     m->prefetch = NULL;
 }
 
@@ -128,14 +133,11 @@ void model_prefetch_drop(struct model *m)
 ** what the caller's work on the current block still needs, and at least three times over. */
 static bool prefetch_room(struct model *m, int b, uint64_t reserve)
 {
-    struct kmem_stats s;
-    struct slm_err e = SLM_ERR_INIT;
     const struct kbackend_i *f = m->kb->iface;
-    if (!f->upload_async || !f->copy_sync || !f->copy_after_queued || kb_mem_stats(m->kb, &s, false, &e)) return false;
-    int64_t room = INT64_MAX;
-    if (s.limit > 0) room = s.limit - s.in_use;
-    if (s.device_free >= 0 && s.device_free + s.cached < room) room = s.device_free + s.cached;
+    if (!f->upload_async || !f->copy_sync || !f->copy_after_queued || !f->mem_stats) return false;
+    int64_t room = kb_room(m->kb);
     uint64_t need = model_block_nbytes(m, b);
+    if (room < 0) return true;   /* nothing bounds the backend's memory */
     return room > 0 && (uint64_t)room / 3 >= need && (uint64_t)room - need >= reserve;
 }
 
@@ -188,18 +190,11 @@ int model_block_prefetch(struct model *m, int b, uint64_t reserve, struct slm_er
         !(p->sent = calloc(n1, sizeof *p->sent)))
         goto fail;
     prefetch_take_buffers(m, p, reserve);
-    if (pthread_create(&p->thread, NULL, prefetch_main, p)) {
-        for (size_t i = 0; i < p->n; i++) kb_release(m->kb, p->dev[i]);
-        goto fail;
-    }
+    if (pthread_create(&p->thread, NULL, prefetch_main, p)) goto fail;
     m->prefetch = p;
     return 0;
 fail:   /* not an error: the block loads the plain way */
-    free(p->host);
-    free(p->dev);
-    free(p->sent);
-    free(p->t);
-    free(p);
+    prefetch_free(m, p, true);
     return 0;
 }
 

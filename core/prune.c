@@ -54,12 +54,21 @@ static int rows_pruned(int d_in, const struct prune_opts *o)
     return (int)floor((double)d_in * o->sparsity);
 }
 
-/* Rank (from 0) of the global magnitude threshold among n metrics: floor(n * sparsity), the last
-** entry at most; everything <= it goes, as the reference's sort-and-compare. */
-static size_t magnitude_rank(size_t n, const struct prune_opts *o)
+/* Rank (from 0) of a global threshold among n metrics (magnitude, SparseGPT's unstructured
+** blocks): floor(n * sparsity), the last entry at most; everything <= it goes, as the reference's
+** sort-and-compare. */
+static size_t threshold_rank(size_t n, double sparsity)
 {
-    size_t k = (size_t)floor((double)n * o->sparsity);
+    size_t k = (size_t)floor((double)n * sparsity);
     return k < n ? k : n - 1;
+}
+
+/* o as the metric runs it: Wanda without a scaler row ranks |w| alone, i.e. magnitude. */
+static struct prune_opts metric_opts(const struct prune_opts *o, const float *s)
+{
+    struct prune_opts e = *o;
+    if (e.method == PRUNE_WANDA && !s) e.method = PRUNE_MAGNITUDE;
+    return e;
 }
 
 /* Per-row selection on metric t: N:M groups, or exactly floor(d_in * sparsity) per row in stable
@@ -102,10 +111,10 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
         rc = mask_rows(mask, t, d_out, d_in, o, err);
     } else {
         /* magnitude: one threshold for the whole matrix */
-        uint32_t *keys = o->sparsity > 0 && n ? malloc(sizeof *keys * n) : NULL;
         if (o->sparsity > 0 && n) {
+            uint32_t *keys = malloc(sizeof *keys * n);
             if (!keys) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
-            float thr = kq_kth_abs(keys, t, n, magnitude_rank(n, o));
+            float thr = kq_kth_abs(keys, t, n, threshold_rank(n, o->sparsity));
             free(keys);
             for (size_t i = 0; i < n; i++) mask[i] = t[i] <= thr;
         }
@@ -123,26 +132,25 @@ bool prune_on_backend(struct kbackend *kb, const struct prune_opts *o)
     return o->method == PRUNE_WANDA ? f->prune_rows != NULL : f->abs_kth && f->prune_abs_le;
 }
 
-int prune_weight_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in, const struct prune_opts *o,
+int prune_weight_kb(struct kbackend *kb, float *w, const float *s, int d_out, int d_in, const struct prune_opts *o0,
                     uint8_t *d_mask, struct slm_err *err)
 {
     size_t n = (size_t)d_out * d_in;
     float *d_s = NULL, thr = -1;   /* |w| <= -1 holds for no weight: sparsity 0 prunes nothing */
+    const struct prune_opts eo = metric_opts(o0, s), *o = &eo;
     int rc = check_opts(o, d_in, err);
     if (rc) return rc;
     if (!prune_on_backend(kb, o))
         return slm_err_set(err, SLM_EUNSUPPORTED, "prune: method %d, %s pattern: no op on backend %s", (int)o->method,
                            o->m ? "N:M" : "unstructured", kb_name(kb));
-    bool wanda = o->method == PRUNE_WANDA && s;   /* without a scaler row: magnitude, as the host path */
-    if (!wanda && o->method == PRUNE_WANDA && !o->m && !(kb->iface->abs_kth && kb->iface->prune_abs_le))
-        return slm_err_set(err, SLM_EUNSUPPORTED, "prune: magnitude selection: no op on backend %s", kb_name(kb));
+    bool wanda = o->method == PRUNE_WANDA;
     if (wanda && ((rc = kb_alloc(kb, (void **)&d_s, sizeof *d_s * (size_t)d_in, err)) ||
                   (rc = kb_upload(kb, d_s, s, sizeof *d_s * (size_t)d_in, err))))
         goto done;
     if (o->m) rc = kb->iface->prune_nm(kb, w, d_mask, d_s, d_out, d_in, o->n, o->m, err);
     else if (wanda) rc = kb->iface->prune_rows(kb, w, d_mask, d_s, d_out, d_in, rows_pruned(d_in, o), err);
     else if (!n) rc = 0;
-    else if (!(o->sparsity > 0) || !(rc = kb_abs_kth(kb, &thr, w, n, magnitude_rank(n, o), err)))
+    else if (!(o->sparsity > 0) || !(rc = kb_abs_kth(kb, &thr, w, n, threshold_rank(n, o->sparsity), err)))
         rc = kb->iface->prune_abs_le(kb, w, d_mask, n, thr, err);
 done:
     kb_release(kb, d_s);
@@ -154,7 +162,8 @@ int prune_weight(struct kbackend *kb, float *w, const float *s, int d_out, int d
 {
     size_t n = (size_t)d_out * d_in;
     int rc;
-    if (prune_on_backend(kb, o)) {
+    struct prune_opts eo = metric_opts(o, s);
+    if (prune_on_backend(kb, &eo)) {
         uint8_t *d_mask = NULL;
         if (!(rc = kb_alloc(kb, (void **)&d_mask, n, err)) &&
             !(rc = prune_weight_kb(kb, w, s, d_out, d_in, o, d_mask, err)) && mask)
@@ -243,8 +252,7 @@ static int sgpt_threshold(struct kbackend *kb, struct ksgpt_args *a, double spar
     rc = kb_sparsegpt_block(kb, a, err);
     a->metric = NULL;
     if (rc) return rc;
-    size_t k = (size_t)floor((double)nt * sparsity);
-    return kb_abs_kth(kb, &a->thr, metric, nt, k < nt ? k : nt - 1, err);
+    return kb_abs_kth(kb, &a->thr, metric, nt, threshold_rank(nt, sparsity), err);
 }
 
 int prune_sparsegpt(struct kbackend *kb, float *w, float *H, int d_out, int d_in, const struct prune_opts *o,

@@ -346,6 +346,11 @@ int kb_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t
 
 /* Memory figures (struct kmem_stats). -SLM_EUNSUPPORTED, *out all -1, without the op. */
 int kb_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool reset_peak, struct slm_err *err);
+/* Bytes kb_alloc can still hand out, as far as the backend can tell: the budget left (set_limit)
+** and, on a device, its free plus cached memory, whichever is smaller; -1 when neither bounds it
+** (host memory without a budget) or the backend keeps no figures. For plans made ahead of an
+** allocation (spilling, prefetching, chunking): the allocation itself has the last word. */
+int64_t kb_room(struct kbackend *kb);
 /* Budget in bytes for kb_alloc (0: none); -SLM_EUNSUPPORTED without the op. */
 int kbackend_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err);
 /* The budget from the environment: SLIM_MEM_LIMIT_MB (MiB, fractions allowed) when set, for

@@ -319,6 +319,15 @@ static inline float kq_kth_abs(uint32_t *keys, const float *a, size_t n, size_t 
     return v;
 }
 
+/* How many of a [n] are 0 (either sign). */
+static inline uint64_t kq_count_zeros(const float *a, size_t n)
+{
+    uint64_t z = 0;
+#pragma omp parallel for reduction(+ : z) schedule(static) if (n >= KQ_PAR_MIN)
+    for (size_t i = 0; i < n; i++) z += a[i] == 0;
+    return z;
+}
+
 /* Magnitude under a global threshold: mask[i] = |w[i]| <= thr, and w[i] = 0 there. */
 static inline void kq_prune_abs_le(float *w, uint8_t *mask, size_t n, float thr)
 {

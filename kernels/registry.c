@@ -178,7 +178,7 @@ int kb_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t 
     float *h = malloc(sizeof *h * n);
     if (!h) return slm_err_set(err, SLM_ENOMEM, "count_zeros: %zu floats", n);
     int rc = kb_download(kb, h, a, sizeof *h * n, err);
-    for (size_t i = 0; !rc && i < n; i++) *count += h[i] == 0;
+    if (!rc) *count = kq_count_zeros(h, n);
     free(h);
     return rc;
 }
@@ -198,6 +198,17 @@ int kb_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t
 }
 
 /* ---- memory accounting and budgets ---- */
+
+int64_t kb_room(struct kbackend *kb)
+{
+    struct kmem_stats s;
+    struct slm_err e = SLM_ERR_INIT;
+    int64_t room = -1;
+    if (kb_mem_stats(kb, &s, false, &e)) return -1;
+    if (s.limit > 0) room = s.limit - s.in_use > 0 ? s.limit - s.in_use : 0;
+    if (s.device_free >= 0 && (room < 0 || s.device_free + s.cached < room)) room = s.device_free + s.cached;
+    return room;
+}
 
 const char *kb_size_str(char *buf, size_t n, uint64_t bytes)
 {

@@ -530,10 +530,7 @@ static int cpu_prune_abs_le(struct kbackend *kb, float *w, uint8_t *mask, size_t
 static int cpu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err)
 {
     (void)kb; (void)err;
-    uint64_t z = 0;
-#pragma omp parallel for reduction(+ : z) schedule(static) if (n >= KQ_PAR_MIN)
-    for (size_t i = 0; i < n; i++) z += a[i] == 0;
-    *count = z;
+    *count = kq_count_zeros(a, n);
     return 0;
 }
 
