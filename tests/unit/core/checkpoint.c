@@ -303,6 +303,20 @@ static void byte_vocab(const char *dir)
     write_file(dir, "merges.txt", "#version: 0.2\n", 14);
 }
 
+/* The end-to-end job's spec and folders: the output, the model copy, the data files. */
+static void job_folders_free(struct jobspec *spec, const char *odir, const char *mdir, const char *ddir)
+{
+    char line[4200];
+    jobspec_free(spec);
+    rm_folder(odir);
+    rm_folder(mdir);
+    snprintf(line, sizeof line, "%s/calib.jsonl", ddir);
+    unlink(line);
+    snprintf(line, sizeof line, "%s/evaltext.txt", ddir);
+    unlink(line);
+    rmdir(ddir);
+}
+
 /* input: NULL, or an activation-quantization kind ("fp8", "int") evaluated after compression.
 ** limit_mb: NULL, or a SLIM_MEM_LIMIT_MB too small for one block: the job must fail with
 ** -SLM_ENOMEM and a message naming the block, the stage and the sizes. */
@@ -364,12 +378,7 @@ static void job_end_to_end(const char *input, int input_bits, const char *limit_
         assert_non_null(strstr(err.msg, "out of backend memory allocating"));
         assert_non_null(strstr(err.msg, ", limit 200.0 KiB)"));
         assert_false(checkpoint_is(odir));   /* no half-written checkpoint left */
-        jobspec_free(&spec);
-        rm_folder(odir);
-        rm_folder(mdir);
-        snprintf(line, sizeof line, "%s/calib.jsonl", ddir); unlink(line);
-        snprintf(line, sizeof line, "%s/evaltext.txt", ddir); unlink(line);
-        rmdir(ddir);
+        job_folders_free(&spec, odir, mdir, ddir);
         return;
     }
     assert_int_equal(rc, 0);
@@ -403,12 +412,7 @@ static void job_end_to_end(const char *input, int input_bits, const char *limit_
     tokenizer_free(tok);
     model_free(r);
     json_decref(metrics);
-    jobspec_free(&spec);
-    rm_folder(odir);
-    rm_folder(mdir);
-    snprintf(line, sizeof line, "%s/calib.jsonl", ddir); unlink(line);
-    snprintf(line, sizeof line, "%s/evaltext.txt", ddir); unlink(line);
-    rmdir(ddir);
+    job_folders_free(&spec, odir, mdir, ddir);
 }
 
 static void test_core_checkpoint__job_end_to_end(void **state) { (void)state; job_end_to_end(NULL, 0, NULL); }
