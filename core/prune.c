@@ -101,12 +101,7 @@ int prune_mask_host(uint8_t *mask, const float *w, const float *s, int d_out, in
     if (rc) goto done;
     if (!t) { rc = slm_err_set(err, SLM_ENOMEM, "prune %dx%d: out of memory", d_out, d_in); goto done; }
     memset(mask, 0, n);
-#pragma omp parallel for schedule(static) if (n >= KQ_PAR_MIN)
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) {
-            size_t i = (size_t)r * d_in + c;
-            t[i] = kq_prune_metric(w[i], s, c);
-        }
+    kq_prune_metrics(t, w, s, d_out, d_in);
     if (o->m || s) {
         rc = mask_rows(mask, t, d_out, d_in, o, err);
     } else {

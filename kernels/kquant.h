@@ -249,6 +249,14 @@ static inline void kq_prune_nm_row(float *w, uint8_t *mask, const float *s, int 
     }
 }
 
+/* t [d_out x d_in] = the pruning metric of w (kq_prune_metric under s, NULL: magnitude). */
+static inline void kq_prune_metrics(float *t, const float *w, const float *s, int d_out, int d_in)
+{
+#pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
+    for (int r = 0; r < d_out; r++)
+        for (int c = 0; c < d_in; c++) t[(size_t)r * d_in + c] = kq_prune_metric(w[(size_t)r * d_in + c], s, c);
+}
+
 /* A metric and its column: the unstructured per-row sort's item. */
 struct kq_keyed { uint32_t key; int j; };
 

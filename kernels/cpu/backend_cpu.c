@@ -492,18 +492,13 @@ static int cpu_apply_mask(struct kbackend *kb, float *w, const uint8_t *mask, si
 static int cpu_prune_rows(struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
                           struct slm_err *err)
 {
-    (void)kb;
     size_t n = (size_t)d_out * d_in;
     int rc = kq_check_rows(d_out, d_in, k, err);
     if (rc || !n) return rc;
     float *t = malloc(sizeof *t * n);
     if (!t) return slm_err_set(err, SLM_ENOMEM, "prune_rows %dx%d: out of memory", d_out, d_in);
-#pragma omp parallel for schedule(static) if (n >= KQ_PAR_MIN)
-    for (int r = 0; r < d_out; r++)
-        for (int c = 0; c < d_in; c++) t[(size_t)r * d_in + c] = kq_prune_metric(w[(size_t)r * d_in + c], s, c);
-    if (!(rc = kq_select_rows(mask, t, d_out, d_in, k, err)))
-        for (size_t i = 0; i < n; i++)
-            if (mask[i]) w[i] = 0;
+    kq_prune_metrics(t, w, s, d_out, d_in);
+    if (!(rc = kq_select_rows(mask, t, d_out, d_in, k, err))) rc = cpu_apply_mask(kb, w, mask, n, err);
     free(t);
     return rc;
 }
