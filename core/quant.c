@@ -27,18 +27,6 @@ static inline float rb(float x, bool bf16) { return bf16 ? bf16_round(x) : x; }
 
 /* ---- SLiM-Quant (§3.3) ---- */
 
-/* E(i) of the reference's integrate=True objective. */
-static double slim_err(const float *pdf, const float *val, int nb, float dx, int i, int bits)
-{
-    float alpha = val[i], step = alpha / (float)(1 << bits);
-    double e = 0;
-    for (int k = 0; k < nb; k++) {
-        float d = k < i ? val[k] - floorf(val[k] / step) * step : val[k] - alpha;
-        e += (double)(pdf[k] * d * d * dx);
-    }
-    return e;
-}
-
 /* The reference's bin count for n values. */
 static int slim_nbins(size_t n)
 {
@@ -54,104 +42,82 @@ static void slim_edges(float *edge, float *lo, float *hi, int nb)
     edge[nb] = *hi;
 }
 
-/* E of the candidates cand [nc] into loss [nc]: each candidate is an independent sequential sum
-** (slim_err), so OpenMP threads give the single-threaded bits; the search is the costly part of
-** SLiM-Quant on large linears (up to nb / 5 candidates of nb terms: 8e7 terms at 20000 bins). */
-static void slim_errs(double *loss, const int *cand, int nc, const float *pdf, const float *val, int nb, float dx, int bits)
-{
-#pragma omp parallel for schedule(dynamic, 8) if ((size_t)nc * nb >= KQ_PAR_MIN * 16)
-    for (int j = 0; j < nc; j++) loss[j] = slim_err(pdf, val, nb, dx, cand[j], bits);
-}
+/* Buffers of one SLiM-Quant search in one block: edges [nb + 1], then kq_slim_search's scratch
+** (losses [nb] doubles first, for alignment; pdf and values [2 nb] floats); counts [nb] zeroed.
+** NULL loss or *counts: out of memory (free loss and *counts either way). */
+struct slim_scratch {
+    float *edge, *pdf, *val;
+    double *loss;
+};
 
-/* The clipping search over the histogram counts [nb] of n values with edges edge [nb + 1]; scratch
-** [2 nb] floats, then nb ints and nb doubles (slim_buffers). */
-static float slim_search(const uint64_t *counts, const float *edge, float *scratch, int nb, size_t n, int bits)
+static void slim_buffers(struct slim_scratch *s, uint64_t **counts, int nb)
 {
-    float *pdf = scratch, *val = scratch + nb;
-    int *cand = (int *)(val + nb);
-    double *loss = (double *)(((uintptr_t)(cand + nb) + 7) & ~(uintptr_t)7);   /* aligned, after nb ints */
-    for (int k = 0; k < nb; k++) {
-        pdf[k] = (float)((double)counts[k] / ((double)n * (double)(edge[k + 1] - edge[k])));
-        val[k] = (edge[k] + edge[k + 1]) / 2;
-    }
-    float dx = val[1] - val[0];
-    /* coarse grid: every multiple of st below nb, in an 11-slot list (unused: +inf, index 0) */
-    int st = nb / 10, idx[11] = { 0 }, nc = 0;
-    double coarse[11];
-    for (int j = 0; j < 11 && j * st < nb; j++) idx[nc++] = j * st;
-    slim_errs(coarse, idx, nc, pdf, val, nb, dx, bits);
-    for (int j = nc; j < 11; j++) coarse[j] = INFINITY;
-    int t = 0;
-    for (int j = 0; j < 11; j++)
-        if (coarse[j] < coarse[t]) t = j;
-    int flo = idx[t > 0 ? t - 1 : 0], fhi = idx[t + 1 < 10 ? t + 1 : 10];
-    for (int i = flo; i < fhi; i++) cand[i - flo] = i;
-    slim_errs(loss, cand, fhi - flo, pdf, val, nb, dx, bits);
-    int best = 0;
-    double bl = INFINITY;
-    for (int i = flo; i < fhi; i++)
-        if (loss[i - flo] < bl) { bl = loss[i - flo]; best = i; }
-    return val[best];
-}
-
-/* Buffers of one SLiM-Quant search: edges [nb + 1] and the search scratch [2 nb] in one block,
-** counts [nb] zeroed. NULL *edge or *counts: out of memory (both freed by the caller). */
-static void slim_buffers(float **edge, uint64_t **counts, int nb)
-{
-    /* edges [nb + 1], pdf and values [2 nb], candidates [nb] ints, losses [nb] doubles (+ padding) */
-    *edge = malloc(sizeof **edge * (size_t)(3 * nb + 1) + sizeof(int) * (size_t)(nb + 1) + sizeof(double) * (size_t)(nb + 1));
+    double *buf = malloc(sizeof(double) * (size_t)nb + sizeof(float) * (size_t)(3 * nb + 1));
+    s->loss = buf;
+    s->edge = buf ? (float *)(buf + nb) : NULL;
+    s->pdf = buf ? s->edge + nb + 1 : NULL;
+    s->val = buf ? s->pdf + nb : NULL;
     *counts = calloc((size_t)nb, sizeof **counts);
+}
+
+static float slim_search(const struct slim_scratch *s, const uint64_t *counts, int nb, size_t n, int bits)
+{
+    return kq_slim_search(counts, s->edge, s->pdf, s->val, s->loss, nb, n, bits);
 }
 
 float quant_slim_alpha(const float *a, size_t n, int bits)
 {
     if (n == 0) return 0;
     int nb = slim_nbins(n);
-    float lo_hi[2], *edge;
+    float lo_hi[2];
+    struct slim_scratch sc;
     uint64_t *counts;
     kq_abs_range(lo_hi, a, n);
     float lo = lo_hi[0], hi = lo_hi[1], alpha = hi;
-    slim_buffers(&edge, &counts, nb);
-    if (edge && counts) {   /* allocation failure: fall back to AbsMax's alpha */
-        slim_edges(edge, &lo, &hi, nb);
-        kq_abs_histogram(counts, a, n, lo, hi, edge, nb);
-        alpha = slim_search(counts, edge, edge + nb + 1, nb, n, bits);
+    slim_buffers(&sc, &counts, nb);
+    if (sc.loss && counts) {   /* allocation failure: fall back to AbsMax's alpha */
+        slim_edges(sc.edge, &lo, &hi, nb);
+        kq_abs_histogram(counts, a, n, lo, hi, sc.edge, nb);
+        alpha = slim_search(&sc, counts, nb, n, bits);
     }
-    free(edge);
+    free(sc.loss);
     free(counts);
     return alpha;
 }
 
-/* quant_slim_alpha on backend a [n]: range and histogram on the backend, the search over the
-** downloaded counts on the host. */
+/* quant_slim_alpha on backend a [n]: range, histogram and search on the backend (the search over
+** downloaded counts on the host where the backend has no slim_search). */
 static int slim_alpha_kb(struct kbackend *kb, float *alpha, const float *a, size_t n, int bits, struct slm_err *err)
 {
     const struct kbackend_i *f = kb->iface;
     int nb = slim_nbins(n), rc;
-    float lo_hi[2], *edge = NULL, *d_range = NULL, *d_edge = NULL;
+    float lo_hi[2], *d_range = NULL, *d_edge = NULL;
+    struct slim_scratch sc;
     uint64_t *counts = NULL, *d_counts = NULL;
     if (n == 0) { *alpha = 0; return 0; }
-    slim_buffers(&edge, &counts, nb);
-    if (!edge || !counts) { rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: histogram of %d bins", nb); goto done; }
+    slim_buffers(&sc, &counts, nb);
+    if (!sc.loss || !counts) { rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: histogram of %d bins", nb); goto done; }
     if ((rc = kb_alloc(kb, (void **)&d_range, sizeof lo_hi, err)) ||
-        (rc = kb_alloc(kb, (void **)&d_edge, sizeof *edge * (size_t)(nb + 1), err)) ||
+        (rc = kb_alloc(kb, (void **)&d_edge, sizeof *sc.edge * (size_t)(nb + 1), err)) ||
         (rc = kb_alloc(kb, (void **)&d_counts, sizeof *counts * (size_t)nb, err)) ||
         (rc = f->abs_range(kb, d_range, a, n, err)) ||
         (rc = kb_download(kb, lo_hi, d_range, sizeof lo_hi, err)))
         goto done;
     float lo = lo_hi[0], hi = lo_hi[1];
-    slim_edges(edge, &lo, &hi, nb);
-    if ((rc = kb_upload(kb, d_edge, edge, sizeof *edge * (size_t)(nb + 1), err)) ||
+    slim_edges(sc.edge, &lo, &hi, nb);
+    if ((rc = kb_upload(kb, d_edge, sc.edge, sizeof *sc.edge * (size_t)(nb + 1), err)) ||
         (rc = kb_upload(kb, d_counts, counts, sizeof *counts * (size_t)nb, err)) ||
-        (rc = f->abs_histogram(kb, d_counts, a, n, lo, hi, d_edge, nb, err)) ||
-        (rc = kb_download(kb, counts, d_counts, sizeof *counts * (size_t)nb, err)))
+        (rc = f->abs_histogram(kb, d_counts, a, n, lo, hi, d_edge, nb, err)))
         goto done;
-    *alpha = slim_search(counts, edge, edge + nb + 1, nb, n, bits);
+    if (f->slim_search)
+        rc = f->slim_search(kb, alpha, d_counts, d_edge, nb, n, bits, err);
+    else if (!(rc = kb_download(kb, counts, d_counts, sizeof *counts * (size_t)nb, err)))
+        *alpha = slim_search(&sc, counts, nb, n, bits);
 done:
     kb_release(kb, d_range);
     kb_release(kb, d_edge);
     kb_release(kb, d_counts);
-    free(edge);
+    free(sc.loss);
     free(counts);
     return rc;
 }

@@ -284,6 +284,12 @@ struct kbackend_i {
     int (*upload_async)(struct kbackend *kb, void *dst, const void *src, size_t nbytes, struct slm_err *err);
     /* Wait for every upload_async so far (any thread). */
     int (*copy_sync)(struct kbackend *kb, struct slm_err *err);
+    /* --- added for SLiM-Quant's search on the backend (optional) --- */
+    /* *alpha (host memory) <- SLiM-Quant's clip over the histogram counts [nb] of n values with
+    ** edges edge [nb + 1] (both backend memory, abs_histogram's): kq_slim_search, whose losses are
+    ** sequential f64 sums, so every backend gives its bits. nb >= 2, n > 0, 2 <= bits <= 8. */
+    int (*slim_search)(struct kbackend *kb, float *alpha, const uint64_t *counts, const float *edge, int nb,
+                       size_t n, int bits, struct slm_err *err);
 };
 
 struct kbackend {

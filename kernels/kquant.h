@@ -181,6 +181,52 @@ KQ_FN int kq_hist_bin(float v, float lo, float hi, int nb, const float *edge)
     return p;
 }
 
+/* ---- SLiM-Quant clipping search (§3.3) ---- */
+
+/* Density of bin k of counts [nb] over n values with edges edge [nb + 1]. */
+KQ_FN float kq_slim_pdf(const uint64_t *counts, const float *edge, int k, size_t n)
+{
+    return (float)((double)counts[k] / ((double)n * (double)KQ_SUB(edge[k + 1], edge[k])));
+}
+
+/* Centre of bin k. */
+KQ_FN float kq_slim_val(const float *edge, int k) { return KQ_DIV(KQ_ADD(edge[k], edge[k + 1]), 2.0f); }
+
+/* E(i) of the reference's integrate=True objective for the clip at val[i]: one sequential sum in
+** f64 of f32 terms, so every backend (one thread per candidate) gives its bits. */
+KQ_FN double kq_slim_err(const float *pdf, const float *val, int nb, float dx, int i, int bits)
+{
+    float alpha = val[i], step = KQ_DIV(alpha, (float)(1 << bits));
+    double e = 0;
+    for (int k = 0; k < nb; k++) {
+        float d = k < i ? KQ_SUB(val[k], KQ_MUL(floorf(KQ_DIV(val[k], step)), step)) : KQ_SUB(val[k], alpha);
+        e += (double)KQ_MUL(KQ_MUL(KQ_MUL(pdf[k], d), d), dx);
+    }
+    return e;
+}
+
+/* The coarse grid: bins 0, st, 2 st, ... below nb (st = nb / 10) in idx [11]; returns how many
+** (the rest of idx stays 0, as the reference's 11-slot list). */
+KQ_FN int kq_slim_grid(int idx[11], int nb)
+{
+    int st = nb / 10, nc = 0;
+    for (int j = 0; j < 11; j++) idx[j] = 0;
+    for (int j = 0; j < 11 && j * st < nb; j++) idx[nc++] = j * st;
+    return nc;
+}
+
+/* The fine range [*flo, *fhi) around the best coarse loss coarse [11] (unused slots +inf; the first
+** strict minimum). *fhi may fall below *flo (a best slot 9 whose next slot is unused): no fine
+** candidate, and the search answers bin 0, as the reference. */
+KQ_FN void kq_slim_fine_range(const double coarse[11], const int idx[11], int *flo, int *fhi)
+{
+    int t = 0;
+    for (int j = 0; j < 11; j++)
+        if (coarse[j] < coarse[t]) t = j;
+    *flo = idx[t > 0 ? t - 1 : 0];
+    *fhi = idx[t + 1 < 10 ? t + 1 : 10];
+}
+
 /* ---- argument checks of the ops, the same on every backend (host code) ---- */
 static inline int kq_check_nm(int d_out, int d_in, int n, int m, struct slm_err *err)
 {
@@ -221,6 +267,13 @@ static inline int kq_check_quant(const struct kquant_args *q, int d_out, int d_i
 static inline int kq_check_bins(int nb, struct slm_err *err)
 {
     return nb > 0 ? 0 : slm_err_set(err, SLM_EINVAL, "abs_histogram: %d bins", nb);
+}
+
+static inline int kq_check_search(int nb, size_t n, int bits, struct slm_err *err)
+{
+    if (nb < 2 || n == 0 || bits < 2 || bits > 8)
+        return slm_err_set(err, SLM_EINVAL, "slim_search: %d bins over %zu values at %d bits", nb, n, bits);
+    return 0;
 }
 
 /* ---- host loops: core's host path and the CPU backend's ops ----
@@ -397,6 +450,34 @@ static inline void kq_dequant(float *w, const int8_t *codes, int d_out, int d_in
 #pragma omp parallel for schedule(static) if ((size_t)d_out * d_in >= KQ_PAR_MIN)
     for (int r = 0; r < d_out; r++)
         for (int c = 0; c < d_in; c++) w[(size_t)r * d_in + c] = kq_dequant1(codes[(size_t)r * d_in + c], r, c, a);
+}
+
+/* SLiM-Quant's clip over the histogram counts [nb] of n values with edges edge [nb + 1]: the coarse
+** grid, then every bin of the fine range, the first strict minimum (bin 0 when none is finite).
+** Scratch pdf, val [nb] floats and loss [nb] doubles (a fine range spans at most 2 nb / 10 bins).
+** Candidates are independent sequential sums, so OpenMP threads give the single-thread bits; the
+** search is the costly part of SLiM-Quant on large linears (8e7 terms at 20000 bins). */
+static inline float kq_slim_search(const uint64_t *counts, const float *edge, float *pdf, float *val, double *loss,
+                                   int nb, size_t n, int bits)
+{
+    for (int k = 0; k < nb; k++) {
+        pdf[k] = kq_slim_pdf(counts, edge, k, n);
+        val[k] = kq_slim_val(edge, k);
+    }
+    float dx = val[1] - val[0];
+    int idx[11], nc = kq_slim_grid(idx, nb), flo, fhi;
+    double coarse[11];
+    for (int j = 0; j < 11; j++) coarse[j] = INFINITY;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)nc * nb >= KQ_PAR_MIN * 16)
+    for (int j = 0; j < nc; j++) coarse[j] = kq_slim_err(pdf, val, nb, dx, idx[j], bits);
+    kq_slim_fine_range(coarse, idx, &flo, &fhi);
+#pragma omp parallel for schedule(dynamic, 8) if ((size_t)(fhi - flo) * nb >= KQ_PAR_MIN * 16)
+    for (int i = flo; i < fhi; i++) loss[i - flo] = kq_slim_err(pdf, val, nb, dx, i, bits);
+    int best = 0;
+    double bl = INFINITY;
+    for (int i = flo; i < fhi; i++)
+        if (loss[i - flo] < bl) { bl = loss[i - flo]; best = i; }
+    return val[best];
 }
 
 #endif /* !__CUDACC__ */

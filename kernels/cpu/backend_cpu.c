@@ -529,6 +529,20 @@ static int cpu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a,
     return 0;
 }
 
+static int cpu_slim_search(struct kbackend *kb, float *alpha, const uint64_t *counts, const float *edge, int nb,
+                           size_t n, int bits, struct slm_err *err)
+{
+    (void)kb;
+    int rc = kq_check_search(nb, n, bits, err);
+    if (rc) return rc;
+    double *loss = malloc(sizeof *loss * (size_t)nb + sizeof(float) * 2 * (size_t)nb);
+    if (!loss) return slm_err_set(err, SLM_ENOMEM, "slim_search: scratch of %d bins", nb);
+    float *pdf = (float *)(loss + nb);
+    *alpha = kq_slim_search(counts, edge, pdf, pdf + nb, loss, nb, n, bits);
+    free(loss);
+    return 0;
+}
+
 static const struct kbackend_i cpu_iface = {
     .name = cpu_name,
     .free = cpu_free,
@@ -585,6 +599,8 @@ static const struct kbackend_i cpu_iface = {
     .copy_after_queued = NULL,
     .upload_async = NULL,
     .copy_sync = NULL,
+    /* --- added for SLiM-Quant's search on the backend (optional) --- */
+    .slim_search = cpu_slim_search,
 };
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err)

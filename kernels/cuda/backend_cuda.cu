@@ -336,6 +336,8 @@ static const struct kbackend_i cuda_iface = {
     /* .copy_after_queued */ cu_copy_after_queued,
     /* .upload_async */ cu_upload_async,
     /* .copy_sync */ cu_copy_sync,
+    /* --- added for SLiM-Quant's search on the backend (optional) --- */
+    /* .slim_search */ cu_slim_search,
 };
 
 extern "C" int kbackend_cuda_device_count(void)

@@ -136,5 +136,8 @@ int cu_prune_rows(struct kbackend *kb, float *w, uint8_t *mask, const float *s, 
 int cu_abs_kth(struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err);
 int cu_prune_abs_le(struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err);
 int cu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err);
+/* added for SLiM-Quant's search on the backend (quant_cuda.cu) */
+int cu_slim_search(struct kbackend *kb, float *alpha, const uint64_t *counts, const float *edge, int nb, size_t n,
+                   int bits, struct slm_err *err);
 
 #endif

@@ -1,12 +1,15 @@
 /*
 ** kernels/cuda/quant_cuda.cu: SLiM's per-linear pruning and quantization ops of the CUDA backend
-** (N:M pruning, block maxima, |w| range and histogram, fake quantization and dequantization).
+** (N:M pruning, block maxima, |w| range and histogram, SLiM-Quant's clipping search, fake
+** quantization and dequantization).
 ** Every element goes through the same functions of kernels/kquant.h as the CPU backend and
 ** core's host path, with non-contracted f32 arithmetic (__fmul_rn ...) and IEEE division and
 ** square root (the build has no fast-math), so masks, codes, histogram counts and quantized
 ** values equal the CPU's bit for bit. Maxima and minima are order-independent (NaN ignored by
 ** fminf/fmaxf on both sides), so the parallel reductions keep that property.
 */
+#include <climits>
+
 #include <cub/block/block_scan.cuh>
 
 #include "cuda_common.h"
@@ -419,5 +422,94 @@ int cu_count_zeros(struct kbackend *kb, uint64_t *count, const float *a, size_t 
     *count = h;
 done:
     cu_pool_release(c, d);
+    return rc;
+}
+
+/* ---- SLiM-Quant's clipping search ---- */
+
+/* One search's device state: the coarse losses and grid, the fine range, the answer. */
+struct slim_state {
+    double coarse[11];
+    int idx[11], flo, fhi;
+    float alpha;
+};
+
+__global__ static void k_slim_bins(float *pdf, float *val, const uint64_t *counts, const float *edge, int nb, size_t n)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < nb; k += gridDim.x * blockDim.x) {
+        pdf[k] = kq_slim_pdf(counts, edge, k, n);
+        val[k] = kq_slim_val(edge, k);
+    }
+}
+
+/* One block of 32: thread j < 11 sums coarse candidate j (each loss one thread's sequential sum,
+** as on the host), then thread 0 picks the fine range. */
+__global__ static void k_slim_coarse(struct slim_state *st, const float *pdf, const float *val, int nb, int bits)
+{
+    int idx[11], nc = kq_slim_grid(idx, nb), j = threadIdx.x;
+    float dx = val[1] - val[0];
+    if (j < 11) {
+        st->coarse[j] = j < nc ? kq_slim_err(pdf, val, nb, dx, idx[j], bits) : INFINITY;
+        st->idx[j] = idx[j];
+    }
+    __syncthreads();
+    if (j == 0) kq_slim_fine_range(st->coarse, st->idx, &st->flo, &st->fhi);
+}
+
+/* One thread per fine candidate; the grid covers the widest range (2 nb / 10 bins). */
+__global__ static void k_slim_fine(double *loss, const struct slim_state *st, const float *pdf, const float *val,
+                                   int nb, int bits)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x, flo = st->flo;
+    if (j < st->fhi - flo) loss[j] = kq_slim_err(pdf, val, nb, val[1] - val[0], flo + j, bits);
+}
+
+/* The host's first strict minimum: the smallest finite loss, the lowest index among equals (NaN and
+** +inf never win); bin 0 when none is finite or the range is empty. One block of SLIM_BEST. */
+#define SLIM_BEST 256
+__global__ static void k_slim_best(struct slim_state *st, const double *loss, const float *val)
+{
+    __shared__ double sl[SLIM_BEST];
+    __shared__ int si[SLIM_BEST];
+    int cnt = st->fhi - st->flo, t = threadIdx.x, bi = INT_MAX;
+    double bl = INFINITY;
+    for (int j = t; j < cnt; j += SLIM_BEST)
+        if (loss[j] < bl) { bl = loss[j]; bi = j; }
+    sl[t] = bl;
+    si[t] = bi;
+    __syncthreads();
+    for (int o = SLIM_BEST / 2; o > 0; o >>= 1) {
+        if (t < o && (sl[t + o] < sl[t] || (sl[t + o] == sl[t] && si[t + o] < si[t]))) {
+            sl[t] = sl[t + o];
+            si[t] = si[t + o];
+        }
+        __syncthreads();
+    }
+    if (t == 0) st->alpha = val[si[0] == INT_MAX ? 0 : st->flo + si[0]];
+}
+
+int cu_slim_search(struct kbackend *kb, float *alpha, const uint64_t *counts, const float *edge, int nb, size_t n,
+                   int bits, struct slm_err *err)
+{
+    struct cu_ctx *c = cu_ctx(kb);
+    struct slim_state *st = NULL;
+    int rc = kq_check_search(nb, n, bits, err);
+    if (rc) return rc;
+    /* state, losses [nb] doubles, pdf and values [2 nb] floats: one pool block (doubles first) */
+    if ((rc = cu_pool_alloc(c, (void **)&st, sizeof *st + sizeof(double) * (size_t)nb + sizeof(float) * 2 * (size_t)nb,
+                            err)))
+        return rc;
+    double *loss = (double *)(st + 1);   /* sizeof *st is a multiple of its double alignment */
+    float *pdf = (float *)(loss + nb), *val = pdf + nb;
+    int wide = 2 * (nb / 10) + 1;
+    k_slim_bins<<<cu_blocks((size_t)nb), 256, 0, c->stream>>>(pdf, val, counts, edge, nb, n);
+    k_slim_coarse<<<1, 32, 0, c->stream>>>(st, pdf, val, nb, bits);
+    k_slim_fine<<<(wide + 127) / 128, 128, 0, c->stream>>>(loss, st, pdf, val, nb, bits);
+    k_slim_best<<<1, SLIM_BEST, 0, c->stream>>>(st, loss, val);
+    CU_GO(cudaGetLastError());
+    CU_GO(cudaMemcpyAsync(alpha, &st->alpha, sizeof *alpha, cudaMemcpyDeviceToHost, c->stream));
+    CU_GO(cudaStreamSynchronize(c->stream));
+done:
+    cu_pool_release(c, st);
     return rc;
 }

@@ -307,14 +307,17 @@ static void without_quant_ops(struct kbackend *view, struct kbackend_i *f, struc
     view->iface = f;
 }
 
-/* quant_weight on backend memory (through the backend's ops, and without them) gives the bits,
-** codes and scales of quant_weight_host, which the tests above check against the formulas. */
+/* quant_weight on backend memory (through the backend's ops, without them, and without the search
+** op alone) gives the bits, codes and scales of quant_weight_host, which the tests above check
+** against the formulas. */
 static void backend_case(struct kbackend *kb, int R, int C, enum quant_method m, int g, bool colw, bool bf16, bool cs)
 {
     struct slm_err err = SLM_ERR_INIT;
-    struct kbackend plain;
-    struct kbackend_i f;
+    struct kbackend plain, host_search = *kb;
+    struct kbackend_i f, fs = *kb->iface;
     without_quant_ops(&plain, &f, kb);
+    fs.slim_search = NULL;   /* the backend's histogram, the host's search */
+    host_search.iface = &fs;
     size_t n = (size_t)R * C;
     float *w = malloc(n * sizeof *w), *h = malloc(n * sizeof *h), *col = malloc(C * sizeof *col);
     int8_t *qh = malloc(n), *qb = malloc(n);
@@ -330,8 +333,8 @@ static void backend_case(struct kbackend *kb, int R, int C, enum quant_method m,
     struct quant_params ph = { 0 };
     memcpy(h, w, n * sizeof *h);
     assert_int_equal(quant_weight_host(h, R, C, &o, cs ? col : NULL, qh, &ph, &err), 0);
-    struct kbackend *kbs[2] = { kb, &plain };
-    for (int k = 0; k < 2; k++) {
+    struct kbackend *kbs[3] = { kb, &plain, &host_search };
+    for (int k = 0; k < 3; k++) {
         struct quant_params pb = { 0 };
         float *d = NULL;
         assert_int_equal(kb_alloc(kbs[k], (void **)&d, n * sizeof *d, &err), 0);

@@ -433,6 +433,96 @@ static void test_kernels_cpu__abs_histogram(void **state)
     free(a);
 }
 
+/* SLiM-Quant's search as ALGORITHMS.md §3.3 writes it, one thread, the op's f32 terms summed in
+** f64: the 11-slot coarse lists (unused: loss +inf, index 0), the first minimum of each list. */
+static float ref_slim_search(const uint64_t *counts, const float *edge, int nb, size_t n, int bits)
+{
+    float *pdf = malloc(sizeof *pdf * nb), *val = malloc(sizeof *val * nb);
+    assert_true(pdf && val);
+    for (int k = 0; k < nb; k++) {
+        pdf[k] = (float)((double)counts[k] / ((double)n * (double)(edge[k + 1] - edge[k])));
+        val[k] = (edge[k] + edge[k + 1]) / 2;
+    }
+    float dx = val[1] - val[0];
+    int st = nb / 10, I[11] = { 0 }, t = 0;
+    double L[11];
+    for (int j = 0; j < 11; j++) {
+        L[j] = INFINITY;
+        if (j * st >= nb) continue;
+        I[j] = j * st;
+        float a = val[I[j]], step = a / (float)(1 << bits);
+        double e = 0;
+        for (int k = 0; k < nb; k++) {
+            float d = k < I[j] ? val[k] - floorf(val[k] / step) * step : val[k] - a;
+            e += (double)(pdf[k] * d * d * dx);
+        }
+        L[j] = e;
+    }
+    for (int j = 1; j < 11; j++)
+        if (L[j] < L[t]) t = j;
+    int lo = I[t > 0 ? t - 1 : 0], hi = I[t + 1 < 10 ? t + 1 : 10], best = 0;
+    double bl = INFINITY;
+    for (int i = lo; i < hi; i++) {
+        float a = val[i], step = a / (float)(1 << bits);
+        double e = 0;
+        for (int k = 0; k < nb; k++) {
+            float d = k < i ? val[k] - floorf(val[k] / step) * step : val[k] - a;
+            e += (double)(pdf[k] * d * d * dx);
+        }
+        if (e < bl) { bl = e; best = i; }
+    }
+    float alpha = val[best];
+    free(pdf);
+    free(val);
+    return alpha;
+}
+
+/* The search op against the reference on histograms of bell-shaped values with an outlier (bin
+** counts of real sizes, 10- and 11-point coarse grids), a uniform histogram whose best coarse point
+** is the last of 10 (the reference's empty fine range: bin 0), and bad arguments. */
+static void test_kernels_cpu__slim_search(void **state)
+{
+    struct kbackend *kb = *state;
+    struct slm_err err = SLM_ERR_INIT;
+    const int nbs[] = { 2, 7, 20, 512, 589, 2359, 20000 };
+    for (size_t c = 0; c < sizeof nbs / sizeof *nbs; c++) {
+        int nb = nbs[c];
+        size_t n = 0;
+        float *edge = malloc(sizeof *edge * (nb + 1));
+        uint64_t *counts = calloc(nb, sizeof *counts);
+        assert_true(edge && counts);
+        for (int k = 0; k <= nb; k++) edge[k] = 0.5f * ((float)k / (float)nb);
+        for (int i = 0; i < 50 * nb; i++) {   /* |sum of 3 uniforms| / 6: a bell's half in [0, 0.5) */
+            float v = fabsf(frand() + frand() + frand()) / 6;
+            int k = (int)(v / 0.5f * nb);
+            counts[k < nb ? k : nb - 1]++;
+            n++;
+        }
+        counts[nb - 1]++;   /* the outlier at the top */
+        n++;
+        for (int bits = 2; bits <= 8; bits += 2) {
+            float a = NAN;
+            assert_int_equal(kb->iface->slim_search(kb, &a, counts, edge, nb, n, bits, &err), 0);
+            float want = ref_slim_search(counts, edge, nb, n, bits);
+            assert_memory_equal(&a, &want, sizeof a);
+            if (nb >= 512 && bits <= 4) assert_true(a > 0.25f && a < 0.45f);   /* clips the tail, not the bulk */
+        }
+        free(edge);
+        free(counts);
+    }
+    enum { NB = 20 };
+    float edge[NB + 1], a = NAN;
+    uint64_t counts[NB];
+    for (int k = 0; k <= NB; k++) edge[k] = (float)k / NB;
+    for (int k = 0; k < NB; k++) counts[k] = 100;
+    assert_int_equal(kb->iface->slim_search(kb, &a, counts, edge, NB, 100 * NB, 4, &err), 0);
+    assert_true(a == (edge[0] + edge[1]) / 2);
+    assert_true(a == ref_slim_search(counts, edge, NB, 100 * NB, 4));
+    assert_int_equal(kb->iface->slim_search(kb, &a, counts, edge, 1, 100, 4, &err), -SLM_EINVAL);
+    assert_int_equal(kb->iface->slim_search(kb, &a, counts, edge, NB, 0, 4, &err), -SLM_EINVAL);
+    assert_int_equal(kb->iface->slim_search(kb, &a, counts, edge, NB, 100, 9, &err), -SLM_EINVAL);
+}
+
 /* quant_apply / quant_dequant against the formulas of core/quant.h written out: per-tensor sf
 ** (round half even of w * sf, value q / sf) and G x 1 group alphas (half toward zero of
 ** w / alpha * max_q, value q / max_q * alpha), values stored as bf16; the column scale multiplies
@@ -568,6 +658,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__prune_rows_abs_kth_count_zeros),
         cmocka_unit_test(test_kernels_cpu__absmax_groups_and_range),
         cmocka_unit_test(test_kernels_cpu__abs_histogram),
+        cmocka_unit_test(test_kernels_cpu__slim_search),
         cmocka_unit_test(test_kernels_cpu__quant_apply_dequant),
         cmocka_unit_test(test_kernels_cpu__col_stats_bit_exact),
         cmocka_unit_test(test_kernels_cpu__apply_mask),

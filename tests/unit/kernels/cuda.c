@@ -957,6 +957,49 @@ static void test_kernels_cuda__abs_histogram_matches_cpu(void **state)
     histogram_case(p, 500001, 70000);
 }
 
+/* SLiM-Quant's search on counts [nb] (edges over [0, top]) for bits 2..8: the GPU's alpha is the
+** CPU's, bit for bit. */
+static void search_case(struct pair *p, const uint64_t *counts, int nb, size_t n, float top)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    float *edge = malloc((nb + 1) * sizeof *edge);
+    assert_non_null(edge);
+    for (int k = 0; k <= nb; k++) edge[k] = top * ((float)k / (float)nb);
+    float *de = dev_f(p->gpu, edge, nb + 1);
+    uint64_t *dc = dev_bytes(p->gpu, counts, nb * sizeof *counts);
+    for (int bits = 2; bits <= 8; bits++) {
+        float a = NAN, g = NAN;
+        assert_int_equal(p->cpu->iface->slim_search(p->cpu, &a, counts, edge, nb, n, bits, &err), 0);
+        assert_int_equal(p->gpu->iface->slim_search(p->gpu, &g, dc, de, nb, n, bits, &err), 0);
+        assert_memory_equal(&g, &a, sizeof a);
+    }
+    kb_release(p->gpu, de); kb_release(p->gpu, dc);
+    free(edge);
+}
+
+/* Bell-shaped histograms at SLiM-Quant's bin counts (10- and 11-point coarse grids; 20000 bins
+** reach the reference's empty fine range at 6 and 8 bits), few bins, a flat one, a sparse one. */
+static void test_kernels_cuda__slim_search_matches_cpu(void **state)
+{
+    struct pair *p = *state;
+    const int nbs[] = { 2, 7, 20, 512, 589, 2359, 16777, 20000 };
+    for (size_t c = 0; c < sizeof nbs / sizeof *nbs; c++) {
+        int nb = nbs[c];
+        uint64_t *counts = calloc(nb, sizeof *counts);
+        assert_non_null(counts);
+        size_t n = 0;
+        for (int i = 0; i < 50 * nb; i++, n++) {
+            float v = fabsf(frand() + frand() + frand()) / 3;
+            int k = (int)(v * nb);
+            counts[k < nb ? k : nb - 1]++;
+        }
+        search_case(p, counts, nb, n, 1.0f);
+        for (int k = 0; k < nb; k++) counts[k] = k % 3 == 0 ? 0 : 1000;   /* flat with empty bins */
+        search_case(p, counts, nb, (size_t)1000 * (nb - (nb + 2) / 3), 0.25f);
+        free(counts);
+    }
+}
+
 /* Scale grids as core/quant.c builds them (per tensor sf, G x 1 and 1 x G alphas), with and
 ** without bf16 rounding and the column scale; quant_dequant must give quant_apply's values back. */
 static void quant_case(struct pair *p, int d_out, int d_in, int kind, int grows, int gcols, bool bf16, bool cs)
@@ -1212,6 +1255,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__abs_kth_prune_abs_le_count_zeros_match_cpu),
         cmocka_unit_test(test_kernels_cuda__absmax_groups_and_range_match_cpu),
         cmocka_unit_test(test_kernels_cuda__abs_histogram_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__slim_search_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__quant_apply_dequant_match_cpu),
         cmocka_unit_test(test_kernels_cuda__core_quant_and_prune_on_device),
         cmocka_unit_test(test_kernels_cuda__apply_mask_matches_cpu),
