@@ -10,11 +10,13 @@
 ** Two kernels: k_attention4 (hd % 4 == 0 and hd <= 128: OPT, LLaMA, Phi) reads shared memory
 ** 16 bytes at a time with 8 rows per warp; k_attention is the scalar fallback for other widths.
 ** GQA: query head h reads KV head h / (H / Hkv).
-** SLIM_CUDA_ATTN=gemm selects the chunked cuBLAS path below instead (attention_gemm).
+** SLIM_CUDA_ATTN=gemm selects the chunked cuBLAS path below instead (attention_gemm), and
+** SLIM_CUDA_ATTN=tiled the register-tiled kernel (k_attention_tiled) for head dims 64 and 128.
 */
 #include "cuda_common.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -264,6 +266,174 @@ static int launch(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *
     return 0;
 }
 
+/* ---- the register-tiled kernel (SLIM_CUDA_ATTN=tiled; head dims 64 and 128) ----
+** Flash attention shaped like an SGEMM: a block of 256 threads (a 16 x 16 grid ty, tx) takes
+** TQ = 64 query rows and walks the keys in tiles of TK = 64. Thread (ty, tx) scores rows ty + 16 i
+** against keys tx + 16 j (i, j < 4): per four dims, 8 float4 shared-memory reads feed 64 FMAs,
+** where the warp-per-rows kernels above spend a shuffle or a read on every few. Row maxima and
+** sums reduce over the 16 lanes of a half-warp. The probabilities then overwrite the K tile
+** (64 x 68 floats fit its 64 x (hd + 4)), and the thread accumulates the same rows over dims
+** 4 (tx + 16 c) .. + 3: per four keys, 4 + 4 hd/64 float4 reads feed 64 hd/64 FMAs.
+** Rows of hd + 4 floats keep every float4 read conflict-free (hd/4 + 1 is odd). Q, K and V are
+** read as float4 from global memory, so the pointers must be 16-byte aligned and the strides
+** multiples of 4 floats; cu_attention falls back to the kernels above otherwise. Opt-in until it
+** is timed on a GPU beside them (tests/bench/gpu_bench.sh). */
+#define TA_Q 64
+#define TA_K 64
+#define TA_THREADS 256
+
+template <int HD>
+__global__ static void __launch_bounds__(TA_THREADS, 2)
+k_attention_tiled(struct kattn_args a)
+{
+    constexpr int HD4 = HD / 4, LD4 = HD4 + 1, NC = HD4 / 16, LDP = TA_K + 4;
+    static_assert(HD % 64 == 0 && TA_Q * LDP <= TA_K * LD4 * 4, "P must fit in the K tile");
+    extern __shared__ float4 smt[];
+    float4 *Qs = smt;                   /* [TQ][hd/4 + 1] */
+    float4 *Ks = Qs + TA_Q * LD4;       /* [TK][hd/4 + 1], then P [TQ][TK + 4] floats */
+    float4 *Vs = Ks + TA_K * LD4;       /* [TK][hd/4 + 1] */
+    float *Ps = (float *)Ks;
+    const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (a.H / a.Hkv), T = a.T, q0 = qblk * TA_Q;
+    const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const float *qg = a.q + (size_t)b * T * a.q_stride + (size_t)h * HD;
+    const float *kg = a.k + (size_t)b * T * a.kv_stride + (size_t)kvh * HD;
+    const float *vg = a.v + (size_t)b * T * a.kv_stride + (size_t)kvh * HD;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+    for (int i = tid; i < TA_Q * HD4; i += TA_THREADS) {
+        int r = i / HD4, c = i % HD4, t = q0 + r;
+        Qs[r * LD4 + c] = t < T ? *(const float4 *)(qg + (size_t)t * a.q_stride + 4 * c) : zero;
+    }
+    float m[4], l[4];
+    float4 acc[4][NC];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[i][c] = zero;
+    }
+    const int last_row = min(q0 + TA_Q, T) - 1;
+    for (int k0 = 0; k0 <= last_row; k0 += TA_K) {
+        __syncthreads(); /* the last tile's P and V consumed (and Qs written, first time) */
+        for (int i = tid; i < TA_K * HD4; i += TA_THREADS) {
+            int j = i / HD4, c = i % HD4, t = k0 + j;
+            bool ok = t < T;
+            Ks[j * LD4 + c] = ok ? *(const float4 *)(kg + (size_t)t * a.kv_stride + 4 * c) : zero;
+            Vs[j * LD4 + c] = ok ? *(const float4 *)(vg + (size_t)t * a.kv_stride + 4 * c) : zero;
+        }
+        __syncthreads();
+        float s[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+#pragma unroll 4
+        for (int c = 0; c < HD4; c++) {
+            float4 qv[4], kv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) qv[i] = Qs[(ty + 16 * i) * LD4 + c];
+#pragma unroll
+            for (int j = 0; j < 4; j++) kv[j] = Ks[(tx + 16 * j) * LD4 + c];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    s[i][j] += qv[i].x * kv[j].x + qv[i].y * kv[j].y + qv[i].z * kv[j].z + qv[i].w * kv[j].w;
+        }
+        /* online softmax per row over the half-warp's 64 keys */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = q0 + ty + 16 * i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                s[i][j] = k0 + tx + 16 * j <= row ? s[i][j] * a.scale : -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mn = fmaxf(m[i], mx);
+            /* mn is finite once key 0 was seen, which the first tile guarantees for every row */
+            const float corr = m[i] == -INFINITY ? 0.0f : expf(m[i] - mn);
+            float ps = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                s[i][j] = mn == -INFINITY ? 0.0f : expf(s[i][j] - mn);
+                ps += s[i][j];
+            }
+            for (int o = 8; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l[i] = l[i] * corr + ps;
+            m[i] = mn;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                acc[i][c].x *= corr; acc[i][c].y *= corr; acc[i][c].z *= corr; acc[i][c].w *= corr;
+            }
+        }
+        __syncthreads(); /* every thread is done with the K tile: P takes its place */
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) Ps[(ty + 16 * i) * LDP + tx + 16 * j] = s[i][j];
+        __syncthreads();
+#pragma unroll 2
+        for (int k4 = 0; k4 < TA_K / 4; k4++) {
+            float4 pv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) pv[i] = *(const float4 *)(Ps + (ty + 16 * i) * LDP + 4 * k4);
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const float4 *vc = Vs + (4 * k4) * LD4 + tx + 16 * c;
+                float4 v0 = vc[0], v1 = vc[LD4], v2 = vc[2 * LD4], v3 = vc[3 * LD4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[i][c].x += pv[i].x * v0.x + pv[i].y * v1.x + pv[i].z * v2.x + pv[i].w * v3.x;
+                    acc[i][c].y += pv[i].x * v0.y + pv[i].y * v1.y + pv[i].z * v2.y + pv[i].w * v3.y;
+                    acc[i][c].z += pv[i].x * v0.z + pv[i].y * v1.z + pv[i].z * v2.z + pv[i].w * v3.z;
+                    acc[i][c].w += pv[i].x * v0.w + pv[i].y * v1.w + pv[i].z * v2.w + pv[i].w * v3.w;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int row = q0 + ty + 16 * i;
+        if (row >= T) continue;
+        const float inv = 1.0f / l[i];
+        float *o = a.out + ((size_t)b * T + row) * a.out_stride + (size_t)h * HD;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            float *od = o + 4 * (tx + 16 * c);   /* out may be unaligned: four plain stores */
+            od[0] = acc[i][c].x * inv;
+            od[1] = acc[i][c].y * inv;
+            od[2] = acc[i][c].z * inv;
+            od[3] = acc[i][c].w * inv;
+        }
+    }
+}
+
+template <int HD>
+static int launch_tiled(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
+{
+    size_t smem = (size_t)(TA_Q + 2 * TA_K) * (HD + 4) * sizeof(float);
+    if (smem > (size_t)c->max_smem_optin)
+        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d needs %zu bytes of shared memory, device allows %d",
+                           HD, smem, c->max_smem_optin);
+    if (smem > 48 * 1024)
+        CU_TRY(cudaFuncSetAttribute(k_attention_tiled<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((a->T + TA_Q - 1) / TA_Q, a->H, a->B);
+    k_attention_tiled<HD><<<grid, TA_THREADS, smem, c->stream>>>(*a);
+    CU_LAUNCH_TRY("attention kernel (tiled)");
+    return 0;
+}
+
+/* Whether the tiled kernel may read q, k and v as float4. */
+static bool tiled_fits(const struct kattn_args *a)
+{
+    uintptr_t addr = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v;
+    return (a->hd == 64 || a->hd == 128) && addr % 16 == 0 && a->q_stride % 4 == 0 && a->kv_stride % 4 == 0;
+}
+
 /* ---- the GEMM path: scores of a chunk of query rows by cuBLAS, causal softmax, P V by cuBLAS ----
 ** For QC query rows [q0, q0 + QC) of one sequence, S_h = scale Q_h K_h^T over the kv_len = q0 + QC
 ** keys they may see ([H x QC x kv_len] in global memory: never T x T once T > QC), a row-wise
@@ -342,6 +512,8 @@ int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err
     if (a->B == 0 || a->T == 0 || a->H == 0) return 0;
     const char *path = getenv("SLIM_CUDA_ATTN");
     if (path && !strcmp(path, "gemm")) return attention_gemm(kb, a, err);
+    if (path && !strcmp(path, "tiled") && tiled_fits(a))
+        return a->hd == 64 ? launch_tiled<64>(c, a, err) : launch_tiled<128>(c, a, err);
     /* 8-warp blocks: measured on an H100 (2026-11-23) 0.79 ms per OPT-125M layer at T = 2048
     ** against 1.01 ms with 4-warp blocks, and 2.83 against 4.03 ms for LLaMA-7B's shape */
     if (a->hd % 4 == 0) switch ((a->hd + 31) / 32) {

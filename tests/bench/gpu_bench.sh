@@ -5,7 +5,7 @@
 # Runs the GPU kernel tests first (a wrong backend is not worth timing), then for each model:
 # writes a random fp32 model with transformers, times transformers' forward+loss at seqlen 2048,
 # times slimd's (exact FP32 by default, cuBLAS pedantic FP32, the chunked-GEMM attention path
-# SLIM_CUDA_ATTN=gemm, then TF32 GEMMs), and prints one table
+# SLIM_CUDA_ATTN=gemm, the register-tiled SLIM_CUDA_ATTN=tiled, then TF32 GEMMs), and prints one table
 # (kernel timings of one layer go to stderr). Copy the lines into RESULTS.md.
 set -u
 BIN=$(cd "$1" && pwd); shift
@@ -27,9 +27,11 @@ for M in $MODELS; do
   echo "== $M (seqlen 2048, batch 1, fp32)" >>"$TABLE"
   python3 "$HERE/hf_forward.py" time "$D" 2048 5 >>"$TABLE" || exit 1
   "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 >>"$TABLE" || exit 1
-  SLIM_CUDA_PEDANTIC=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-pedantic /' >>"$TABLE"
-  SLIM_CUDA_ATTN=gemm "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-attn-gemm /' >>"$TABLE"
-  SLIM_CUDA_TF32=1 "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>/dev/null | sed 's/^slimd /slimd-tf32 /' >>"$TABLE"
+  for V in pedantic:SLIM_CUDA_PEDANTIC=1 attn-gemm:SLIM_CUDA_ATTN=gemm attn-tiled:SLIM_CUDA_ATTN=tiled tf32:SLIM_CUDA_TF32=1; do
+    env "${V#*:}" "$BIN/gpu-forward-bench" "$D" --backend cuda --seqlen 2048 --reps 5 2>"$WORK/stderr.txt" |
+      sed "s/^slimd /slimd-${V%%:*} /" >>"$TABLE"
+    grep 'attention/layer' "$WORK/stderr.txt" | sed "s/^/  (${V%%:*}) /" >&2
+  done
   [ -n "${KEEP:-}" ] || rm -rf "$D"   # KEEP=1 leaves the model folders for further runs
 done
 cat "$TABLE"

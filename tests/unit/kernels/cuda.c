@@ -429,6 +429,21 @@ static void test_kernels_cuda__attention_gemm_path_matches_cpu(void **state)
     else unsetenv("SLIM_CUDA_ATTN");
 }
 
+/* The same cases through the register-tiled kernel (SLIM_CUDA_ATTN=tiled): head dims 64 and 128
+** take it (partial last query block, GQA, fused-QKV strides, several key tiles), the others fall
+** back to the kernels above. */
+static void test_kernels_cuda__attention_tiled_path_matches_cpu(void **state)
+{
+    const char *old = getenv("SLIM_CUDA_ATTN");
+    setenv("SLIM_CUDA_ATTN", "tiled", 1);
+    test_kernels_cuda__attention_matches_cpu(state);
+    attn_case(*state, 2, 1100, 8, 2, 128, 1);   /* two sequences, GQA 4, fused QKV */
+    attn_case(*state, 1, 2048, 4, 4, 128, 0);   /* LLaMA's head dim at the evaluation length */
+    attn_case(*state, 3, 65, 2, 1, 64, 1);      /* one row past a query block */
+    if (old) setenv("SLIM_CUDA_ATTN", old, 1);
+    else unsetenv("SLIM_CUDA_ATTN");
+}
+
 /* ---- cross-entropy ---- */
 #define TOL_XENT 1e-5
 static void test_kernels_cuda__cross_entropy_matches_cpu(void **state)
@@ -1244,6 +1259,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda__rope_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__attention_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__attention_gemm_path_matches_cpu),
+        cmocka_unit_test(test_kernels_cuda__attention_tiled_path_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__cross_entropy_matches_cpu),
         cmocka_unit_test(test_kernels_cuda__cholesky_and_inverse_match_cpu),
         cmocka_unit_test(test_kernels_cuda__eigh_satisfies_eigen_equation),
