@@ -427,11 +427,12 @@ static int launch_tiled(struct cu_ctx *c, const struct kattn_args *a, struct slm
     return 0;
 }
 
-/* Whether the tiled kernel may read q, k and v as float4. */
-static bool tiled_fits(const struct kattn_args *a)
+/* Whether the tiled kernel may read q, k and v as float4, and the device gives it its shared memory. */
+static bool tiled_fits(const struct cu_ctx *c, const struct kattn_args *a)
 {
     uintptr_t addr = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v;
-    return (a->hd == 64 || a->hd == 128) && addr % 16 == 0 && a->q_stride % 4 == 0 && a->kv_stride % 4 == 0;
+    return (a->hd == 64 || a->hd == 128) && addr % 16 == 0 && a->q_stride % 4 == 0 && a->kv_stride % 4 == 0 &&
+           (size_t)(TA_Q + 2 * TA_K) * (a->hd + 4) * sizeof(float) <= (size_t)c->max_smem_optin;
 }
 
 /* ---- the GEMM path: scores of a chunk of query rows by cuBLAS, causal softmax, P V by cuBLAS ----
@@ -512,7 +513,7 @@ int cu_attention(struct kbackend *kb, const struct kattn_args *a, struct slm_err
     if (a->B == 0 || a->T == 0 || a->H == 0) return 0;
     const char *path = getenv("SLIM_CUDA_ATTN");
     if (path && !strcmp(path, "gemm")) return attention_gemm(kb, a, err);
-    if (path && !strcmp(path, "tiled") && tiled_fits(a))
+    if (path && !strcmp(path, "tiled") && tiled_fits(c, a))
         return a->hd == 64 ? launch_tiled<64>(c, a, err) : launch_tiled<128>(c, a, err);
     /* 8-warp blocks: measured on an H100 (2026-11-23) 0.79 ms per OPT-125M layer at T = 2048
     ** against 1.01 ms with 4-warp blocks, and 2.83 against 4.03 ms for LLaMA-7B's shape */

@@ -440,6 +440,7 @@ static void test_kernels_cuda__attention_tiled_path_matches_cpu(void **state)
     attn_case(*state, 2, 1100, 8, 2, 128, 1);   /* two sequences, GQA 4, fused QKV */
     attn_case(*state, 1, 2048, 4, 4, 128, 0);   /* LLaMA's head dim at the evaluation length */
     attn_case(*state, 3, 65, 2, 1, 64, 1);      /* one row past a query block */
+    attn_case(*state, 1, 5, 2, 1, 128, 1);      /* one partial query block */
     if (old) setenv("SLIM_CUDA_ATTN", old, 1);
     else unsetenv("SLIM_CUDA_ATTN");
 }
