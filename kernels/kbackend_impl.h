@@ -4,6 +4,9 @@
 #include "kbackend.h"
 
 int kbackend_cpu_open(struct kbackend **out, struct slm_err *err);
+/* "cpu-discrete" (kernels/cpu/backend_discrete.c): the CPU's ops on memory the host cannot touch
+** outside them, a test stand-in for a GPU. */
+int kbackend_discrete_open(struct kbackend **out, struct slm_err *err);
 /* Scalar activation, shared by the CPU backend and tests as the reference. */
 float kcpu_act1(float v, enum kact act);
 /* Nearest bfloat16 of x (round to nearest even, NaN stays a quiet NaN) as f32, in place over n;

@@ -51,6 +51,7 @@ int kbackend_open(struct kbackend **out, const char *spec, struct slm_err *err)
     if (!spec || !*spec || strcmp(spec, "auto") == 0)
         spec = kbackend_cuda_available() ? "cuda" : "cpu";
     if (strcmp(spec, "cpu") == 0) return kbackend_cpu_open(out, err);
+    if (strcmp(spec, "cpu-discrete") == 0) return kbackend_discrete_open(out, err);
     if (strncmp(spec, "cuda", 4) == 0 && (spec[4] == 0 || spec[4] == ':')) {
 #ifdef SLM_HAVE_CUDA
         int dev = -1;

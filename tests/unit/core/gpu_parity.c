@@ -8,15 +8,18 @@
 **               matrix threshold, SparseGPT's block threshold or group at its decision time);
 **   weights     final effective weights (dequantized, adapters merged or not) ||gpu - cpu|| / ||cpu||
 **               <= PARITY_W_TOL over the rows whose masks agree;
-**   adapters    the product L R (the GPU's factors come from lowrank_fit_gram: signs differ) within
-**               PARITY_LR_TOL, for linears whose masks agree;
+**   adapters    the product L R within PARITY_LR_TOL, for linears whose masks agree (errors up to
+**               LOWRANK_HOST_SVD_MAX wide are factored by LAPACK on every backend; wider ones by the
+**               Gram path off the CPU, whose f32 rounding and signs differ);
 **   perplexity  on the evaluation windows within PARITY_PPL_TOL (relative).
 ** The CPU metric comes from a spy: the CPU backend's vtable with col_stats, download and
 ** sparsegpt_block wrapped, which records the Wanda scalers as compress_linear downloads them and
 ** rebuilds SparseGPT's metric at each decision (CPU backend memory is host memory). Exits 77
 ** (skipped) without a visible GPU. --selftest (or SLIM_PARITY_SELFTEST=1) runs it all with "cpu" against
 ** "cpu" (registered as a unit test; about 10 s on 2 cores): the harness must then see no difference at all, so it is
-** exercised end to end without a GPU. SLIM_PARITY_TIE_REL overrides PARITY_TIE_REL to explore;
+** exercised end to end without a GPU. --dut NAME compares another backend with the CPU under the
+** GPU's tolerances: "cpu-discrete" (registered as a unit test) runs core/'s device paths on memory
+** the host cannot touch. SLIM_PARITY_TIE_REL overrides PARITY_TIE_REL to explore;
 ** every comparison prints the largest boundary gap among flipped entries.
 */
 #include <setjmp.h>
@@ -523,6 +526,7 @@ static void run_cfg(const struct cfg *c)
                     den += pa[i] * pa[i];
                 }
                 double rl = num == 0 ? 0 : den > 0 ? sqrt(num / den) : INFINITY;
+                if (getenv("VERBOSE")) fprintf(stderr, "  %-36s L.R rel %.2e (rank %d)\n", la->name, rl, la->rank);
                 if (rl > t.worst_lr) t.worst_lr = rl;
                 free(pa);
                 free(pb);
@@ -642,11 +646,14 @@ int main(int argc, char **argv)
     const char *st = getenv("SLIM_PARITY_SELFTEST"), *tr = getenv("SLIM_PARITY_TIE_REL");
     selftest = (st && atoi(st) > 0) || (argc > 1 && !strcmp(argv[1], "--selftest"));
     if (tr) tie_rel = atof(tr);
-    if (!selftest && !kbackend_cuda_available()) {
+    if (argc > 2 && !strcmp(argv[1], "--dut")) {
+        dut_name = argv[2];   /* e.g. cpu-discrete: the device paths of core/, under the GPU's tolerances */
+    } else if (!selftest && !kbackend_cuda_available()) {
         printf("core/gpu_parity: skipped (no CUDA in this build or no visible device)\n");
         return 77;
+    } else {
+        dut_name = selftest ? "cpu" : "cuda";
     }
-    dut_name = selftest ? "cpu" : "cuda";
     static char names[NCFG][112];
     struct CMUnitTest tests[5 + NCFG];
     size_t nt = 0;
@@ -660,6 +667,7 @@ int main(int argc, char **argv)
         tests[nt++] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_gpu_parity__compress,
                                            .initial_state = (void *)&cfgs[i] };
     }
-    return _cmocka_run_group_tests(selftest ? "core/gpu_parity (selftest: cpu vs cpu)" : "core/gpu_parity", tests, nt,
-                                   setup, teardown);
+    static char group[96];
+    snprintf(group, sizeof group, "core/gpu_parity (%s vs cpu%s)", dut_name, selftest ? ", selftest" : "");
+    return _cmocka_run_group_tests(group, tests, nt, setup, teardown);
 }

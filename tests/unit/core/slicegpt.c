@@ -613,7 +613,7 @@ static void run_job(const char *spec_json, const char *data, struct prog *g, int
     char path[128];
     if (jobspec_parse(&spec, j, path, sizeof path, &err)) print_error("spec: %s\n", err.msg);
     assert_int_equal(err.rc, 0);
-    struct job_ctx ctx = { .model_dir = model, .out_dir = out_dir, .data_dir = data, .device = "cpu",
+    struct job_ctx ctx = { .model_dir = model, .out_dir = out_dir, .data_dir = data, .device = test_backend_name(),
                            .progress = on_progress, .payload = g };
     int rc = job_run(&spec, &ctx, metrics, &err);
     if (rc != want_rc) print_error("job: %d %s\n", rc, err.msg);
@@ -674,7 +674,7 @@ static int setup(void **state)
 {
     (void)state;
     struct slm_err err = SLM_ERR_INIT;
-    return kbackend_open(&kb, "cpu", &err);
+    return kbackend_open(&kb, test_backend_name(), &err);
 }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
 
