@@ -558,7 +558,9 @@ static int compress_linear(struct model *m, struct linear *l, struct stat_slot *
                 for (size_t i = 0; i < n; i++) w.E[i] = w.W[i] - w.Wc[i];
                 if ((rc = lowrank_fit(kb, w.L, w.R, w.E, d, d_out, d_in, w.rank, o->bf16, err))) goto done;
                 if (o->prune_lora && w.rank) {
-                    /* prune_lora works on L before the D^-1 division (§4.5) */
+                    /* prune_lora works on L before the D^-1 division (§4.5), on canonical signs: its
+                    ** signed selection must not hang on which SVD the backend ran */
+                    lowrank_canonical_signs(w.L, w.R, d_out, d_in, w.rank);
                     for (int j = 0; d && j < d_in; j++)
                         for (int c = 0; c < w.rank; c++) w.L[(size_t)j * w.rank + c] *= d[j];
                     if ((rc = lowrank_prune_adapter(kb, w.L, w.R, d_out, d_in, w.rank, o->prune_lora_iters, NULL, NULL, err)))

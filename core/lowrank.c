@@ -151,7 +151,9 @@ enum lowrank_svd lowrank_svd_choice(struct kbackend *kb, int d_out, int d_in, in
     /* On a GPU a full gesvd of a 4096 x 11008 error costs seconds per linear; the top 10% of the
     ** spectrum comes from one f64 Gram matrix and one syevd at a fraction of that. The CPU keeps
     ** the reference's full SVD (LAPACK is fast there and it is bit-compatible with the fixtures). */
-    if (strcmp(kb_name(kb), "cpu") && kb->iface->gram_f64 && kb->iface->eigh_f64 && 2 * r <= k) return LOWRANK_SVD_GRAM;
+    if (!strcmp(kb_name(kb), "cpu")) return LOWRANK_SVD_EXACT;
+    if (k <= LOWRANK_HOST_SVD_MAX) return LOWRANK_SVD_HOST;
+    if (kb->iface->gram_f64 && kb->iface->eigh_f64 && 2 * r <= k) return LOWRANK_SVD_GRAM;
     return LOWRANK_SVD_EXACT;
 }
 
@@ -160,8 +162,17 @@ int lowrank_fit(struct kbackend *kb, float *L, float *R, const float *E, const f
 {
     int k = d_out < d_in ? d_out : d_in;
     if (r < 0 || r > k) return slm_err_set(err, SLM_EINVAL, "low-rank: rank %d for %dx%d", r, d_out, d_in);
-    if (lowrank_svd_choice(kb, d_out, d_in, r) == LOWRANK_SVD_GRAM)
-        return lowrank_fit_gram(kb, L, R, E, d, d_out, d_in, r, bf16, err);
+    enum lowrank_svd how = lowrank_svd_choice(kb, d_out, d_in, r);
+    if (how == LOWRANK_SVD_GRAM) return lowrank_fit_gram(kb, L, R, E, d, d_out, d_in, r, bf16, err);
+    if (how == LOWRANK_SVD_HOST) {
+        struct kbackend *cpu = NULL;
+        int rc = kbackend_open(&cpu, "cpu", err);
+        if (!rc) {
+            rc = fit_exact(cpu, L, R, E, d, d_out, d_in, r, bf16, err);
+            kbackend_free(cpu);
+        }
+        return rc;
+    }
     return fit_exact(kb, L, R, E, d, d_out, d_in, r, bf16, err);
 }
 
@@ -219,6 +230,19 @@ int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struc
 }
 
 /* ---- prune_lora (§4.5) ---- */
+
+void lowrank_canonical_signs(float *L, float *R, int d_out, int d_in, int r)
+{
+    for (int c = 0; c < r; c++) {
+        float *rc = R + (size_t)c * d_out;
+        int top = 0;
+        for (int i = 1; i < d_out; i++)
+            if (fabsf(rc[i]) > fabsf(rc[top])) top = i;
+        if (!(rc[top] < 0)) continue;
+        for (int i = 0; i < d_out; i++) rc[i] = -rc[i];
+        for (int j = 0; j < d_in; j++) L[(size_t)j * r + c] = -L[(size_t)j * r + c];
+    }
+}
 
 /* c = a [m x k] b [k x n] (+ beta c), all backend, row-major; ta/tb transpose a/b as stored. */
 static int mm(struct kbackend *kb, float *c, const float *a, enum ktrans ta, int lda, const float *b, enum ktrans tb, int ldb,

@@ -43,11 +43,17 @@ int lowrank_rank(int d_out, int d_in, const struct lowrank_opts *o);
 int lowrank_fit(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
                 int d_out, int d_in, int r, bool bf16, struct slm_err *err);
 
-/* How lowrank_fit factors: the full thin SVD (the reference's torch.svd; the CPU default), or the
-** top r eigenpairs of the f64 Gram matrix of E D (its smaller side) with the other factor from one
-** GEMM — the default on a GPU backend when r <= min(d_out, d_in) / 2. Both give the best rank-r
-** pair; they differ by f32 rounding and by the arbitrary sign of each singular pair. */
-enum lowrank_svd { LOWRANK_SVD_EXACT = 0, LOWRANK_SVD_GRAM };
+/* How lowrank_fit factors: the full thin SVD on the backend (the reference's torch.svd; the CPU
+** default), the same SVD by the CPU backend (LAPACK) for an error of at most LOWRANK_HOST_SVD_MAX
+** on its smaller side when the backend is another, or the top r eigenpairs of the f64 Gram matrix
+** of E D (its smaller side) with the other factor from one GEMM — the default on a GPU backend for
+** larger errors when r <= min(d_out, d_in) / 2. All give the best rank-r pair; the Gram path
+** differs from LAPACK by f32 rounding and by the arbitrary sign of each singular pair. Small errors
+** take LAPACK everywhere because that rounding is enough to move SLiM-Quant's clip (a histogram
+** argmin) on a small model, and there the host SVD costs little: a GPU run then keeps the CPU's
+** adapters bit for bit. */
+#define LOWRANK_HOST_SVD_MAX 512
+enum lowrank_svd { LOWRANK_SVD_EXACT = 0, LOWRANK_SVD_GRAM, LOWRANK_SVD_HOST };
 enum lowrank_svd lowrank_svd_choice(struct kbackend *kb, int d_out, int d_in, int r);
 /* lowrank_fit through the Gram path whatever the backend (needs gram_f64 and eigh_f64). */
 int lowrank_fit_gram(struct kbackend *kb, float *L, float *R, const float *E, const float *d,
@@ -62,6 +68,12 @@ int lowrank_product(struct kbackend *kb, float *out, const float *L, const float
 ** pl / pr (may be NULL) get the scale grids of L' and R'. */
 int lowrank_quantize(float *L, float *R, int d_out, int d_in, int r, const struct lowrank_opts *o,
                      struct quant_params *pl, struct quant_params *pr, struct slm_err *err);
+
+/* Flip each singular pair (column c of L [d_in x r], row c of R [r x d_out]) so that the entry of
+** largest magnitude in R's row is positive (the first such entry on ties). L R is unchanged; what
+** depends on the signs themselves (prune_lora's signed 2:4 selection) then no longer depends on
+** which SVD produced the pair (LAPACK, cuSOLVER or the Gram path choose signs differently). */
+void lowrank_canonical_signs(float *L, float *R, int d_out, int d_in, int r);
 
 /* §4.5 prune_lora on L [d_in x r] (host, in place) given R: 2:4 along d_in (groups of 4
 ** consecutive rows of one rank column) dropping the 2 smallest SIGNED values, as the reference

@@ -132,7 +132,75 @@ static void test_core_lowrank__gram_matches_exact_svd(void **state)
         for (int i = 0; i < R * C; i++) { num += ((double)P1[i] - P2[i]) * (P1[i] - P2[i]); den += (double)P1[i] * P1[i]; }
         assert_true(sqrt(num / den) < 1e-5);   /* f32 rounding of two different factorizations */
     }
-    assert_int_equal(lowrank_svd_choice(kb, 4096, 11008, 512), strcmp(kb_name(kb), "cpu") ? LOWRANK_SVD_GRAM : LOWRANK_SVD_EXACT);
+    bool cpu = !strcmp(kb_name(kb), "cpu");
+    assert_int_equal(lowrank_svd_choice(kb, 4096, 11008, 512), cpu ? LOWRANK_SVD_EXACT : LOWRANK_SVD_GRAM);
+    assert_int_equal(lowrank_svd_choice(kb, 4096, 11008, 3000), LOWRANK_SVD_EXACT);   /* rank above half */
+    assert_int_equal(lowrank_svd_choice(kb, 512, 2048, 64), cpu ? LOWRANK_SVD_EXACT : LOWRANK_SVD_HOST);
+    assert_int_equal(lowrank_svd_choice(kb, 2048, 513, 64), cpu ? LOWRANK_SVD_EXACT : LOWRANK_SVD_GRAM);
+}
+
+/* Off the CPU, small errors are factored by the CPU backend's LAPACK: the adapters are the CPU
+** run's bit for bit (cpu-discrete stands in for a GPU: its own svd op would give the same bits here,
+** so a view whose svd fails proves the host took the work). */
+static int failing_svd(struct kbackend *k, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err)
+{
+    (void)k; (void)a; (void)m; (void)n; (void)u; (void)s; (void)vt;
+    return slm_err_set(err, SLM_EUNSUPPORTED, "no svd here");
+}
+
+static void test_core_lowrank__small_errors_take_the_host_svd(void **state)
+{
+    (void)state;
+    enum { R = 48, C = 80, RK = 8 };
+    struct slm_err err = SLM_ERR_INIT;
+    struct kbackend *cpu, *dev;
+    assert_int_equal(kbackend_open(&cpu, "cpu", &err), 0);
+    assert_int_equal(kbackend_open(&dev, "cpu-discrete", &err), 0);
+    struct kbackend_i f = *dev->iface;
+    f.svd = failing_svd;
+    struct kbackend view = *dev;
+    view.iface = &f;
+    static float E[R * C], d[C], L1[C * RK], R1[RK * R], L2[C * RK], R2[RK * R];
+    for (int i = 0; i < R * C; i++) E[i] = (float)nrand();
+    for (int j = 0; j < C; j++) d[j] = 0.5f + (float)urand();
+    assert_int_equal(lowrank_svd_choice(&view, R, C, RK), LOWRANK_SVD_HOST);
+    assert_int_equal(lowrank_fit(cpu, L1, R1, E, d, R, C, RK, true, &err), 0);
+    assert_int_equal(lowrank_fit(&view, L2, R2, E, d, R, C, RK, true, &err), 0);
+    assert_memory_equal(L1, L2, sizeof L1);
+    assert_memory_equal(R1, R2, sizeof R1);
+    kbackend_free(dev);
+    kbackend_free(cpu);
+}
+
+/* Canonical signs: two factorizations that differ by the sign of some singular pairs become the
+** same bits, so prune_lora's signed selection gives the same mask. */
+static void test_core_lowrank__canonical_signs(void **state)
+{
+    (void)state;
+    enum { R = 24, C = 40, RK = 6 };
+    struct slm_err err = SLM_ERR_INIT;
+    static float E[R * C], L1[C * RK], R1[RK * R], L2[C * RK], R2[RK * R];
+    static uint8_t m1[C * RK], m2[C * RK];
+    for (int i = 0; i < R * C; i++) E[i] = (float)nrand();
+    assert_int_equal(lowrank_fit(kb, L1, R1, E, NULL, R, C, RK, false, &err), 0);
+    memcpy(L2, L1, sizeof L1);
+    memcpy(R2, R1, sizeof R1);
+    for (int c = 0; c < RK; c += 2) {   /* another SVD's signs */
+        for (int i = 0; i < R; i++) R2[c * R + i] = -R2[c * R + i];
+        for (int j = 0; j < C; j++) L2[j * RK + c] = -L2[j * RK + c];
+    }
+    lowrank_canonical_signs(L1, R1, R, C, RK);
+    lowrank_canonical_signs(L2, R2, R, C, RK);
+    assert_memory_equal(L1, L2, sizeof L1);
+    assert_memory_equal(R1, R2, sizeof R1);
+    for (int c = 0; c < RK; c++) {
+        int top = 0;
+        for (int i = 1; i < R; i++) if (fabsf(R1[c * R + i]) > fabsf(R1[c * R + top])) top = i;
+        assert_true(R1[c * R + top] > 0);
+    }
+    assert_int_equal(lowrank_prune_adapter(kb, L1, R1, R, C, RK, 3, m1, NULL, &err), 0);
+    assert_int_equal(lowrank_prune_adapter(kb, L2, R2, R, C, RK, 3, m2, NULL, &err), 0);
+    assert_memory_equal(m1, m2, sizeof m1);
 }
 
 static void test_core_lowrank__quantized_adapters_on_grid(void **state)
@@ -203,6 +271,8 @@ int main(void)
         cmocka_unit_test(test_core_lowrank__slim_optimal_in_scaled_norm),
         cmocka_unit_test(test_core_lowrank__gram_path_optimal),
         cmocka_unit_test(test_core_lowrank__gram_matches_exact_svd),
+        cmocka_unit_test(test_core_lowrank__small_errors_take_the_host_svd),
+        cmocka_unit_test(test_core_lowrank__canonical_signs),
         cmocka_unit_test(test_core_lowrank__quantized_adapters_on_grid),
         cmocka_unit_test(test_core_lowrank__prune_lora),
     };
