@@ -5,10 +5,13 @@
 ** memory directly (legal on "cpu", a bug on a GPU) faults at the line that does it. The ops are
 ** the CPU backend's, plus those a GPU backend has and the CPU lacks (gather_rows and the copy-stream
 ** trio), and the name is not "cpu", so core/ takes the paths it takes on CUDA. Results equal the
-** CPU's except where core/ itself chooses differently off the CPU (adapters from the Gram matrix).
+** CPU's except where core/ itself chooses differently off the CPU (adapters of errors wider than
+** LOWRANK_HOST_SVD_MAX come from the Gram matrix).
 ** SLIM_TEST_DEVICE=cpu-discrete runs the unit tests on it; core/gpu_parity compares it with "cpu".
-** Linux only (mmap, mprotect, madvise). Released buffers keep their memory for a later buffer of
-** the same span: fine for the small models of the tests it serves.
+** Linux only (mmap, mprotect, madvise). Released buffers keep their memory for a later buffer that
+** fits: fine for the small models of the tests it serves. Releasing a pointer that is not a live
+** buffer aborts the test. Not caught: host pointers handed to ops (the ops read host memory
+** fine), and a released buffer read by an op (it keeps its contents until reused).
 */
 #include "../kbackend.h"
 #include "../kbackend_impl.h"
@@ -17,6 +20,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,8 +29,8 @@
 #define DISC_PAGE 4096                   /* buffers start on pages */
 #define DISC_HUGE ((size_t)2 << 20)      /* the wall moves in whole huge pages */
 
-/* A buffer of the arena: live (n bytes asked for) or spare (released, kept for a later buffer of
-** the same span, so the walled region stays about as large as the most ever live). */
+/* A buffer of the arena: live (n bytes asked for) or spare (released, kept for a later buffer that
+** fits its span: the smallest such spare is taken whole). */
 struct disc_buf {
     unsigned char *p;
     size_t n, span;
@@ -51,13 +55,21 @@ static struct disc_ctx *dctx(struct kbackend *kb) { return kb->ctx; }
 ** twice per op. Sizes live in host tables, never in the arena, so nothing splits those pages. */
 static size_t disc_walled(const struct disc_ctx *d) { return (d->top + DISC_HUGE - 1) / DISC_HUGE * DISC_HUGE; }
 
+/* A checking backend that cannot keep its promises stops the test loudly, where it happens. */
+static void disc_die(const char *what)
+{
+    fprintf(stderr, "cpu-discrete: %s\n", what);
+    abort();
+}
+
 /* The wall comes down while any op runs (ops may overlap: the prefetch thread uploads) and goes
-** back up after the last. A failing mprotect leaves the arena open: tests then lose their check
-** but not their data. */
+** back up after the last. A failing mprotect to PROT_NONE leaves the arena open: tests then lose
+** their check but not their data; one to read-write would fault the op, so it stops the test. */
 static void disc_open(struct disc_ctx *d)
 {
     pthread_mutex_lock(&d->lock);
-    if (d->open++ == 0 && d->top) mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE);
+    if (d->open++ == 0 && d->top && mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE))
+        disc_die("mprotect: cannot open the arena");
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -102,11 +114,15 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
 {
     struct disc_ctx *d = dctx(kb);
     int rc = 0;
+    if (n > DISC_RESERVE) return slm_err_set(err, SLM_ENOMEM, "cpu-discrete: cannot allocate %zu bytes", n);
     /* at least one page, so that every buffer has its own address */
-    size_t span = n > DISC_RESERVE ? DISC_RESERVE : n ? (n + DISC_PAGE - 1) / DISC_PAGE * DISC_PAGE : DISC_PAGE;
+    size_t span = n ? (n + DISC_PAGE - 1) / DISC_PAGE * DISC_PAGE : DISC_PAGE;
     pthread_mutex_lock(&d->lock);
-    size_t k = 0;
-    while (k < d->nspare && d->spare[k].span != span) k++;
+    /* the smallest spare that holds it; the buffer keeps that spare's whole span */
+    size_t k = d->nspare;
+    for (size_t i = 0; i < d->nspare; i++)
+        if (d->spare[i].span >= span && (k == d->nspare || d->spare[i].span < d->spare[k].span)) k = i;
+    if (k < d->nspare) span = d->spare[k].span;
     if (d->limit && (n > d->limit || d->in_use > d->limit - n)) {
         rc = kmem_oom(err, "cpu-discrete", "backend", NULL, n, d->in_use, d->limit, -1, -1);
     } else if (k == d->nspare && span > DISC_RESERVE - d->top) {
@@ -120,7 +136,8 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
                 d->spare[k] = d->spare[--d->nspare];
             } else {
                 d->top += span;
-                if (d->open) mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE);
+                if (d->open && mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE))
+                    disc_die("mprotect: cannot open a new buffer");
             }
             d->in_use += n;
             if (d->in_use > d->peak) d->peak = d->in_use;
@@ -137,12 +154,11 @@ static void disc_release(struct kbackend *kb, void *p)
     pthread_mutex_lock(&d->lock);
     size_t k = d->nlive;
     while (k > 0 && d->live[k - 1].p != p) k--;   /* the newest first: releases mostly follow allocations */
-    if (k > 0) {
-        struct disc_buf b = d->live[k - 1];
-        d->live[k - 1] = d->live[--d->nlive];
-        d->in_use -= b.n;
-        buf_push(&d->spare, &d->nspare, &d->capspare, b);   /* no room to remember it: not reused */
-    }
+    if (k == 0) disc_die("release of a pointer that is not a live buffer (released twice, or not ours)");
+    struct disc_buf b = d->live[k - 1];
+    d->live[k - 1] = d->live[--d->nlive];
+    d->in_use -= b.n;
+    buf_push(&d->spare, &d->nspare, &d->capspare, b);   /* no room to remember it: not reused */
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -160,7 +176,10 @@ static int disc_mem_stats(struct kbackend *kb, struct kmem_stats *out, bool rese
 static int disc_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err)
 {
     (void)err;
-    dctx(kb)->limit = bytes;
+    struct disc_ctx *d = dctx(kb);
+    pthread_mutex_lock(&d->lock);
+    d->limit = bytes;
+    pthread_mutex_unlock(&d->lock);
     return 0;
 }
 

@@ -8,6 +8,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "kernels/kbackend.h"
 #include "kernels/kbackend_impl.h"
@@ -644,6 +648,46 @@ static void test_kernels_cpu__apply_mask(void **state)
     assert_int_equal(kb_apply_mask(&bare, w, mask, 8, &err), -SLM_EUNSUPPORTED);
 }
 
+/* cpu-discrete: the ops work on its memory, host code touching it faults (in a child process),
+** sizes past its arena and over its budget fail cleanly, and reused spans keep the accounting. */
+static void test_kernels_cpu__discrete_backend_walls_its_memory(void **state)
+{
+    (void)state;
+    struct kbackend *d;
+    struct slm_err err = SLM_ERR_INIT;
+    struct kmem_stats st;
+    assert_int_equal(kbackend_open(&d, "cpu-discrete", &err), 0);
+    assert_string_equal(kb_name(d), "cpu-discrete");
+    float h[6] = { 1, 2, 3, 4, 5, 6 }, g[6], *a = NULL, *b = NULL;
+    assert_int_equal(kb_alloc(d, (void **)&a, sizeof h, &err), 0);
+    assert_int_equal(kb_upload(d, a, h, sizeof h, &err), 0);
+    assert_int_equal(d->iface->scale(d, a, 2.0f, 6, &err), 0);
+    assert_int_equal(kb_download(d, g, a, sizeof g, &err), 0);
+    for (int i = 0; i < 6; i++) assert_true(g[i] == 2 * h[i]);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {   /* the child reads backend memory from host code: must die of SIGSEGV */
+        signal(SIGSEGV, SIG_DFL);   /* not cmocka's handler (ASan's may still report and exit 1) */
+        volatile float v = a[0];
+        (void)v;
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true((WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV) || (WIFEXITED(status) && WEXITSTATUS(status) != 0));
+    assert_int_equal(kb_alloc(d, (void **)&b, (size_t)1 << 42, &err), -SLM_ENOMEM);
+    kb_release(d, a);
+    assert_int_equal(kb_alloc(d, (void **)&a, 3 * sizeof(float), &err), 0);   /* reuses the span */
+    assert_int_equal(kb_mem_stats(d, &st, false, &err), 0);
+    assert_true(st.in_use == 3 * sizeof(float) && st.device_total == -1);
+    assert_int_equal(kbackend_set_limit(d, 100, &err), 0);
+    assert_int_equal(kb_alloc(d, (void **)&b, 100, &err), -SLM_ENOMEM);
+    assert_int_equal(kbackend_set_limit(d, 0, &err), 0);
+    kb_release(d, a);
+    kbackend_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -662,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__quant_apply_dequant),
         cmocka_unit_test(test_kernels_cpu__col_stats_bit_exact),
         cmocka_unit_test(test_kernels_cpu__apply_mask),
+        cmocka_unit_test(test_kernels_cpu__discrete_backend_walls_its_memory),
     };
     return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
 }
