@@ -42,45 +42,29 @@ static void slim_edges(float *edge, float *lo, float *hi, int nb)
     edge[nb] = *hi;
 }
 
-/* Buffers of one SLiM-Quant search in one block: edges [nb + 1], then kq_slim_search's scratch
-** (losses [nb] doubles first, for alignment; pdf and values [2 nb] floats); counts [nb] zeroed.
-** NULL loss or *counts: out of memory (free loss and *counts either way). */
-struct slim_scratch {
-    float *edge, *pdf, *val;
-    double *loss;
-};
-
-static void slim_buffers(struct slim_scratch *s, uint64_t **counts, int nb)
+/* Host edges [nb + 1] and zeroed counts [nb] of one SLiM-Quant histogram; NULL: out of memory
+** (the caller frees both either way). */
+static void slim_buffers(float **edge, uint64_t **counts, int nb)
 {
-    double *buf = malloc(sizeof(double) * (size_t)nb + sizeof(float) * (size_t)(3 * nb + 1));
-    s->loss = buf;
-    s->edge = buf ? (float *)(buf + nb) : NULL;
-    s->pdf = buf ? s->edge + nb + 1 : NULL;
-    s->val = buf ? s->pdf + nb : NULL;
+    *edge = malloc(sizeof **edge * (size_t)(nb + 1));
     *counts = calloc((size_t)nb, sizeof **counts);
-}
-
-static float slim_search(const struct slim_scratch *s, const uint64_t *counts, int nb, size_t n, int bits)
-{
-    return kq_slim_search(counts, s->edge, s->pdf, s->val, s->loss, nb, n, bits);
 }
 
 float quant_slim_alpha(const float *a, size_t n, int bits)
 {
     if (n == 0) return 0;
     int nb = slim_nbins(n);
-    float lo_hi[2];
-    struct slim_scratch sc;
+    float lo_hi[2], *edge;
     uint64_t *counts;
     kq_abs_range(lo_hi, a, n);
     float lo = lo_hi[0], hi = lo_hi[1], alpha = hi;
-    slim_buffers(&sc, &counts, nb);
-    if (sc.loss && counts) {   /* allocation failure: fall back to AbsMax's alpha */
-        slim_edges(sc.edge, &lo, &hi, nb);
-        kq_abs_histogram(counts, a, n, lo, hi, sc.edge, nb);
-        alpha = slim_search(&sc, counts, nb, n, bits);
+    slim_buffers(&edge, &counts, nb);
+    if (edge && counts) {   /* allocation failure: AbsMax's alpha */
+        slim_edges(edge, &lo, &hi, nb);
+        kq_abs_histogram(counts, a, n, lo, hi, edge, nb);
+        kq_slim_search_alloc(&alpha, counts, edge, nb, n, bits);
     }
-    free(sc.loss);
+    free(edge);
     free(counts);
     return alpha;
 }
@@ -91,33 +75,33 @@ static int slim_alpha_kb(struct kbackend *kb, float *alpha, const float *a, size
 {
     const struct kbackend_i *f = kb->iface;
     int nb = slim_nbins(n), rc;
-    float lo_hi[2], *d_range = NULL, *d_edge = NULL;
-    struct slim_scratch sc;
+    float lo_hi[2], *edge = NULL, *d_range = NULL, *d_edge = NULL;
     uint64_t *counts = NULL, *d_counts = NULL;
     if (n == 0) { *alpha = 0; return 0; }
-    slim_buffers(&sc, &counts, nb);
-    if (!sc.loss || !counts) { rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: histogram of %d bins", nb); goto done; }
+    slim_buffers(&edge, &counts, nb);
+    if (!edge || !counts) { rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: histogram of %d bins", nb); goto done; }
     if ((rc = kb_alloc(kb, (void **)&d_range, sizeof lo_hi, err)) ||
-        (rc = kb_alloc(kb, (void **)&d_edge, sizeof *sc.edge * (size_t)(nb + 1), err)) ||
+        (rc = kb_alloc(kb, (void **)&d_edge, sizeof *edge * (size_t)(nb + 1), err)) ||
         (rc = kb_alloc(kb, (void **)&d_counts, sizeof *counts * (size_t)nb, err)) ||
         (rc = f->abs_range(kb, d_range, a, n, err)) ||
         (rc = kb_download(kb, lo_hi, d_range, sizeof lo_hi, err)))
         goto done;
     float lo = lo_hi[0], hi = lo_hi[1];
-    slim_edges(sc.edge, &lo, &hi, nb);
-    if ((rc = kb_upload(kb, d_edge, sc.edge, sizeof *sc.edge * (size_t)(nb + 1), err)) ||
+    slim_edges(edge, &lo, &hi, nb);
+    if ((rc = kb_upload(kb, d_edge, edge, sizeof *edge * (size_t)(nb + 1), err)) ||
         (rc = kb_upload(kb, d_counts, counts, sizeof *counts * (size_t)nb, err)) ||
         (rc = f->abs_histogram(kb, d_counts, a, n, lo, hi, d_edge, nb, err)))
         goto done;
     if (f->slim_search)
         rc = f->slim_search(kb, alpha, d_counts, d_edge, nb, n, bits, err);
-    else if (!(rc = kb_download(kb, counts, d_counts, sizeof *counts * (size_t)nb, err)))
-        *alpha = slim_search(&sc, counts, nb, n, bits);
+    else if (!(rc = kb_download(kb, counts, d_counts, sizeof *counts * (size_t)nb, err)) &&
+             !kq_slim_search_alloc(alpha, counts, edge, nb, n, bits))
+        rc = slm_err_set(err, SLM_ENOMEM, "SLiM-Quant: search over %d bins", nb);
 done:
     kb_release(kb, d_range);
     kb_release(kb, d_edge);
     kb_release(kb, d_counts);
-    free(sc.loss);
+    free(edge);
     free(counts);
     return rc;
 }

@@ -480,5 +480,17 @@ static inline float kq_slim_search(const uint64_t *counts, const float *edge, fl
     return val[best];
 }
 
+/* kq_slim_search with its scratch allocated here; false when out of memory (*alpha untouched). */
+static inline bool kq_slim_search_alloc(float *alpha, const uint64_t *counts, const float *edge, int nb, size_t n,
+                                        int bits)
+{
+    double *loss = (double *)malloc(sizeof *loss * (size_t)nb + sizeof(float) * 2 * (size_t)nb);
+    if (!loss) return false;
+    float *pdf = (float *)(loss + nb);
+    *alpha = kq_slim_search(counts, edge, pdf, pdf + nb, loss, nb, n, bits);
+    free(loss);
+    return true;
+}
+
 #endif /* !__CUDACC__ */
 #endif

@@ -535,11 +535,8 @@ static int cpu_slim_search(struct kbackend *kb, float *alpha, const uint64_t *co
     (void)kb;
     int rc = kq_check_search(nb, n, bits, err);
     if (rc) return rc;
-    double *loss = malloc(sizeof *loss * (size_t)nb + sizeof(float) * 2 * (size_t)nb);
-    if (!loss) return slm_err_set(err, SLM_ENOMEM, "slim_search: scratch of %d bins", nb);
-    float *pdf = (float *)(loss + nb);
-    *alpha = kq_slim_search(counts, edge, pdf, pdf + nb, loss, nb, n, bits);
-    free(loss);
+    if (!kq_slim_search_alloc(alpha, counts, edge, nb, n, bits))
+        return slm_err_set(err, SLM_ENOMEM, "slim_search: scratch of %d bins", nb);
     return 0;
 }
 

@@ -412,13 +412,14 @@ k_attention_tiled(struct kattn_args a)
     }
 }
 
+/* Shared memory of the tiled kernel: the Q, K (then P) and V tiles, rows of hd + 4 floats. */
+static size_t tiled_smem(int hd) { return (size_t)(TA_Q + 2 * TA_K) * (hd + 4) * sizeof(float); }
+
+/* Only after tiled_fits, which checks the shared memory. */
 template <int HD>
 static int launch_tiled(struct cu_ctx *c, const struct kattn_args *a, struct slm_err *err)
 {
-    size_t smem = (size_t)(TA_Q + 2 * TA_K) * (HD + 4) * sizeof(float);
-    if (smem > (size_t)c->max_smem_optin)
-        return slm_err_set(err, SLM_EUNSUPPORTED, "attention: head dim %d needs %zu bytes of shared memory, device allows %d",
-                           HD, smem, c->max_smem_optin);
+    size_t smem = tiled_smem(HD);
     if (smem > 48 * 1024)
         CU_TRY(cudaFuncSetAttribute(k_attention_tiled<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((a->T + TA_Q - 1) / TA_Q, a->H, a->B);
@@ -432,7 +433,7 @@ static bool tiled_fits(const struct cu_ctx *c, const struct kattn_args *a)
 {
     uintptr_t addr = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v;
     return (a->hd == 64 || a->hd == 128) && addr % 16 == 0 && a->q_stride % 4 == 0 && a->kv_stride % 4 == 0 &&
-           (size_t)(TA_Q + 2 * TA_K) * (a->hd + 4) * sizeof(float) <= (size_t)c->max_smem_optin;
+           tiled_smem(a->hd) <= (size_t)c->max_smem_optin;
 }
 
 /* ---- the GEMM path: scores of a chunk of query rows by cuBLAS, causal softmax, P V by cuBLAS ----
