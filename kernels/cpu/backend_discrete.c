@@ -8,10 +8,18 @@
 ** CPU's except where core/ itself chooses differently off the CPU (adapters of errors wider than
 ** LOWRANK_HOST_SVD_MAX come from the Gram matrix).
 ** SLIM_TEST_DEVICE=cpu-discrete runs the unit tests on it; core/gpu_parity compares it with "cpu".
+** Each op checks its arguments against kbackend.h: every backend pointer must lie, with the extent
+** the op reads or writes, inside one live buffer, and host-side arguments (an upload's source, a
+** download's destination, scalar results) outside the arena; a violation aborts the test with the
+** op, the argument and the cause (host pointer, released buffer, past the end). Buffers come filled
+** with 0xff bytes (NaN as floats) and are refilled on release, as a GPU's allocator hands out
+** whatever was there: reading what nobody wrote shows up in the results.
 ** Linux only (mmap, mprotect, madvise). Released buffers keep their memory for a later buffer that
 ** fits: fine for the small models of the tests it serves. Releasing a pointer that is not a live
-** buffer aborts the test. Not caught: host pointers handed to ops (the ops read host memory
-** fine), and a released buffer read by an op (it keeps its contents until reused).
+** buffer aborts the test. The target of an upload_async is off limits to ops and to release until
+** copy_sync. Not caught: the rest of CUDA's asynchrony (every op here has finished when it returns:
+** a buffer reused before copy_after_queued, a pinned source changed before the copy ran), and
+** struct fields an op ignores.
 */
 #include "../kbackend.h"
 #include "../kbackend_impl.h"
@@ -41,8 +49,8 @@ struct disc_ctx {
     unsigned char *map;      /* the reservation, DISC_RESERVE + DISC_HUGE bytes */
     unsigned char *base;     /* its first huge-page boundary: the arena starts here */
     size_t top;              /* bytes of the arena handed out so far */
-    struct disc_buf *live, *spare;
-    size_t nlive, caplive, nspare, capspare;
+    struct disc_buf *live, *spare, *flying;   /* flying: upload_async targets not yet waited for */
+    size_t nlive, caplive, nspare, capspare, nflying, capflying;
     pthread_mutex_t lock;
     int open;                /* ops in flight: the used arena is readable and writable while > 0 */
     size_t in_use, peak, limit;
@@ -90,6 +98,7 @@ static void disc_free(struct kbackend *kb)
         if (d->map) munmap(d->map, DISC_RESERVE + DISC_HUGE);
         free(d->live);
         free(d->spare);
+        free(d->flying);
         pthread_mutex_destroy(&d->lock);
     }
     free(d);
@@ -108,6 +117,26 @@ static bool buf_push(struct disc_buf **t, size_t *len, size_t *cap, struct disc_
     }
     (*t)[(*len)++] = b;
     return true;
+}
+
+/* Whether [p, p + n) overlaps the target of an upload_async that copy_sync has not waited for: on
+** a GPU the copy stream may still be writing there. Called with the lock held. */
+static bool disc_flying(const struct disc_ctx *d, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < d->nflying; i++)
+        if (p < d->flying[i].p + d->flying[i].n && d->flying[i].p < p + n) return true;
+    return false;
+}
+
+/* Fill a buffer with 0xff bytes: NaN as f32 and f64, 255 as a mask byte, -1 as a code, 2^64 - 1 as
+** a count. A GPU's allocator hands out what the last owner left, so an op that reads a buffer
+** nobody wrote, or one already released, must not find zeros there that happen to work. */
+static void disc_poison(struct disc_ctx *d, unsigned char *p, size_t n)
+{
+    if (!n) return;
+    disc_open(d);
+    memset(p, 0xff, n);
+    disc_close(d);
 }
 
 static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
@@ -145,6 +174,7 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
         }
     }
     pthread_mutex_unlock(&d->lock);
+    if (!rc) disc_poison(d, *out, n);
     return rc;
 }
 
@@ -155,9 +185,14 @@ static void disc_release(struct kbackend *kb, void *p)
     size_t k = d->nlive;
     while (k > 0 && d->live[k - 1].p != p) k--;   /* the newest first: releases mostly follow allocations */
     if (k == 0) disc_die("release of a pointer that is not a live buffer (released twice, or not ours)");
+    if (disc_flying(d, p, d->live[k - 1].n ? d->live[k - 1].n : 1))
+        disc_die("release of a buffer that upload_async is still filling (no copy_sync yet)");
     struct disc_buf b = d->live[k - 1];
     d->live[k - 1] = d->live[--d->nlive];
     d->in_use -= b.n;
+    pthread_mutex_unlock(&d->lock);
+    disc_poison(d, b.p, b.n);   /* no longer live: no op touches it, no allocation hands it out yet */
+    pthread_mutex_lock(&d->lock);
     buf_push(&d->spare, &d->nspare, &d->capspare, b);   /* no room to remember it: not reused */
     pthread_mutex_unlock(&d->lock);
 }
@@ -183,68 +218,258 @@ static int disc_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err
     return 0;
 }
 
-/* ---- the CPU's ops, with the wall down ---- */
+/* ---- what the ops may touch ---- */
 
-#define DISC_OP(op, params, ...)                                   \
+/* Whether [p, p + n) lies inside one live buffer (as asked for, not its page-rounded span).
+** Called with the lock held. */
+static bool disc_inside(const struct disc_ctx *d, const unsigned char *p, size_t n)
+{
+    for (size_t i = d->nlive; i-- > 0;) {
+        const struct disc_buf *b = &d->live[i];
+        if (p >= b->p && p < b->p + b->n) return n <= b->n - (size_t)(p - b->p);
+    }
+    return false;
+}
+
+/* An op's argument `arg` of n bytes at p must lie inside one live buffer: a host pointer, a
+** released buffer or a range past a buffer's end is what a GPU answers with an illegal address, or
+** worse, with another buffer's data. n = 0 checks nothing (an empty range is never read). */
+static void disc_dev(struct disc_ctx *d, const char *op, const char *arg, const void *p, size_t n)
+{
+    if (n == 0) return;
+    const unsigned char *c = p;
+    pthread_mutex_lock(&d->lock);
+    bool ok = disc_inside(d, c, n), flying = disc_flying(d, c, n);
+    bool arena = c >= d->base && c < d->base + d->top;
+    bool live = false;
+    size_t have = 0;
+    for (size_t i = 0; !ok && i < d->nlive; i++)
+        if (c >= d->live[i].p && c < d->live[i].p + d->live[i].span) {
+            size_t at = (size_t)(c - d->live[i].p);
+            live = true;
+            have = at < d->live[i].n ? d->live[i].n - at : 0;
+        }
+    pthread_mutex_unlock(&d->lock);
+    if (ok && !flying) return;
+    char msg[256];
+    if (ok) snprintf(msg, sizeof msg, "%s: %s (%zu bytes) is still being filled by upload_async (no copy_sync yet)", op, arg, n);
+    else if (!arena) snprintf(msg, sizeof msg, "%s: %s is a host pointer (%p, %zu bytes), not backend memory", op, arg, p, n);
+    else if (live) snprintf(msg, sizeof msg, "%s: %s runs past the end of its buffer (%zu bytes asked, %zu left)", op, arg, n, have);
+    else snprintf(msg, sizeof msg, "%s: %s (%zu bytes) is a released buffer", op, arg, n);
+    disc_die(msg);
+}
+
+/* An op's host-side argument (an upload's source, a download's destination, a scalar result) must
+** not be backend memory: on a GPU the host cannot address it. */
+static void disc_host(struct disc_ctx *d, const char *op, const char *arg, const void *p)
+{
+    const unsigned char *c = p;
+    if (c >= d->base && c < d->base + DISC_RESERVE) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s: %s is backend memory, where host memory is expected", op, arg);
+        disc_die(msg);
+    }
+}
+
+/* Bytes of a strided matrix: rows of cols elements, ld apart. */
+static size_t disc_mat(size_t rows, size_t cols, size_t ld, size_t elem)
+{
+    return rows && cols ? ((rows - 1) * ld + cols) * elem : 0;
+}
+
+/* A batch of strided matrices, stride elements apart (0: one shared matrix). */
+static size_t disc_batch(int batch, int64_t stride, size_t rows, size_t cols, size_t ld)
+{
+    size_t one = disc_mat(rows, cols, ld, sizeof(float));
+    return one && batch > 1 && stride > 0 ? one + (size_t)(batch - 1) * (size_t)stride * sizeof(float) : one;
+}
+
+#define F(n) ((size_t)(n) * sizeof(float))
+#define U(n) ((size_t)(n) * sizeof(uint8_t))
+#define D(n) ((size_t)(n) * sizeof(double))
+#define Z(rows, cols) ((size_t)(rows) * (size_t)(cols))
+#define DEV(arg, n) disc_dev(d, op, #arg, arg, n)
+#define HOST(arg) disc_host(d, op, #arg, arg)
+
+/* Each op's arguments, as kbackend.h states them. */
+static void chk_upload(struct disc_ctx *d, const char *op, void *dst, const void *src, size_t n) { DEV(dst, n); HOST(src); }
+static void chk_download(struct disc_ctx *d, const char *op, void *dst, const void *src, size_t n) { HOST(dst); DEV(src, n); }
+static void chk_copy(struct disc_ctx *d, const char *op, void *dst, const void *src, size_t n) { DEV(dst, n); DEV(src, n); }
+static void chk_gemm(struct disc_ctx *d, const char *op, const struct kgemm_args *a)
+{
+    size_t m = (size_t)a->m, n = (size_t)a->n, k = (size_t)a->k;
+    disc_dev(d, op, "a", a->a, disc_batch(a->batch, a->stride_a, a->ta == KB_N ? m : k, a->ta == KB_N ? k : m, a->lda));
+    disc_dev(d, op, "b", a->b, disc_batch(a->batch, a->stride_b, a->tb == KB_N ? k : n, a->tb == KB_N ? n : k, a->ldb));
+    disc_dev(d, op, "c", a->c, disc_batch(a->batch, a->stride_c, m, n, a->ldc));
+}
+static void chk_norm(struct disc_ctx *d, const char *op, float *y, const float *x, const float *w, const float *b, int rows,
+                     int cols)
+{
+    DEV(y, F(Z(rows, cols)));
+    DEV(x, F(Z(rows, cols)));
+    if (w) DEV(w, F(cols));
+    if (b) DEV(b, F(cols));
+}
+static void chk_add_bias(struct disc_ctx *d, const char *op, float *y, const float *bias, int rows, int cols, int ld)
+{
+    DEV(y, disc_mat(rows, cols, ld, sizeof(float)));
+    DEV(bias, F(cols));
+}
+static void chk_yx(struct disc_ctx *d, const char *op, float *y, const float *x, size_t n) { DEV(y, F(n)); if (x) DEV(x, F(n)); }
+static void chk_rope(struct disc_ctx *d, const char *op, float *x, int rows, int ld, int nheads, int hd, int rot_dim,
+                     const float *inv_freq)
+{
+    DEV(x, disc_mat(rows, (size_t)nheads * hd, ld, sizeof(float)));
+    DEV(inv_freq, F(rot_dim / 2));
+}
+static void chk_attention(struct disc_ctx *d, const char *op, const struct kattn_args *a)
+{
+    size_t rows = (size_t)a->B * a->T;
+    disc_dev(d, op, "out", a->out, disc_mat(rows, (size_t)a->H * a->hd, a->out_stride, sizeof(float)));
+    disc_dev(d, op, "q", a->q, disc_mat(rows, (size_t)a->H * a->hd, a->q_stride, sizeof(float)));
+    disc_dev(d, op, "k", a->k, disc_mat(rows, (size_t)a->Hkv * a->hd, a->kv_stride, sizeof(float)));
+    disc_dev(d, op, "v", a->v, disc_mat(rows, (size_t)a->Hkv * a->hd, a->kv_stride, sizeof(float)));
+}
+static void chk_sparsegpt_block(struct disc_ctx *d, const char *op, const struct ksgpt_args *a)
+{
+    size_t cnt = (size_t)(a->i2 - a->i1);
+    size_t nstep = a->group == 0 ? 1 : a->group < 0 ? (size_t)a->rows : Z(a->rows, a->ngroups);
+    disc_dev(d, op, "hinv", a->hinv, disc_mat(a->cols, a->cols, a->ldh, sizeof(float)));
+    disc_dev(d, op, "w", a->w, disc_mat(a->rows, a->cols, a->ldw, sizeof(float)));
+    if (a->metric) {
+        disc_dev(d, op, "metric", a->metric, F(Z(a->rows, cnt)));
+        return;
+    }
+    disc_dev(d, op, "mask", a->mask, disc_mat(a->rows, cnt, a->ldm, 1));
+    disc_dev(d, op, "err", a->err, F(Z(a->rows, cnt)));
+    if (a->bits) disc_dev(d, op, "step", a->step, F(nstep));
+}
+static void chk_wms(struct disc_ctx *d, const char *op, float *w, uint8_t *mask, const float *s, int d_out, int d_in)
+{
+    DEV(w, F(Z(d_out, d_in)));
+    DEV(mask, U(Z(d_out, d_in)));
+    if (s) DEV(s, F(d_in));
+}
+static void chk_quant(struct disc_ctx *d, const char *op, float *w, const int8_t *codes, int d_out, int d_in,
+                      const struct kquant_args *q)
+{
+    DEV(w, F(Z(d_out, d_in)));
+    if (codes) DEV(codes, U(Z(d_out, d_in)));
+    disc_dev(d, op, "scale", q->scale, F(Z(q->rows, q->cols)));
+    if (q->col_scale) disc_dev(d, op, "col_scale", q->col_scale, F(d_in));
+}
+
+/* ---- the CPU's ops, with the wall down and their arguments checked ---- */
+
+#define DISC_OP(op, params, check, ...)                            \
     static int disc_##op params                                    \
     {                                                              \
         struct disc_ctx *d = dctx(kb);                             \
         disc_open(d);                                              \
+        check;                                                     \
         int rc = d->cpu->iface->op(d->cpu, __VA_ARGS__);           \
         disc_close(d);                                             \
         return rc;                                                 \
     }
+#define OPN(name) const char *op = #name; (void)op
 
-DISC_OP(upload, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err), dst, src, n, err)
-DISC_OP(download, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err), dst, src, n, err)
-DISC_OP(copy, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err), dst, src, n, err)
-DISC_OP(sync, (struct kbackend *kb, struct slm_err *err), err)
-DISC_OP(gemm, (struct kbackend *kb, const struct kgemm_args *a, struct slm_err *err), a, err)
+DISC_OP(upload, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
+        chk_upload(d, "upload", dst, src, n), dst, src, n, err)
+DISC_OP(download, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
+        chk_download(d, "download", dst, src, n), dst, src, n, err)
+DISC_OP(copy, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
+        chk_copy(d, "copy", dst, src, n), dst, src, n, err)
+DISC_OP(sync, (struct kbackend *kb, struct slm_err *err), (void)0, err)
+DISC_OP(gemm, (struct kbackend *kb, const struct kgemm_args *a, struct slm_err *err), chk_gemm(d, "gemm", a), a, err)
 DISC_OP(layernorm, (struct kbackend *kb, float *y, const float *x, const float *w, const float *b, int rows, int cols,
-                    float eps, struct slm_err *err), y, x, w, b, rows, cols, eps, err)
+                    float eps, struct slm_err *err),
+        chk_norm(d, "layernorm", y, x, w, b, rows, cols), y, x, w, b, rows, cols, eps, err)
 DISC_OP(rmsnorm, (struct kbackend *kb, float *y, const float *x, const float *w, int rows, int cols, float divisor,
-                  float eps, struct slm_err *err), y, x, w, rows, cols, divisor, eps, err)
+                  float eps, struct slm_err *err),
+        chk_norm(d, "rmsnorm", y, x, w, NULL, rows, cols), y, x, w, rows, cols, divisor, eps, err)
 DISC_OP(add_bias, (struct kbackend *kb, float *y, const float *bias, int rows, int cols, int ld, struct slm_err *err),
-        y, bias, rows, cols, ld, err)
-DISC_OP(add, (struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err), y, x, n, err)
-DISC_OP(mul, (struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err), y, x, n, err)
-DISC_OP(act, (struct kbackend *kb, float *y, const float *x, size_t n, enum kact act, struct slm_err *err), y, x, n, act, err)
-DISC_OP(scale, (struct kbackend *kb, float *y, float s, size_t n, struct slm_err *err), y, s, n, err)
+        chk_add_bias(d, "add_bias", y, bias, rows, cols, ld), y, bias, rows, cols, ld, err)
+DISC_OP(add, (struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err), chk_yx(d, "add", y, x, n),
+        y, x, n, err)
+DISC_OP(mul, (struct kbackend *kb, float *y, const float *x, size_t n, struct slm_err *err), chk_yx(d, "mul", y, x, n),
+        y, x, n, err)
+DISC_OP(act, (struct kbackend *kb, float *y, const float *x, size_t n, enum kact act, struct slm_err *err),
+        chk_yx(d, "act", y, x, n), y, x, n, act, err)
+DISC_OP(scale, (struct kbackend *kb, float *y, float s, size_t n, struct slm_err *err), chk_yx(d, "scale", y, NULL, n),
+        y, s, n, err)
 DISC_OP(rope, (struct kbackend *kb, float *x, int rows, int ld, int T, int nheads, int hd, int rot_dim,
-               const float *inv_freq, struct slm_err *err), x, rows, ld, T, nheads, hd, rot_dim, inv_freq, err)
-DISC_OP(attention, (struct kbackend *kb, const struct kattn_args *a, struct slm_err *err), a, err)
+               const float *inv_freq, struct slm_err *err),
+        chk_rope(d, "rope", x, rows, ld, nheads, hd, rot_dim, inv_freq), x, rows, ld, T, nheads, hd, rot_dim, inv_freq, err)
+DISC_OP(attention, (struct kbackend *kb, const struct kattn_args *a, struct slm_err *err),
+        chk_attention(d, "attention", a), a, err)
 DISC_OP(cross_entropy, (struct kbackend *kb, float *nll, const float *logits, const int32_t *targets, int rows,
-                        int vocab, struct slm_err *err), nll, logits, targets, rows, vocab, err)
-DISC_OP(eigh_f64, (struct kbackend *kb, double *a, double *w, int n, struct slm_err *err), a, w, n, err)
-DISC_OP(cholesky_upper, (struct kbackend *kb, float *a, int n, struct slm_err *err), a, n, err)
-DISC_OP(spd_inverse, (struct kbackend *kb, float *a, int n, struct slm_err *err), a, n, err)
+                        int vocab, struct slm_err *err),
+        { OPN(cross_entropy); DEV(nll, F(rows)); DEV(logits, F(Z(rows, vocab))); DEV(targets, (size_t)rows * 4); },
+        nll, logits, targets, rows, vocab, err)
+DISC_OP(eigh_f64, (struct kbackend *kb, double *a, double *w, int n, struct slm_err *err),
+        { OPN(eigh_f64); DEV(a, D(Z(n, n))); DEV(w, D(n)); }, a, w, n, err)
+DISC_OP(cholesky_upper, (struct kbackend *kb, float *a, int n, struct slm_err *err),
+        { OPN(cholesky_upper); DEV(a, F(Z(n, n))); }, a, n, err)
+DISC_OP(spd_inverse, (struct kbackend *kb, float *a, int n, struct slm_err *err),
+        { OPN(spd_inverse); DEV(a, F(Z(n, n))); }, a, n, err)
 DISC_OP(svd, (struct kbackend *kb, const float *a, int m, int n, float *u, float *s, float *vt, struct slm_err *err),
+        {
+            OPN(svd);
+            int r = m < n ? m : n;
+            DEV(a, F(Z(m, n)));
+            DEV(u, F(Z(m, r)));
+            DEV(s, F(r));
+            DEV(vt, F(Z(r, n)));
+        },
         a, m, n, u, s, vt, err)
-DISC_OP(gram_f64, (struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err), c, x, rows, n, err)
-DISC_OP(round_bf16, (struct kbackend *kb, float *y, size_t n, struct slm_err *err), y, n, err)
-DISC_OP(sparsegpt_block, (struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err), a, err)
+DISC_OP(gram_f64, (struct kbackend *kb, double *c, const float *x, int rows, int n, struct slm_err *err),
+        { OPN(gram_f64); DEV(c, D(Z(n, n))); DEV(x, F(Z(rows, n))); }, c, x, rows, n, err)
+DISC_OP(round_bf16, (struct kbackend *kb, float *y, size_t n, struct slm_err *err), chk_yx(d, "round_bf16", y, NULL, n),
+        y, n, err)
+DISC_OP(sparsegpt_block, (struct kbackend *kb, const struct ksgpt_args *a, struct slm_err *err),
+        chk_sparsegpt_block(d, "sparsegpt_block", a), a, err)
 DISC_OP(prune_nm, (struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int n, int m,
-                   struct slm_err *err), w, mask, s, d_out, d_in, n, m, err)
+                   struct slm_err *err),
+        chk_wms(d, "prune_nm", w, mask, s, d_out, d_in), w, mask, s, d_out, d_in, n, m, err)
 DISC_OP(absmax_groups, (struct kbackend *kb, float *amax, const float *w, int d_out, int d_in, int grows, int gcols,
-                        struct slm_err *err), amax, w, d_out, d_in, grows, gcols, err)
-DISC_OP(abs_range, (struct kbackend *kb, float *lo_hi, const float *a, size_t n, struct slm_err *err), lo_hi, a, n, err)
+                        struct slm_err *err),
+        {
+            OPN(absmax_groups);
+            DEV(w, F(Z(d_out, d_in)));
+            if (grows > 0 && gcols > 0) DEV(amax, F(Z(d_out / grows, d_in / gcols)));
+        },
+        amax, w, d_out, d_in, grows, gcols, err)
+DISC_OP(abs_range, (struct kbackend *kb, float *lo_hi, const float *a, size_t n, struct slm_err *err),
+        { OPN(abs_range); DEV(lo_hi, F(2)); DEV(a, F(n)); }, lo_hi, a, n, err)
 DISC_OP(abs_histogram, (struct kbackend *kb, uint64_t *counts, const float *a, size_t n, float lo, float hi,
-                        const float *edge, int nb, struct slm_err *err), counts, a, n, lo, hi, edge, nb, err)
+                        const float *edge, int nb, struct slm_err *err),
+        { OPN(abs_histogram); DEV(counts, (size_t)nb * 8); DEV(a, F(n)); DEV(edge, F(nb + 1)); },
+        counts, a, n, lo, hi, edge, nb, err)
 DISC_OP(quant_apply, (struct kbackend *kb, float *w, int8_t *codes, int d_out, int d_in, const struct kquant_args *q,
-                      struct slm_err *err), w, codes, d_out, d_in, q, err)
+                      struct slm_err *err),
+        chk_quant(d, "quant_apply", w, codes, d_out, d_in, q), w, codes, d_out, d_in, q, err)
 DISC_OP(quant_dequant, (struct kbackend *kb, float *w, const int8_t *codes, int d_out, int d_in,
-                        const struct kquant_args *q, struct slm_err *err), w, codes, d_out, d_in, q, err)
+                        const struct kquant_args *q, struct slm_err *err),
+        chk_quant(d, "quant_dequant", w, codes, d_out, d_in, q), w, codes, d_out, d_in, q, err)
 DISC_OP(col_stats, (struct kbackend *kb, float *scaler, double *abssum, const float *x, int rows, int cols, int nseq,
-                    struct slm_err *err), scaler, abssum, x, rows, cols, nseq, err)
-DISC_OP(apply_mask, (struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err), w, mask, n, err)
+                    struct slm_err *err),
+        { OPN(col_stats); DEV(scaler, F(cols)); DEV(abssum, D(cols)); DEV(x, F(Z(rows, cols))); },
+        scaler, abssum, x, rows, cols, nseq, err)
+DISC_OP(apply_mask, (struct kbackend *kb, float *w, const uint8_t *mask, size_t n, struct slm_err *err),
+        { OPN(apply_mask); DEV(w, F(n)); DEV(mask, U(n)); }, w, mask, n, err)
 DISC_OP(prune_rows, (struct kbackend *kb, float *w, uint8_t *mask, const float *s, int d_out, int d_in, int k,
-                     struct slm_err *err), w, mask, s, d_out, d_in, k, err)
-DISC_OP(abs_kth, (struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err), kth, a, n, k, err)
+                     struct slm_err *err),
+        chk_wms(d, "prune_rows", w, mask, s, d_out, d_in), w, mask, s, d_out, d_in, k, err)
+DISC_OP(abs_kth, (struct kbackend *kb, float *kth, const float *a, size_t n, size_t k, struct slm_err *err),
+        { OPN(abs_kth); HOST(kth); DEV(a, F(n)); }, kth, a, n, k, err)
 DISC_OP(prune_abs_le, (struct kbackend *kb, float *w, uint8_t *mask, size_t n, float thr, struct slm_err *err),
-        w, mask, n, thr, err)
-DISC_OP(count_zeros, (struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err), count, a, n, err)
+        { OPN(prune_abs_le); DEV(w, F(n)); DEV(mask, U(n)); }, w, mask, n, thr, err)
+DISC_OP(count_zeros, (struct kbackend *kb, uint64_t *count, const float *a, size_t n, struct slm_err *err),
+        { OPN(count_zeros); HOST(count); DEV(a, F(n)); }, count, a, n, err)
 DISC_OP(slim_search, (struct kbackend *kb, float *alpha, const uint64_t *counts, const float *edge, int nb, size_t n,
-                      int bits, struct slm_err *err), alpha, counts, edge, nb, n, bits, err)
+                      int bits, struct slm_err *err),
+        { OPN(slim_search); HOST(alpha); DEV(counts, (size_t)nb * 8); DEV(edge, F(nb + 1)); },
+        alpha, counts, edge, nb, n, bits, err)
 
 /* ---- what a GPU backend has and the CPU lacks ---- */
 
@@ -254,6 +479,10 @@ static int disc_gather_rows(struct kbackend *kb, float *out, const float *table,
     (void)err;
     struct disc_ctx *d = dctx(kb);
     disc_open(d);
+    const char *op = "gather_rows";
+    DEV(out, F(Z(rows, cols)));
+    DEV(table, F(Z(V, cols)));
+    DEV(ids, (size_t)rows * sizeof *ids);
     for (int r = 0; r < rows; r++) {
         float *o = out + (size_t)r * cols;
         if (ids[r] < 0 || ids[r] >= V) for (int c = 0; c < cols; c++) o[c] = NAN;
@@ -265,13 +494,28 @@ static int disc_gather_rows(struct kbackend *kb, float *out, const float *table,
 
 static int disc_copy_after_queued(struct kbackend *kb, struct slm_err *err) { (void)kb; (void)err; return 0; }
 
-/* A synchronous copy from the prefetch thread, beside the ops of the main thread. */
+/* A synchronous copy from the prefetch thread, beside the ops of the main thread; its target stays
+** off limits to ops and release until copy_sync, as on a GPU's copy stream. */
 static int disc_upload_async(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
 {
-    return disc_upload(kb, dst, src, n, err);
+    struct disc_ctx *d = dctx(kb);
+    int rc = disc_upload(kb, dst, src, n, err);
+    if (rc || !n) return rc;
+    pthread_mutex_lock(&d->lock);
+    bool kept = buf_push(&d->flying, &d->nflying, &d->capflying, (struct disc_buf){ dst, n, n });
+    pthread_mutex_unlock(&d->lock);
+    return kept ? 0 : slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of memory");
 }
 
-static int disc_copy_sync(struct kbackend *kb, struct slm_err *err) { (void)kb; (void)err; return 0; }
+static int disc_copy_sync(struct kbackend *kb, struct slm_err *err)
+{
+    (void)err;
+    struct disc_ctx *d = dctx(kb);
+    pthread_mutex_lock(&d->lock);
+    d->nflying = 0;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
 
 static const struct kbackend_i disc_iface = {
     .name = disc_name,

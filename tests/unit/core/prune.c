@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/prune.h"
+#include "kernels/kbackend.h"
 
 #define TEST_RNG_SEED 0x9e3779b97f4a7c15ull
 #include "../test_util.h"
@@ -17,6 +18,27 @@
 static struct kbackend *kb;
 static int setup(void **state) { (void)state; struct slm_err e = SLM_ERR_INIT; return kbackend_open(&kb, test_backend_name(), &e); }
 static int teardown(void **state) { (void)state; kbackend_free(kb); return 0; }
+
+/* prune_weight and prune_sparsegpt on host arrays: their w (and H) go through backend buffers, as
+** core/ hands them over. */
+static int prune_weight_host(float *w, const float *s, int R, int C, const struct prune_opts *po, uint8_t *mask,
+                             struct slm_err *err)
+{
+    float *d = test_dev_copy(kb, w, sizeof *w * R * C);
+    int rc = prune_weight(kb, d, s, R, C, po, mask, err);
+    test_dev_back(kb, w, d, sizeof *w * R * C);
+    return rc;
+}
+
+static int prune_sparsegpt_host(float *w, float *H, int R, int C, const struct prune_opts *po, uint8_t *mask,
+                                int8_t *codes, struct quant_params *qp, struct slm_err *err)
+{
+    float *dw = test_dev_copy(kb, w, sizeof *w * R * C), *dh = test_dev_copy(kb, H, sizeof *H * C * C);
+    int rc = prune_sparsegpt(kb, dw, dh, R, C, po, mask, codes, qp, err);
+    test_dev_back(kb, w, dw, sizeof *w * R * C);
+    test_dev_back(kb, H, dh, sizeof *H * C * C);
+    return rc;
+}
 
 static void test_core_prune__magnitude_2of4_keeps_largest(void **state)
 {
@@ -29,7 +51,7 @@ static void test_core_prune__magnitude_2of4_keeps_largest(void **state)
     po.method = PRUNE_MAGNITUDE;
     po.n = 2; po.m = 4;
     struct slm_err err = SLM_ERR_INIT;
-    assert_int_equal(prune_weight(kb, w, NULL, R, C, &po, mask, &err), 0);
+    assert_int_equal(prune_weight_host(w, NULL, R, C, &po, mask, &err), 0);
     for (int r = 0; r < R; r++)
         for (int g = 0; g < C; g += 4) {
             int pruned = 0;
@@ -56,7 +78,7 @@ static void test_core_prune__magnitude_unstructured_one_threshold(void **state)
     po.method = PRUNE_MAGNITUDE;
     po.sparsity = 0.3;
     struct slm_err err = SLM_ERR_INIT;
-    assert_int_equal(prune_weight(kb, w, NULL, R, C, &po, mask, &err), 0);
+    assert_int_equal(prune_weight_host(w, NULL, R, C, &po, mask, &err), 0);
     int n = 0;
     float maxp = 0, mink = INFINITY;
     for (int i = 0; i < R * C; i++) {
@@ -80,7 +102,7 @@ static void test_core_prune__wanda_rows_exact(void **state)
     struct prune_opts po = PRUNE_OPTS_INIT;
     po.sparsity = 0.55;
     struct slm_err err = SLM_ERR_INIT;
-    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), 0);
+    assert_int_equal(prune_weight_host(w, s, R, C, &po, mask, &err), 0);
     for (int r = 0; r < R; r++) {
         int n = 0;
         double maxp = 0, mink = INFINITY;
@@ -96,7 +118,7 @@ static void test_core_prune__wanda_rows_exact(void **state)
     /* 4:8 is a pattern too */
     memcpy(w, o, sizeof w);
     po.n = 4; po.m = 8; po.sparsity = 0.5;
-    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), 0);
+    assert_int_equal(prune_weight_host(w, s, R, C, &po, mask, &err), 0);
     for (int r = 0; r < R; r++)
         for (int g = 0; g < C; g += 8) {
             int n = 0;
@@ -104,7 +126,7 @@ static void test_core_prune__wanda_rows_exact(void **state)
             assert_int_equal(n, 4);
         }
     po.m = 16; po.n = 8;   /* 40 columns are not groups of 16 */
-    assert_int_equal(prune_weight(kb, w, s, R, C, &po, mask, &err), -SLM_ESHAPE);
+    assert_int_equal(prune_weight_host(w, s, R, C, &po, mask, &err), -SLM_ESHAPE);
 }
 
 static void test_core_prune__shift_zero_metrics(void **state)
@@ -217,7 +239,7 @@ static void sparsegpt_case(int n, int m, double p, int bits)
     struct slm_err err = SLM_ERR_INIT;
     int8_t codes[R * C];
     struct quant_params qp = { 0 };
-    assert_int_equal(prune_sparsegpt(kb, w, H, R, C, &po, mask, bits ? codes : NULL, bits ? &qp : NULL, &err), 0);
+    assert_int_equal(prune_sparsegpt_host(w, H, R, C, &po, mask, bits ? codes : NULL, bits ? &qp : NULL, &err), 0);
     ref_sparsegpt(Wd, Hd, R, C, p, n ? m - n : 0, m, 16, bits);
     int npruned = 0;
     double num = 0, den = 0;
@@ -265,7 +287,7 @@ static void test_core_prune__sparsegpt_dense_is_identity(void **state)
     po.method = PRUNE_SPARSEGPT;
     po.sparsity = 0;
     struct slm_err err = SLM_ERR_INIT;
-    assert_int_equal(prune_sparsegpt(kb, w, H, R, C, &po, NULL, NULL, NULL, &err), 0);
+    assert_int_equal(prune_sparsegpt_host(w, H, R, C, &po, NULL, NULL, NULL, &err), 0);
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) assert_true(c == 2 ? w[r * C + c] == 0 : w[r * C + c] == o[r * C + c]);
 }
@@ -325,15 +347,6 @@ static void ref_block(float *W, const float *Hv, uint8_t *mk, float *Err, float 
     }
 }
 
-static float *blk_dev(const void *h, size_t nbytes)
-{
-    struct slm_err err = SLM_ERR_INIT;
-    void *d = NULL;
-    assert_int_equal(kb_alloc(kb, &d, nbytes ? nbytes : 1, &err), 0);
-    assert_int_equal(kb_upload(kb, d, h, nbytes, &err), 0);
-    return d;
-}
-
 static void sgpt_block_case(const struct blk_case *k)
 {
     int R = k->R, C = k->C, cnt = k->i2 - k->i1, ng = k->group > 0 ? (C + k->group - 1) / k->group : 1;
@@ -356,9 +369,9 @@ static void sgpt_block_case(const struct blk_case *k)
         for (size_t i = 0; i < nstep; i++) step[i] = stepr[i] = 0.05f + 0.2f * (float)urand();
     float thr = -INFINITY;
     struct slm_err err = SLM_ERR_INIT;
-    float *dW = blk_dev(W, sizeof *W * R * C), *dH = blk_dev(Hv, sizeof *Hv * C * C), *dErr = blk_dev(Err, sizeof *Err * R * cnt);
-    float *dStep = blk_dev(step, sizeof *step * nstep);
-    uint8_t *dMask = (uint8_t *)blk_dev(mk, (size_t)R * cnt);
+    float *dW = test_dev_copy(kb, W, sizeof *W * R * C), *dH = test_dev_copy(kb, Hv, sizeof *Hv * C * C), *dErr = test_dev_copy(kb, Err, sizeof *Err * R * cnt);
+    float *dStep = test_dev_copy(kb, step, sizeof *step * nstep);
+    uint8_t *dMask = (uint8_t *)test_dev_copy(kb, mk, (size_t)R * cnt);
     struct ksgpt_args a = { .w = dW, .ldw = C, .rows = R, .cols = C, .i1 = k->i1, .i2 = k->i2, .hinv = dH, .ldh = C,
                             .mask = dMask, .ldm = cnt, .err = dErr, .metric = dErr, .n = k->n, .m = k->m, .thr = thr,
                             .bits = k->bits, .group = k->group, .ngroups = ng, .step = dStep };

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/kbackend.h"
 #include "../test_util.h"
 
 #include "core/job.h"
@@ -31,7 +32,6 @@
 #include "core/tokenizer.h"
 #include "core/safetensors.h"
 #include "core/slicegpt.h"
-#include "kernels/kbackend.h"
 
 static struct kbackend *kb;
 
@@ -205,7 +205,11 @@ static void test_core_slicegpt__gram_f64_accumulates_upper_triangle(void **state
             for (int j = i; j < N; j++) want[i * N + j] += (double)x[r * N + i] * x[r * N + j];
     struct slm_err err = SLM_ERR_INIT;
     assert_non_null(kb->iface->gram_f64);
-    assert_int_equal(kb->iface->gram_f64(kb, c, x, R, N, &err), 0);
+    double *dc = test_dev_copy(kb, c, sizeof c);
+    float *dx = test_dev_copy(kb, x, sizeof(float) * R * N);
+    assert_int_equal(kb->iface->gram_f64(kb, dc, dx, R, N, &err), 0);
+    test_dev_back(kb, c, dc, sizeof c);
+    kb_release(kb, dx);
     for (int i = 0; i < N * N; i++) assert_true(fabs(c[i] - want[i]) <= 1e-12 * (1 + fabs(want[i])));
     free(x);
 }

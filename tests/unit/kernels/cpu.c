@@ -688,6 +688,76 @@ static void test_kernels_cpu__discrete_backend_walls_its_memory(void **state)
     kbackend_free(d);
 }
 
+/* One misuse of cpu-discrete's ops, each a bug a GPU would answer with an illegal address or with
+** another buffer's data: a is a live buffer of 6 floats, gone a released one. */
+static void discrete_misuse(int which, struct kbackend *d, float *a, float *gone)
+{
+    struct slm_err err = SLM_ERR_INIT;
+    float host[8] = { 0 };
+    struct kgemm_args g = { KB_N, KB_T, 2, 2, 3, 1, 0, a, 3, 0, a, 4 /* row 1 of b past a's end */, 0, host, 2, 0, 1, false };
+    switch (which) {
+    case 0: d->iface->scale(d, host, 2.0f, 6, &err); break;          /* a host array */
+    case 1: d->iface->add(d, a, a, 7, &err); break;                  /* one float past the end */
+    case 2: d->iface->scale(d, gone, 2.0f, 1, &err); break;          /* a released buffer */
+    case 3: kb_download(d, a, a, 4, &err); break;                    /* into backend memory */
+    case 4: kb_upload(d, host, a, 4, &err); break;                   /* onto host memory */
+    case 5: g.c = a + 2; d->iface->gemm(d, &g, &err); break;          /* b's second row runs past a */
+    case 6:                                                           /* an op on an upload still in flight */
+        d->iface->upload_async(d, a, host, 4, &err);
+        d->iface->scale(d, a, 2.0f, 6, &err);
+        break;
+    case 7: d->iface->upload_async(d, a, host, 4, &err); kb_release(d, a); break;   /* its release */
+    default: break;
+    }
+}
+
+/* cpu-discrete checks every op's arguments (the op, the argument and the cause, then abort) and
+** hands out buffers full of NaN, as a GPU hands out whatever was there. */
+static void test_kernels_cpu__discrete_backend_checks_op_arguments(void **state)
+{
+    (void)state;
+    struct kbackend *d;
+    struct slm_err err = SLM_ERR_INIT;
+    assert_int_equal(kbackend_open(&d, "cpu-discrete", &err), 0);
+    float h[6] = { 1, 2, 3, 4, 5, 6 }, g[6], *a = NULL, *gone = NULL, *c = NULL;
+    assert_int_equal(kb_alloc(d, (void **)&a, sizeof h, &err), 0);
+    assert_int_equal(kb_download(d, g, a, sizeof g, &err), 0);
+    for (int i = 0; i < 6; i++) assert_true(isnan(g[i]));   /* nobody wrote it */
+    assert_int_equal(kb_upload(d, a, h, sizeof h, &err), 0);
+    assert_int_equal(kb_alloc(d, (void **)&gone, sizeof h, &err), 0);
+    assert_int_equal(kb_upload(d, gone, h, sizeof h, &err), 0);
+    /* a legal strided gemm inside a: C [2 x 2] <- A [2 x 2] (rows 3 apart) times B^T, B = A */
+    struct kgemm_args ok = { KB_N, KB_T, 2, 2, 2, 1, 0, a, 3, 0, a, 3, 0, NULL, 2, 0, 1, false };
+    assert_int_equal(kb_alloc(d, (void **)&c, 4 * sizeof(float), &err), 0);   /* before gone's span is free */
+    kb_release(d, gone);
+    ok.c = c;
+    assert_int_equal(d->iface->gemm(d, &ok, &err), 0);
+    assert_int_equal(d->iface->upload_async(d, c, h, 4 * sizeof(float), &err), 0);   /* legal once waited for */
+    assert_int_equal(d->iface->copy_sync(d, &err), 0);
+    assert_int_equal(d->iface->scale(d, c, 1.0f, 4, &err), 0);
+    for (int which = 0; which < 8; which++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            signal(SIGABRT, SIG_DFL);
+            freopen("/dev/null", "w", stderr);   /* the message is for a failing test's log, not this one's */
+            discrete_misuse(which, d, a, gone);
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)) fail_msg("misuse %d was not refused", which);
+    }
+    assert_int_equal(kb_alloc(d, (void **)&gone, sizeof h, &err), 0);   /* the released span again */
+    assert_int_equal(kb_download(d, g, gone, sizeof g, &err), 0);
+    for (int i = 0; i < 6; i++) assert_true(isnan(g[i]));   /* not the 1..6 it held before */
+    kb_release(d, gone);
+    kb_release(d, c);
+    kb_release(d, a);
+    kbackend_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -707,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu__col_stats_bit_exact),
         cmocka_unit_test(test_kernels_cpu__apply_mask),
         cmocka_unit_test(test_kernels_cpu__discrete_backend_walls_its_memory),
+        cmocka_unit_test(test_kernels_cpu__discrete_backend_checks_op_arguments),
     };
     return cmocka_run_group_tests_name("kernels/cpu", tests, setup, teardown);
 }
