@@ -271,8 +271,9 @@ static int cu_host_alloc(struct kbackend *kb, void **out, size_t n, struct slm_e
 static void cu_host_free(struct kbackend *kb, void *p)
 {
     if (!p) return;
-    /* an async copy may still read it: the one stream is the only user */
+    /* an async copy may still read it, on either stream */
     cudaStreamSynchronize(cu_ctx(kb)->stream);
+    if (cu_ctx(kb)->copy_stream) cudaStreamSynchronize(cu_ctx(kb)->copy_stream);
     cudaPointerAttributes at;
     if (cudaPointerGetAttributes(&at, p) == cudaSuccess && at.type == cudaMemoryTypeHost) {
         cudaFreeHost(p);

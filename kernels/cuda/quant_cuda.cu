@@ -16,17 +16,23 @@
 #include "../kquant.h"
 
 /* One thread per group of m: t is the thread's copy of the metrics, so zeroing w while walking
-** the group leaves the selection untouched (as kq_prune_nm_row on the host). */
-__global__ static void k_prune_nm(float *w, uint8_t *mask, const float *s, int d_in, size_t ngroups, int n, int m)
+** the group leaves the selection untouched (as kq_prune_nm_row on the host). M > 0 fixes m at
+** compile time, so the unrolled loops keep t in registers (2:4, 4:8); M = 0 takes any m <= 256
+** with t in local memory. */
+template <int M>
+__global__ static void k_prune_nm(float *w, uint8_t *mask, const float *s, int d_in, size_t ngroups, int n, int m_rt)
 {
-    float t[256];
+    float t[M ? M : 256];
+    const int m = M ? M : m_rt;
     int per_row = d_in / m;
     for (size_t g = blockIdx.x * (size_t)blockDim.x + threadIdx.x; g < ngroups; g += (size_t)gridDim.x * blockDim.x) {
         size_t r = g / per_row;
         int c0 = (int)(g % per_row) * m;
         float *wr = w + r * d_in + c0;
         uint8_t *mr = mask + r * d_in + c0;
+#pragma unroll
         for (int k = 0; k < m; k++) t[k] = kq_prune_metric(wr[k], s, c0 + k);
+#pragma unroll
         for (int k = 0; k < m; k++) {
             bool p = kq_nm_pruned(t, k, m, n);
             mr[k] = p;
@@ -42,7 +48,10 @@ int cu_prune_nm(struct kbackend *kb, float *w, uint8_t *mask, const float *s, in
     if (rc) return rc;
     size_t ng = (size_t)d_out * (d_in / m);
     if (!ng) return 0;
-    k_prune_nm<<<cu_blocks(ng), 256, 0, cu_ctx(kb)->stream>>>(w, mask, s, d_in, ng, n, m);
+    cudaStream_t st = cu_ctx(kb)->stream;
+    if (m == 4) k_prune_nm<4><<<cu_blocks(ng), 256, 0, st>>>(w, mask, s, d_in, ng, n, m);
+    else if (m == 8) k_prune_nm<8><<<cu_blocks(ng), 256, 0, st>>>(w, mask, s, d_in, ng, n, m);
+    else k_prune_nm<0><<<cu_blocks(ng), 256, 0, st>>>(w, mask, s, d_in, ng, n, m);
     CU_LAUNCH_TRY("prune_nm kernel");
     return 0;
 }

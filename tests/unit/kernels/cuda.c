@@ -841,6 +841,8 @@ static void test_kernels_cuda__prune_nm_matches_cpu(void **state)
     prune_case(p, 33, 100, 2, 4, 0, true, false);
     prune_case(p, 257, 264, 4, 8, 0, true, false);
     prune_case(p, 5, 512, 1, 16, 0, true, false);
+    prune_case(p, 9, 40, 2, 4, 0, true, true);    /* a NaN metric in the registers of the 2:4 kernel */
+    prune_case(p, 9, 48, 5, 8, 0, false, true);   /* and of the 4:8 one, with another n */
 }
 
 /* Unstructured per-row selection: the GPU's radix selection against the CPU's sort. NaN ranks
