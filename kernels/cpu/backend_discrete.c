@@ -16,10 +16,10 @@
 ** whatever was there: reading what nobody wrote shows up in the results.
 ** Linux only (mmap, mprotect, madvise). Released buffers keep their memory for a later buffer that
 ** fits: fine for the small models of the tests it serves. Releasing a pointer that is not a live
-** buffer aborts the test. The target of an upload_async is off limits to ops and to release until
-** copy_sync. Not caught: the rest of CUDA's asynchrony (every op here has finished when it returns:
-** a buffer reused before copy_after_queued, a pinned source changed before the copy ran), and
-** struct fields an op ignores.
+** buffer aborts the test. The target of an upload_async must have been allocated before the last
+** copy_after_queued, and is off limits to ops and to release until copy_sync. Not caught: the rest
+** of CUDA's asynchrony (every op here has finished when it returns: a pinned source changed before
+** the copy ran), and struct fields an op ignores.
 */
 #include "../kbackend.h"
 #include "../kbackend_impl.h"
@@ -42,6 +42,7 @@
 struct disc_buf {
     unsigned char *p;
     size_t n, span;
+    uint64_t seq;            /* live: its allocation's number (disc_ctx.nallocs then) */
 };
 
 struct disc_ctx {
@@ -54,6 +55,8 @@ struct disc_ctx {
     pthread_mutex_t lock;
     int open;                /* ops in flight: the used arena is readable and writable while > 0 */
     size_t in_use, peak, limit;
+    uint64_t nallocs;        /* allocations so far */
+    uint64_t ordered;        /* nallocs at the last copy_after_queued */
 };
 
 static struct disc_ctx *dctx(struct kbackend *kb) { return kb->ctx; }
@@ -158,7 +161,7 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
         rc = slm_err_set(err, SLM_ENOMEM, "cpu-discrete: arena exhausted allocating %zu bytes", n);
     } else {
         unsigned char *p = k < d->nspare ? d->spare[k].p : d->base + d->top;
-        if (!buf_push(&d->live, &d->nlive, &d->caplive, (struct disc_buf){ p, n, span })) {
+        if (!buf_push(&d->live, &d->nlive, &d->caplive, (struct disc_buf){ p, n, span, ++d->nallocs })) {
             rc = slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of memory");
         } else {
             if (k < d->nspare) {
@@ -492,17 +495,36 @@ static int disc_gather_rows(struct kbackend *kb, float *out, const float *table,
     return 0;
 }
 
-static int disc_copy_after_queued(struct kbackend *kb, struct slm_err *err) { (void)kb; (void)err; return 0; }
+/* On a GPU the copy stream now waits for every op queued so far: buffers allocated before this
+** call may take upload_async, whatever their memory held for those ops. */
+static int disc_copy_after_queued(struct kbackend *kb, struct slm_err *err)
+{
+    (void)err;
+    struct disc_ctx *d = dctx(kb);
+    pthread_mutex_lock(&d->lock);
+    d->ordered = d->nallocs;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
 
-/* A synchronous copy from the prefetch thread, beside the ops of the main thread; its target stays
-** off limits to ops and release until copy_sync, as on a GPU's copy stream. */
+/* A synchronous copy from the prefetch thread, beside the ops of the main thread; its target must
+** come from before the last copy_after_queued and stays off limits to ops and release until
+** copy_sync, as on a GPU's copy stream. */
 static int disc_upload_async(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
 {
     struct disc_ctx *d = dctx(kb);
+    bool unordered = false;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->nlive; i++)
+        if ((unsigned char *)dst >= d->live[i].p && (unsigned char *)dst < d->live[i].p + d->live[i].span)
+            unordered = d->live[i].seq > d->ordered;
+    pthread_mutex_unlock(&d->lock);
+    /* its memory may have been another buffer's, still read by queued ops the copy would overtake */
+    if (unordered) disc_die("upload_async into a buffer allocated after the last copy_after_queued");
     int rc = disc_upload(kb, dst, src, n, err);
     if (rc || !n) return rc;
     pthread_mutex_lock(&d->lock);
-    bool kept = buf_push(&d->flying, &d->nflying, &d->capflying, (struct disc_buf){ dst, n, n });
+    bool kept = buf_push(&d->flying, &d->nflying, &d->capflying, (struct disc_buf){ dst, n, n, 0 });
     pthread_mutex_unlock(&d->lock);
     return kept ? 0 : slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of memory");
 }

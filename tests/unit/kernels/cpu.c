@@ -707,6 +707,12 @@ static void discrete_misuse(int which, struct kbackend *d, float *a, float *gone
         d->iface->scale(d, a, 2.0f, 6, &err);
         break;
     case 7: d->iface->upload_async(d, a, host, 4, &err); kb_release(d, a); break;   /* its release */
+    case 8: {                                                         /* a buffer newer than the ordering */
+        float *fresh = NULL;
+        kb_alloc(d, (void **)&fresh, 16, &err);
+        d->iface->upload_async(d, fresh, host, 16, &err);
+        break;
+    }
     default: break;
     }
 }
@@ -732,10 +738,11 @@ static void test_kernels_cpu__discrete_backend_checks_op_arguments(void **state)
     kb_release(d, gone);
     ok.c = c;
     assert_int_equal(d->iface->gemm(d, &ok, &err), 0);
+    assert_int_equal(d->iface->copy_after_queued(d, &err), 0);   /* c may take upload_async from here */
     assert_int_equal(d->iface->upload_async(d, c, h, 4 * sizeof(float), &err), 0);   /* legal once waited for */
     assert_int_equal(d->iface->copy_sync(d, &err), 0);
     assert_int_equal(d->iface->scale(d, c, 1.0f, 4, &err), 0);
-    for (int which = 0; which < 8; which++) {
+    for (int which = 0; which < 9; which++) {
         fflush(NULL);
         pid_t pid = fork();
         assert_true(pid >= 0);
