@@ -18,8 +18,9 @@
 ** fits: fine for the small models of the tests it serves. Releasing a pointer that is not a live
 ** buffer aborts the test. The target of an upload_async must have been allocated before the last
 ** copy_after_queued, and is off limits to ops and to release until copy_sync. Not caught: the rest
-** of CUDA's asynchrony (every op here has finished when it returns: a pinned source changed before
-** the copy ran), and struct fields an op ignores.
+** of CUDA's asynchrony: every op here has finished when it returns, so only uploads are checked as
+** a GPU runs them: one from host_alloc's (pinned) memory reads its source late, which must then
+** hold what it held at the call until the next download or sync. Nor struct fields an op ignores.
 */
 #include "../kbackend.h"
 #include "../kbackend_impl.h"
@@ -45,6 +46,14 @@ struct disc_buf {
     uint64_t seq;            /* live: its allocation's number (disc_ctx.nallocs then) */
 };
 
+/* An upload from pinned memory, which a GPU may still be reading after the call returns: what
+** its source held then, to compare at the next download or sync. */
+struct disc_pend {
+    const unsigned char *src;
+    unsigned char *was;
+    size_t n;
+};
+
 struct disc_ctx {
     struct kbackend *cpu;    /* the ops */
     unsigned char *map;      /* the reservation, DISC_RESERVE + DISC_HUGE bytes */
@@ -55,6 +64,9 @@ struct disc_ctx {
     pthread_mutex_t lock;
     int open;                /* ops in flight: the used arena is readable and writable while > 0 */
     size_t in_use, peak, limit;
+    struct disc_buf *pinned;  /* host_alloc's blocks ("pinned": uploads from them read late) */
+    struct disc_pend *pend;   /* uploads from pinned memory since the last download or sync */
+    size_t npinned, cappinned, npend, cappend;
     uint64_t nallocs;        /* allocations so far */
     uint64_t ordered;        /* nallocs at the last copy_after_queued */
 };
@@ -102,6 +114,10 @@ static void disc_free(struct kbackend *kb)
         free(d->live);
         free(d->spare);
         free(d->flying);
+        for (size_t i = 0; i < d->npend; i++) free(d->pend[i].was);
+        free(d->pend);
+        for (size_t i = 0; i < d->npinned; i++) free(d->pinned[i].p);
+        free(d->pinned);
         pthread_mutex_destroy(&d->lock);
     }
     free(d);
@@ -362,6 +378,87 @@ static void chk_quant(struct disc_ctx *d, const char *op, float *w, const int8_t
     if (q->col_scale) disc_dev(d, op, "col_scale", q->col_scale, F(d_in));
 }
 
+/* ---- pinned host memory: uploads from it are checked as a GPU reads them, late ---- */
+
+static int disc_host_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
+{
+    struct disc_ctx *d = dctx(kb);
+    unsigned char *p = malloc(n ? n : 1);
+    bool kept = false;
+    if (p) {
+        pthread_mutex_lock(&d->lock);
+        kept = buf_push(&d->pinned, &d->npinned, &d->cappinned, (struct disc_buf){ p, n, n, 0 });
+        pthread_mutex_unlock(&d->lock);
+    }
+    if (!kept) {
+        free(p);
+        return slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of host memory allocating %zu bytes", n);
+    }
+    *out = p;
+    return 0;
+}
+
+/* The uploads from pinned memory inside [lo, hi) (all: lo = NULL, hi = UINTPTR_MAX) have landed:
+** their sources must still hold what they held at the call. Called with the lock held. */
+static void disc_land(struct disc_ctx *d, const unsigned char *lo, const unsigned char *hi)
+{
+    for (size_t i = d->npend; i-- > 0;) {
+        struct disc_pend *e = &d->pend[i];
+        if (e->src < lo || e->src >= hi) continue;
+        if (memcmp(e->src, e->was, e->n))
+            disc_die("the pinned source of an upload changed before the next download or sync (a GPU copies it late)");
+        free(e->was);
+        d->pend[i] = d->pend[--d->npend];
+    }
+}
+
+/* As cudaFreeHost after the backend's streams are synchronized: pending uploads land first. */
+static void disc_host_free(struct kbackend *kb, void *p)
+{
+    struct disc_ctx *d = dctx(kb);
+    if (!p) return;
+    pthread_mutex_lock(&d->lock);
+    size_t k = d->npinned;
+    while (k > 0 && d->pinned[k - 1].p != p) k--;
+    if (k == 0) disc_die("host_free of a pointer that host_alloc did not return");
+    disc_land(d, p, (unsigned char *)p + d->pinned[k - 1].n);
+    d->pinned[k - 1] = d->pinned[--d->npinned];
+    pthread_mutex_unlock(&d->lock);
+    free(p);
+}
+
+/* Remember an upload whose source lies in pinned memory. */
+static void disc_pend_upload(struct disc_ctx *d, const void *src, size_t n)
+{
+    const unsigned char *c = src;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; n && i < d->npinned; i++) {
+        if (c < d->pinned[i].p || c >= d->pinned[i].p + d->pinned[i].n) continue;
+        unsigned char *was = malloc(n);
+        struct disc_pend e = { c, was, n };
+        if (!was) disc_die("out of memory remembering a pinned upload");
+        memcpy(was, c, n);
+        if (d->npend == d->cappend) {
+            size_t cap = d->cappend ? 2 * d->cappend : 16;
+            struct disc_pend *g = realloc(d->pend, sizeof *g * cap);
+            if (!g) disc_die("out of memory remembering a pinned upload");
+            d->pend = g;
+            d->cappend = cap;
+        }
+        d->pend[d->npend++] = e;
+        break;
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* A download or sync: every upload from pinned memory has landed by now. */
+static void disc_land_all(struct disc_ctx *d)
+{
+    pthread_mutex_lock(&d->lock);
+    disc_land(d, NULL, (const unsigned char *)UINTPTR_MAX);
+    pthread_mutex_unlock(&d->lock);
+}
+
 /* ---- the CPU's ops, with the wall down and their arguments checked ---- */
 
 #define DISC_OP(op, params, check, ...)                            \
@@ -377,12 +474,12 @@ static void chk_quant(struct disc_ctx *d, const char *op, float *w, const int8_t
 #define OPN(name) const char *op = #name; (void)op
 
 DISC_OP(upload, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
-        chk_upload(d, "upload", dst, src, n), dst, src, n, err)
+        { chk_upload(d, "upload", dst, src, n); disc_pend_upload(d, src, n); }, dst, src, n, err)
 DISC_OP(download, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
-        chk_download(d, "download", dst, src, n), dst, src, n, err)
+        { chk_download(d, "download", dst, src, n); disc_land_all(d); }, dst, src, n, err)
 DISC_OP(copy, (struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err),
         chk_copy(d, "copy", dst, src, n), dst, src, n, err)
-DISC_OP(sync, (struct kbackend *kb, struct slm_err *err), (void)0, err)
+DISC_OP(sync, (struct kbackend *kb, struct slm_err *err), disc_land_all(d), err)
 DISC_OP(gemm, (struct kbackend *kb, const struct kgemm_args *a, struct slm_err *err), chk_gemm(d, "gemm", a), a, err)
 DISC_OP(layernorm, (struct kbackend *kb, float *y, const float *x, const float *w, const float *b, int rows, int cols,
                     float eps, struct slm_err *err),
@@ -576,8 +673,8 @@ static const struct kbackend_i disc_iface = {
     .gather_rows = disc_gather_rows,
     .mem_stats = disc_mem_stats,
     .set_limit = disc_set_limit,
-    .host_alloc = NULL,
-    .host_free = NULL,
+    .host_alloc = disc_host_alloc,
+    .host_free = disc_host_free,
     .apply_mask = disc_apply_mask,
     .prune_rows = disc_prune_rows,
     .abs_kth = disc_abs_kth,

@@ -707,6 +707,15 @@ static void discrete_misuse(int which, struct kbackend *d, float *a, float *gone
         d->iface->scale(d, a, 2.0f, 6, &err);
         break;
     case 7: d->iface->upload_async(d, a, host, 4, &err); kb_release(d, a); break;   /* its release */
+    case 9: {                                                         /* a pinned source changed too early */
+        float *pin = NULL;
+        kb_host_alloc(d, (void **)&pin, 16, &err);
+        memset(pin, 0, 16);
+        kb_upload(d, a, pin, 16, &err);
+        pin[1] = 1;
+        kb_sync(d, &err);
+        break;
+    }
     case 8: {                                                         /* a buffer newer than the ordering */
         float *fresh = NULL;
         kb_alloc(d, (void **)&fresh, 16, &err);
@@ -742,7 +751,17 @@ static void test_kernels_cpu__discrete_backend_checks_op_arguments(void **state)
     assert_int_equal(d->iface->upload_async(d, c, h, 4 * sizeof(float), &err), 0);   /* legal once waited for */
     assert_int_equal(d->iface->copy_sync(d, &err), 0);
     assert_int_equal(d->iface->scale(d, c, 1.0f, 4, &err), 0);
-    for (int which = 0; which < 9; which++) {
+    float *pin = NULL;   /* pinned: changing it is fine once a sync or download has passed */
+    assert_int_equal(kb_host_alloc(d, (void **)&pin, sizeof h, &err), 0);
+    memcpy(pin, h, sizeof h);
+    assert_int_equal(kb_upload(d, c, pin, 4 * sizeof(float), &err), 0);
+    assert_int_equal(kb_download(d, g, c, 4 * sizeof(float), &err), 0);
+    pin[0] = 9;
+    assert_int_equal(kb_upload(d, c, pin, 4 * sizeof(float), &err), 0);
+    kb_host_free(d, pin);   /* after its upload landed */
+    assert_int_equal(kb_download(d, g, c, 4 * sizeof(float), &err), 0);
+    assert_true(g[0] == 9 && g[3] == h[3]);
+    for (int which = 0; which < 10; which++) {
         fflush(NULL);
         pid_t pid = fork();
         assert_true(pid >= 0);
