@@ -1,8 +1,9 @@
 /*
 ** kernels/cpu/backend_discrete.c: "cpu-discrete", the CPU backend behind a wall, for tests. Its
-** memory is not the host's: every buffer lies in one reserved arena that is mapped PROT_NONE
-** except while one of the backend's own ops runs, so host code that reads or writes backend
-** memory directly (legal on "cpu", a bug on a GPU) faults at the line that does it. The ops are
+** memory is not the host's: every buffer lies in one reserved arena and is mapped PROT_NONE except
+** while an op it was handed to runs, so host code that reads or writes backend memory directly
+** (legal on "cpu", a bug on a GPU) faults at the line that does it, and so does an op touching a
+** buffer outside its arguments. The ops are
 ** the CPU backend's, plus those a GPU backend has and the CPU lacks (gather_rows and the copy-stream
 ** trio), and the name is not "cpu", so core/ takes the paths it takes on CUDA. Results equal the
 ** CPU's except where core/ itself chooses differently off the CPU (adapters of errors wider than
@@ -14,7 +15,7 @@
 ** op, the argument and the cause (host pointer, released buffer, past the end). Buffers come filled
 ** with 0xff bytes (NaN as floats) and are refilled on release, as a GPU's allocator hands out
 ** whatever was there: reading what nobody wrote shows up in the results.
-** Linux only (mmap, mprotect, madvise). Released buffers keep their memory for a later buffer that
+** Linux only (mmap, mprotect). Released buffers keep their memory for a later buffer that
 ** fits: fine for the small models of the tests it serves. Releasing a pointer that is not a live
 ** buffer aborts the test. The target of an upload_async must have been allocated before the last
 ** copy_after_queued, and is off limits to ops and to release until copy_sync. Not caught: the rest
@@ -36,7 +37,7 @@
 
 #define DISC_RESERVE ((size_t)1 << 40)   /* address space of the arena; nothing is committed up front */
 #define DISC_PAGE 4096                   /* buffers start on pages */
-#define DISC_HUGE ((size_t)2 << 20)      /* the wall moves in whole huge pages */
+#define DISC_ALIGN ((size_t)2 << 20)     /* the arena's start */
 
 /* A buffer of the arena: live (n bytes asked for) or spare (released, kept for a later buffer that
 ** fits its span: the smallest such spare is taken whole). */
@@ -44,6 +45,7 @@ struct disc_buf {
     unsigned char *p;
     size_t n, span;
     uint64_t seq;            /* live: its allocation's number (disc_ctx.nallocs then) */
+    int opens;               /* live: ops using it now; its span is read-write while > 0 */
 };
 
 /* An upload from pinned memory, which a GPU may still be reading after the call returns: what
@@ -56,13 +58,12 @@ struct disc_pend {
 
 struct disc_ctx {
     struct kbackend *cpu;    /* the ops */
-    unsigned char *map;      /* the reservation, DISC_RESERVE + DISC_HUGE bytes */
-    unsigned char *base;     /* its first huge-page boundary: the arena starts here */
+    unsigned char *map;      /* the reservation, DISC_RESERVE + DISC_ALIGN bytes */
+    unsigned char *base;     /* its first DISC_ALIGN boundary: the arena starts here */
     size_t top;              /* bytes of the arena handed out so far */
     struct disc_buf *live, *spare, *flying;   /* flying: upload_async targets not yet waited for */
     size_t nlive, caplive, nspare, capspare, nflying, capflying;
     pthread_mutex_t lock;
-    int open;                /* ops in flight: the used arena is readable and writable while > 0 */
     size_t in_use, peak, limit;
     struct disc_buf *pinned;  /* host_alloc's blocks ("pinned": uploads from them read late) */
     struct disc_pend *pend;   /* uploads from pinned memory since the last download or sync */
@@ -73,11 +74,6 @@ struct disc_ctx {
 
 static struct disc_ctx *dctx(struct kbackend *kb) { return kb->ctx; }
 
-/* The walled region: the used arena rounded up to huge pages. The arena asks for transparent huge
-** pages, so the wall's mprotect touches a few page-table entries, not one per 4 KiB page: it runs
-** twice per op. Sizes live in host tables, never in the arena, so nothing splits those pages. */
-static size_t disc_walled(const struct disc_ctx *d) { return (d->top + DISC_HUGE - 1) / DISC_HUGE * DISC_HUGE; }
-
 /* A checking backend that cannot keep its promises stops the test loudly, where it happens. */
 static void disc_die(const char *what)
 {
@@ -85,21 +81,32 @@ static void disc_die(const char *what)
     abort();
 }
 
-/* The wall comes down while any op runs (ops may overlap: the prefetch thread uploads) and goes
-** back up after the last. A failing mprotect to PROT_NONE leaves the arena open: tests then lose
-** their check but not their data; one to read-write would fault the op, so it stops the test. */
-static void disc_open(struct disc_ctx *d)
+/* The buffers the calling thread's op has opened (disc_dev), closed again by disc_done. Ops run on
+** the thread that calls them and may overlap across threads (the prefetch thread uploads). */
+#define DISC_MAX_ARGS 16
+static _Thread_local struct {
+    unsigned char *p[DISC_MAX_ARGS];
+    int n;
+} disc_opened;
+
+/* Make a span read-write or walled again. A failing mprotect to PROT_NONE leaves it open: tests
+** then lose their check but not their data; one to read-write would fault the op: stop the test. */
+static void disc_protect(unsigned char *p, size_t span, bool open)
 {
-    pthread_mutex_lock(&d->lock);
-    if (d->open++ == 0 && d->top && mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE))
-        disc_die("mprotect: cannot open the arena");
-    pthread_mutex_unlock(&d->lock);
+    if (mprotect(p, span, open ? PROT_READ | PROT_WRITE : PROT_NONE) && open) disc_die("mprotect: cannot open a buffer");
 }
 
-static void disc_close(struct disc_ctx *d)
+/* The op has returned: wall in again what it opened. */
+static void disc_done(struct disc_ctx *d)
 {
     pthread_mutex_lock(&d->lock);
-    if (--d->open == 0 && d->top) mprotect(d->base, disc_walled(d), PROT_NONE);
+    for (int k = 0; k < disc_opened.n; k++)
+        for (size_t i = 0; i < d->nlive; i++)
+            if (d->live[i].p == disc_opened.p[k]) {
+                if (--d->live[i].opens == 0) disc_protect(d->live[i].p, d->live[i].span, false);
+                break;
+            }
+    disc_opened.n = 0;
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -110,7 +117,7 @@ static void disc_free(struct kbackend *kb)
     struct disc_ctx *d = dctx(kb);
     if (d) {
         kbackend_free(d->cpu);
-        if (d->map) munmap(d->map, DISC_RESERVE + DISC_HUGE);
+        if (d->map) munmap(d->map, DISC_RESERVE + DISC_ALIGN);
         free(d->live);
         free(d->spare);
         free(d->flying);
@@ -150,12 +157,12 @@ static bool disc_flying(const struct disc_ctx *d, const unsigned char *p, size_t
 /* Fill a buffer with 0xff bytes: NaN as f32 and f64, 255 as a mask byte, -1 as a code, 2^64 - 1 as
 ** a count. A GPU's allocator hands out what the last owner left, so an op that reads a buffer
 ** nobody wrote, or one already released, must not find zeros there that happen to work. */
-static void disc_poison(struct disc_ctx *d, unsigned char *p, size_t n)
+static void disc_poison(unsigned char *p, size_t n, size_t span)
 {
     if (!n) return;
-    disc_open(d);
+    disc_protect(p, span, true);
     memset(p, 0xff, n);
-    disc_close(d);
+    disc_protect(p, span, false);
 }
 
 static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err *err)
@@ -177,15 +184,13 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
         rc = slm_err_set(err, SLM_ENOMEM, "cpu-discrete: arena exhausted allocating %zu bytes", n);
     } else {
         unsigned char *p = k < d->nspare ? d->spare[k].p : d->base + d->top;
-        if (!buf_push(&d->live, &d->nlive, &d->caplive, (struct disc_buf){ p, n, span, ++d->nallocs })) {
+        if (!buf_push(&d->live, &d->nlive, &d->caplive, (struct disc_buf){ p, n, span, ++d->nallocs, 0 })) {
             rc = slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of memory");
         } else {
             if (k < d->nspare) {
                 d->spare[k] = d->spare[--d->nspare];
             } else {
                 d->top += span;
-                if (d->open && mprotect(d->base, disc_walled(d), PROT_READ | PROT_WRITE))
-                    disc_die("mprotect: cannot open a new buffer");
             }
             d->in_use += n;
             if (d->in_use > d->peak) d->peak = d->in_use;
@@ -193,7 +198,7 @@ static int disc_alloc(struct kbackend *kb, void **out, size_t n, struct slm_err 
         }
     }
     pthread_mutex_unlock(&d->lock);
-    if (!rc) disc_poison(d, *out, n);
+    if (!rc) disc_poison(*out, n, span);
     return rc;
 }
 
@@ -206,11 +211,12 @@ static void disc_release(struct kbackend *kb, void *p)
     if (k == 0) disc_die("release of a pointer that is not a live buffer (released twice, or not ours)");
     if (disc_flying(d, p, d->live[k - 1].n ? d->live[k - 1].n : 1))
         disc_die("release of a buffer that upload_async is still filling (no copy_sync yet)");
+    if (d->live[k - 1].opens) disc_die("release of a buffer that an op is using");
     struct disc_buf b = d->live[k - 1];
     d->live[k - 1] = d->live[--d->nlive];
     d->in_use -= b.n;
     pthread_mutex_unlock(&d->lock);
-    disc_poison(d, b.p, b.n);   /* no longer live: no op touches it, no allocation hands it out yet */
+    disc_poison(b.p, b.n, b.span);   /* no longer live: no op touches it, no allocation hands it out yet */
     pthread_mutex_lock(&d->lock);
     buf_push(&d->spare, &d->nspare, &d->capspare, b);   /* no room to remember it: not reused */
     pthread_mutex_unlock(&d->lock);
@@ -239,26 +245,36 @@ static int disc_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err
 
 /* ---- what the ops may touch ---- */
 
-/* Whether [p, p + n) lies inside one live buffer (as asked for, not its page-rounded span).
+/* The live buffer that holds [p, p + n) (as asked for, not its page-rounded span), or NULL.
 ** Called with the lock held. */
-static bool disc_inside(const struct disc_ctx *d, const unsigned char *p, size_t n)
+static struct disc_buf *disc_inside(struct disc_ctx *d, const unsigned char *p, size_t n)
 {
     for (size_t i = d->nlive; i-- > 0;) {
-        const struct disc_buf *b = &d->live[i];
-        if (p >= b->p && p < b->p + b->n) return n <= b->n - (size_t)(p - b->p);
+        struct disc_buf *b = &d->live[i];
+        if (p >= b->p && p < b->p + b->n) return n <= b->n - (size_t)(p - b->p) ? b : NULL;
     }
-    return false;
+    return NULL;
 }
 
 /* An op's argument `arg` of n bytes at p must lie inside one live buffer: a host pointer, a
 ** released buffer or a range past a buffer's end is what a GPU answers with an illegal address, or
-** worse, with another buffer's data. n = 0 checks nothing (an empty range is never read). */
+** worse, with another buffer's data. That buffer is opened for the op (disc_done walls it in
+** again), and only it: an op touching a buffer it was not handed faults too. n = 0 checks and
+** opens nothing (an empty range is never read). */
 static void disc_dev(struct disc_ctx *d, const char *op, const char *arg, const void *p, size_t n)
 {
     if (n == 0) return;
     const unsigned char *c = p;
     pthread_mutex_lock(&d->lock);
-    bool ok = disc_inside(d, c, n), flying = disc_flying(d, c, n);
+    struct disc_buf *b = disc_inside(d, c, n);
+    bool ok = b != NULL, flying = disc_flying(d, c, n);
+    if (ok && !flying) {
+        if (disc_opened.n == DISC_MAX_ARGS) disc_die("an op with more buffer arguments than DISC_MAX_ARGS");
+        if (b->opens++ == 0) disc_protect(b->p, b->span, true);
+        disc_opened.p[disc_opened.n++] = b->p;
+        pthread_mutex_unlock(&d->lock);
+        return;
+    }
     bool arena = c >= d->base && c < d->base + d->top;
     bool live = false;
     size_t have = 0;
@@ -269,7 +285,6 @@ static void disc_dev(struct disc_ctx *d, const char *op, const char *arg, const 
             have = at < d->live[i].n ? d->live[i].n - at : 0;
         }
     pthread_mutex_unlock(&d->lock);
-    if (ok && !flying) return;
     char msg[256];
     if (ok) snprintf(msg, sizeof msg, "%s: %s (%zu bytes) is still being filled by upload_async (no copy_sync yet)", op, arg, n);
     else if (!arena) snprintf(msg, sizeof msg, "%s: %s is a host pointer (%p, %zu bytes), not backend memory", op, arg, p, n);
@@ -387,7 +402,7 @@ static int disc_host_alloc(struct kbackend *kb, void **out, size_t n, struct slm
     bool kept = false;
     if (p) {
         pthread_mutex_lock(&d->lock);
-        kept = buf_push(&d->pinned, &d->npinned, &d->cappinned, (struct disc_buf){ p, n, n, 0 });
+        kept = buf_push(&d->pinned, &d->npinned, &d->cappinned, (struct disc_buf){ p, n, n, 0, 0 });
         pthread_mutex_unlock(&d->lock);
     }
     if (!kept) {
@@ -465,10 +480,9 @@ static void disc_land_all(struct disc_ctx *d)
     static int disc_##op params                                    \
     {                                                              \
         struct disc_ctx *d = dctx(kb);                             \
-        disc_open(d);                                              \
         check;                                                     \
         int rc = d->cpu->iface->op(d->cpu, __VA_ARGS__);           \
-        disc_close(d);                                             \
+        disc_done(d);                                              \
         return rc;                                                 \
     }
 #define OPN(name) const char *op = #name; (void)op
@@ -578,7 +592,6 @@ static int disc_gather_rows(struct kbackend *kb, float *out, const float *table,
 {
     (void)err;
     struct disc_ctx *d = dctx(kb);
-    disc_open(d);
     const char *op = "gather_rows";
     DEV(out, F(Z(rows, cols)));
     DEV(table, F(Z(V, cols)));
@@ -588,7 +601,7 @@ static int disc_gather_rows(struct kbackend *kb, float *out, const float *table,
         if (ids[r] < 0 || ids[r] >= V) for (int c = 0; c < cols; c++) o[c] = NAN;
         else memcpy(o, table + (size_t)ids[r] * cols, sizeof *o * (size_t)cols);
     }
-    disc_close(d);
+    disc_done(d);
     return 0;
 }
 
@@ -621,7 +634,7 @@ static int disc_upload_async(struct kbackend *kb, void *dst, const void *src, si
     int rc = disc_upload(kb, dst, src, n, err);
     if (rc || !n) return rc;
     pthread_mutex_lock(&d->lock);
-    bool kept = buf_push(&d->flying, &d->nflying, &d->capflying, (struct disc_buf){ dst, n, n, 0 });
+    bool kept = buf_push(&d->flying, &d->nflying, &d->capflying, (struct disc_buf){ dst, n, n, 0, 0 });
     pthread_mutex_unlock(&d->lock);
     return kept ? 0 : slm_err_set(err, SLM_ENOMEM, "cpu-discrete: out of memory");
 }
@@ -702,15 +715,14 @@ int kbackend_discrete_open(struct kbackend **out, struct slm_err *err)
     kb->iface = &disc_iface;
     kb->ctx = d;
     if ((rc = kbackend_cpu_open(&d->cpu, err))) { disc_free(kb); return rc; }
-    void *map = mmap(NULL, DISC_RESERVE + DISC_HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *map = mmap(NULL, DISC_RESERVE + DISC_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (map == MAP_FAILED) {
         rc = slm_err_set(err, SLM_ENOMEM, "cpu-discrete: reserving the arena: %s", strerror(errno));
         disc_free(kb);
         return rc;
     }
     d->map = map;
-    d->base = (unsigned char *)(((uintptr_t)map + DISC_HUGE - 1) / DISC_HUGE * DISC_HUGE);
-    madvise(d->base, DISC_RESERVE, MADV_HUGEPAGE);   /* a hint: without it the wall is only slower */
+    d->base = (unsigned char *)(((uintptr_t)map + DISC_ALIGN - 1) / DISC_ALIGN * DISC_ALIGN);
     *out = kb;
     return 0;
 }
