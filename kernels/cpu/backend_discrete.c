@@ -96,16 +96,24 @@ static void disc_protect(unsigned char *p, size_t span, bool open)
     if (mprotect(p, span, open ? PROT_READ | PROT_WRITE : PROT_NONE) && open) disc_die("mprotect: cannot open a buffer");
 }
 
+/* The live buffer whose span holds p, or NULL (spans never overlap). Newest first: releases and
+** uploads mostly follow allocations. Called with the lock held. */
+static struct disc_buf *disc_span_of(struct disc_ctx *d, const void *p)
+{
+    const unsigned char *c = p;
+    for (size_t i = d->nlive; i-- > 0;)
+        if (c >= d->live[i].p && c < d->live[i].p + d->live[i].span) return &d->live[i];
+    return NULL;
+}
+
 /* The op has returned: wall in again what it opened. */
 static void disc_done(struct disc_ctx *d)
 {
     pthread_mutex_lock(&d->lock);
-    for (int k = 0; k < disc_opened.n; k++)
-        for (size_t i = 0; i < d->nlive; i++)
-            if (d->live[i].p == disc_opened.p[k]) {
-                if (--d->live[i].opens == 0) disc_protect(d->live[i].p, d->live[i].span, false);
-                break;
-            }
+    for (int k = 0; k < disc_opened.n; k++) {
+        struct disc_buf *b = disc_span_of(d, disc_opened.p[k]);
+        if (--b->opens == 0) disc_protect(b->p, b->span, false);
+    }
     disc_opened.n = 0;
     pthread_mutex_unlock(&d->lock);
 }
@@ -131,16 +139,22 @@ static void disc_free(struct kbackend *kb)
     free(kb);
 }
 
+/* Room for one more entry of elem bytes in the table *t [len of *cap]; false when it cannot grow. */
+static bool tbl_room(void **t, size_t len, size_t *cap, size_t elem)
+{
+    if (len < *cap) return true;
+    size_t c = *cap ? 2 * *cap : 64;
+    void *g = realloc(*t, elem * c);
+    if (!g) return false;
+    *t = g;
+    *cap = c;
+    return true;
+}
+
 /* Append b to the table t [*len of *cap]; false when it cannot grow. */
 static bool buf_push(struct disc_buf **t, size_t *len, size_t *cap, struct disc_buf b)
 {
-    if (*len == *cap) {
-        size_t c = *cap ? 2 * *cap : 64;
-        struct disc_buf *g = realloc(*t, sizeof *g * c);
-        if (!g) return false;
-        *t = g;
-        *cap = c;
-    }
+    if (!tbl_room((void **)t, *len, cap, sizeof b)) return false;
     (*t)[(*len)++] = b;
     return true;
 }
@@ -206,14 +220,12 @@ static void disc_release(struct kbackend *kb, void *p)
 {
     struct disc_ctx *d = dctx(kb);
     pthread_mutex_lock(&d->lock);
-    size_t k = d->nlive;
-    while (k > 0 && d->live[k - 1].p != p) k--;   /* the newest first: releases mostly follow allocations */
-    if (k == 0) disc_die("release of a pointer that is not a live buffer (released twice, or not ours)");
-    if (disc_flying(d, p, d->live[k - 1].n ? d->live[k - 1].n : 1))
-        disc_die("release of a buffer that upload_async is still filling (no copy_sync yet)");
-    if (d->live[k - 1].opens) disc_die("release of a buffer that an op is using");
-    struct disc_buf b = d->live[k - 1];
-    d->live[k - 1] = d->live[--d->nlive];
+    struct disc_buf *l = disc_span_of(d, p);
+    if (!l || l->p != p) disc_die("release of a pointer that is not a live buffer (released twice, or not ours)");
+    if (disc_flying(d, p, l->n ? l->n : 1)) disc_die("release of a buffer that upload_async is still filling (no copy_sync yet)");
+    if (l->opens) disc_die("release of a buffer that an op is using");
+    struct disc_buf b = *l;
+    *l = d->live[--d->nlive];
     d->in_use -= b.n;
     pthread_mutex_unlock(&d->lock);
     disc_poison(b.p, b.n, b.span);   /* no longer live: no op touches it, no allocation hands it out yet */
@@ -245,17 +257,6 @@ static int disc_set_limit(struct kbackend *kb, size_t bytes, struct slm_err *err
 
 /* ---- what the ops may touch ---- */
 
-/* The live buffer that holds [p, p + n) (as asked for, not its page-rounded span), or NULL.
-** Called with the lock held. */
-static struct disc_buf *disc_inside(struct disc_ctx *d, const unsigned char *p, size_t n)
-{
-    for (size_t i = d->nlive; i-- > 0;) {
-        struct disc_buf *b = &d->live[i];
-        if (p >= b->p && p < b->p + b->n) return n <= b->n - (size_t)(p - b->p) ? b : NULL;
-    }
-    return NULL;
-}
-
 /* An op's argument `arg` of n bytes at p must lie inside one live buffer: a host pointer, a
 ** released buffer or a range past a buffer's end is what a GPU answers with an illegal address, or
 ** worse, with another buffer's data. That buffer is opened for the op (disc_done walls it in
@@ -266,8 +267,9 @@ static void disc_dev(struct disc_ctx *d, const char *op, const char *arg, const 
     if (n == 0) return;
     const unsigned char *c = p;
     pthread_mutex_lock(&d->lock);
-    struct disc_buf *b = disc_inside(d, c, n);
-    bool ok = b != NULL, flying = disc_flying(d, c, n);
+    struct disc_buf *b = disc_span_of(d, c);
+    size_t have = b && (size_t)(c - b->p) < b->n ? b->n - (size_t)(c - b->p) : 0;   /* bytes from c to its end */
+    bool ok = n <= have, flying = disc_flying(d, c, n);
     if (ok && !flying) {
         if (disc_opened.n == DISC_MAX_ARGS) disc_die("an op with more buffer arguments than DISC_MAX_ARGS");
         if (b->opens++ == 0) disc_protect(b->p, b->span, true);
@@ -275,15 +277,7 @@ static void disc_dev(struct disc_ctx *d, const char *op, const char *arg, const 
         pthread_mutex_unlock(&d->lock);
         return;
     }
-    bool arena = c >= d->base && c < d->base + d->top;
-    bool live = false;
-    size_t have = 0;
-    for (size_t i = 0; !ok && i < d->nlive; i++)
-        if (c >= d->live[i].p && c < d->live[i].p + d->live[i].span) {
-            size_t at = (size_t)(c - d->live[i].p);
-            live = true;
-            have = at < d->live[i].n ? d->live[i].n - at : 0;
-        }
+    bool arena = c >= d->base && c < d->base + d->top, live = b != NULL;
     pthread_mutex_unlock(&d->lock);
     char msg[256];
     if (ok) snprintf(msg, sizeof msg, "%s: %s (%zu bytes) is still being filled by upload_async (no copy_sync yet)", op, arg, n);
@@ -451,15 +445,9 @@ static void disc_pend_upload(struct disc_ctx *d, const void *src, size_t n)
         if (c < d->pinned[i].p || c >= d->pinned[i].p + d->pinned[i].n) continue;
         unsigned char *was = malloc(n);
         struct disc_pend e = { c, was, n };
-        if (!was) disc_die("out of memory remembering a pinned upload");
+        if (!was || !tbl_room((void **)&d->pend, d->npend, &d->cappend, sizeof e))
+            disc_die("out of memory remembering a pinned upload");
         memcpy(was, c, n);
-        if (d->npend == d->cappend) {
-            size_t cap = d->cappend ? 2 * d->cappend : 16;
-            struct disc_pend *g = realloc(d->pend, sizeof *g * cap);
-            if (!g) disc_die("out of memory remembering a pinned upload");
-            d->pend = g;
-            d->cappend = cap;
-        }
         d->pend[d->npend++] = e;
         break;
     }
@@ -623,11 +611,9 @@ static int disc_copy_after_queued(struct kbackend *kb, struct slm_err *err)
 static int disc_upload_async(struct kbackend *kb, void *dst, const void *src, size_t n, struct slm_err *err)
 {
     struct disc_ctx *d = dctx(kb);
-    bool unordered = false;
     pthread_mutex_lock(&d->lock);
-    for (size_t i = 0; i < d->nlive; i++)
-        if ((unsigned char *)dst >= d->live[i].p && (unsigned char *)dst < d->live[i].p + d->live[i].span)
-            unordered = d->live[i].seq > d->ordered;
+    struct disc_buf *b = disc_span_of(d, dst);
+    bool unordered = b && b->seq > d->ordered;
     pthread_mutex_unlock(&d->lock);
     /* its memory may have been another buffer's, still read by queued ops the copy would overtake */
     if (unordered) disc_die("upload_async into a buffer allocated after the last copy_after_queued");

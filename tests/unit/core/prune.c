@@ -472,9 +472,7 @@ static void test_core_prune__backend_ops_match_host(void **state)
             assert_int_equal(prune_mask_host(want, w, po.method == PRUNE_WANDA ? s : NULL, R, C, &po, &err), 0);
             struct kbackend *kbs[2] = { kb, &plain };
             for (int k = 0; k < 2; k++) {
-                float *d = NULL;
-                assert_int_equal(kb_alloc(kbs[k], (void **)&d, sizeof w, &err), 0);
-                assert_int_equal(kb_upload(kbs[k], d, w, sizeof w, &err), 0);
+                float *d = test_dev_copy(kbs[k], w, sizeof w);
                 memset(got, 0x77, sizeof got);
                 assert_int_equal(prune_weight(kbs[k], d, s, R, C, &po, got, &err), 0);
                 assert_int_equal(kb_download(kbs[k], hw, d, sizeof w, &err), 0);

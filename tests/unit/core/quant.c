@@ -336,9 +336,7 @@ static void backend_case(struct kbackend *kb, int R, int C, enum quant_method m,
     struct kbackend *kbs[3] = { kb, &plain, &host_search };
     for (int k = 0; k < 3; k++) {
         struct quant_params pb = { 0 };
-        float *d = NULL;
-        assert_int_equal(kb_alloc(kbs[k], (void **)&d, n * sizeof *d, &err), 0);
-        assert_int_equal(kb_upload(kbs[k], d, w, n * sizeof *d, &err), 0);
+        float *d = test_dev_copy(kbs[k], w, n * sizeof *d);
         memset(qb, 0x5a, n);
         assert_int_equal(quant_weight(kbs[k], d, R, C, &o, cs ? col : NULL, qb, &pb, &err), 0);
         float *back = malloc(n * sizeof *back);
