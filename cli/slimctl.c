@@ -1,7 +1,9 @@
 /*
 ** cli/slimctl.c: the slimd client for people and CI.
 **   slimctl [--addr URL] [--token T] submit SPEC.json [--wait] [--json] [--idempotency-key K]
-**   slimctl list [--status S] | get ID | cancel ID | logs ID | download ID DIR
+**   slimctl list [--status S] [--limit N] [--all] | get ID | cancel ID | logs ID | download ID DIR
+** list prints one line a job (id, state, stage, progress, created, then the perplexity before -> after
+** or the error); --json (before the command) prints the server's pages as they are.
 ** Address and token: flags, else SLIMD_ADDR / SLIMD_TOKEN, else http://127.0.0.1:7310.
 ** Exit status: 0 success; 1 the job failed or was cancelled (with --wait); 2 usage, transport or
 ** HTTP errors (the server's problem detail is printed).
@@ -161,6 +163,91 @@ static int simple(const struct cli *c, const char *method, const char *path)
     return code >= 200 && code < 300 ? 0 : 2;
 }
 
+/* "2026-12-07 14:31:22Z" from milliseconds since the epoch. */
+static void format_ms(char *out, size_t n, json_int_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, n, "%Y-%m-%d %H:%M:%SZ", &tm)) snprintf(out, n, "-");
+}
+
+/* The end of a job's line: each dataset's perplexity before -> after, else the error. */
+static void format_outcome(char *out, size_t n, const json_t *job)
+{
+    const json_t *err = json_object_get(job, "error"), *ppl = json_object_get(json_object_get(job, "metrics"), "perplexity");
+    const char *name;
+    const json_t *v;
+    size_t used = 0;
+    out[0] = 0;
+    if (json_is_object(err)) {
+        snprintf(out, n, "%s", json_string_value(json_object_get(err, "message")) ? json_string_value(json_object_get(err, "message")) : "");
+        return;
+    }
+    json_object_foreach((json_t *)ppl, name, v) {
+        const json_t *before = json_object_get(v, "before"), *after = json_object_get(v, "after");
+        int k;
+        if (json_is_number(before))
+            k = snprintf(out + used, n - used, "%s%s %.3f -> %.3f", used ? ", " : "", name, json_number_value(before), json_number_value(after));
+        else
+            k = snprintf(out + used, n - used, "%s%s %.3f", used ? ", " : "", name, json_number_value(after));
+        if (k < 0 || (size_t)k >= n - used) break;
+        used += (size_t)k;
+    }
+}
+
+/* GET /v1/jobs, newest first: one page of --limit (server default 50), or every page with --all. */
+static int cmd_list(const struct cli *c, int argc, char **argv)
+{
+    const char *status = NULL;
+    long limit = 0;
+    bool all = false;
+    for (int i = 0; i < argc; i++) {
+        char *end;
+        if (!strcmp(argv[i], "--status") && i + 1 < argc) status = argv[++i];
+        else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+            limit = strtol(argv[++i], &end, 10);
+            if (*end || limit < 1 || limit > 500) { fprintf(stderr, "slimctl list: --limit: 1..500, not '%s'\n", argv[i]); return 2; }
+        } else if (!strcmp(argv[i], "--all")) all = true;
+        else { fprintf(stderr, "slimctl list: unexpected '%s'\n", argv[i]); return 2; }
+    }
+    char cursor[32] = "";
+    bool header = !c->json;
+    for (;;) {
+        char path[512];
+        int k = snprintf(path, sizeof path, "/v1/jobs?limit=%ld", limit ? limit : 50);
+        if (status) {
+            char *esc = curl_easy_escape(NULL, status, 0);
+            if (!esc) return 2;
+            k += snprintf(path + k, sizeof path - (size_t)k, "&status=%s", esc);
+            curl_free(esc);
+        }
+        if (*cursor) snprintf(path + k, sizeof path - (size_t)k, "&cursor=%s", cursor);
+        json_t *page;
+        long code = request(c, "GET", path, NULL, NULL, &page);
+        if (code != 200 || !page) { json_decref(page); return 2; }
+        if (c->json) print_json(page);
+        else {
+            size_t i;
+            json_t *job;
+            if (header) printf("%-20s %-10s %-12s %5s  %-20s  %s\n", "ID", "STATE", "STAGE", "DONE", "CREATED", "PERPLEXITY / ERROR");
+            header = false;
+            json_array_foreach(json_object_get(page, "jobs"), i, job) {
+                char created[32], outcome[512];
+                const char *id = json_string_value(json_object_get(job, "id")), *state = json_string_value(json_object_get(job, "state")),
+                           *stage = json_string_value(json_object_get(job, "stage"));
+                format_ms(created, sizeof created, json_integer_value(json_object_get(job, "created_at_ms")));
+                format_outcome(outcome, sizeof outcome, job);
+                printf("%-20s %-10s %-12s %4.0f%%  %-20s  %s\n", id ? id : "?", state ? state : "?", stage ? stage : "-",
+                       100 * json_number_value(json_object_get(job, "progress")), created, outcome);
+            }
+        }
+        const char *next = json_string_value(json_object_get(page, "next_cursor"));
+        snprintf(cursor, sizeof cursor, "%s", next ? next : "");
+        json_decref(page);
+        if (!all || !*cursor) return 0;
+    }
+}
+
 static int cmd_logs(const struct cli *c, const char *id)
 {
     char path[256];
@@ -225,8 +312,9 @@ static int usage(void)
 {
     fputs("usage: slimctl [--addr URL] [--token TOKEN] COMMAND\n"
           "  submit SPEC.json [--wait] [--json] [--idempotency-key KEY]\n"
-          "  list [--status queued|running|succeeded|failed|cancelled]\n"
+          "  list [--status queued|running|succeeded|failed|cancelled] [--limit N] [--all]\n"
           "  get ID | cancel ID | delete ID | logs ID | download ID DIR\n"
+          "  --json (before COMMAND): print the server's JSON instead of lines for people\n"
           "env: SLIMD_ADDR (default http://127.0.0.1:7310), SLIMD_TOKEN\n", stderr);
     return 2;
 }
@@ -248,12 +336,7 @@ int main(int argc, char **argv)
     char path[512];
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (!strcmp(cmd, "submit")) rc = cmd_submit(&c, rest, argv + i);
-    else if (!strcmp(cmd, "list")) {
-        snprintf(path, sizeof path, "/v1/jobs");
-        if (rest == 2 && !strcmp(argv[i], "--status")) snprintf(path, sizeof path, "/v1/jobs?status=%s", argv[i + 1]);
-        else if (rest) { curl_global_cleanup(); return usage(); }
-        rc = simple(&c, "GET", path);
-    } else if (rest == 1 && (!strcmp(cmd, "get") || !strcmp(cmd, "cancel") || !strcmp(cmd, "delete"))) {
+    else if (!strcmp(cmd, "list")) rc = cmd_list(&c, rest, argv + i); else if (rest == 1 && (!strcmp(cmd, "get") || !strcmp(cmd, "cancel") || !strcmp(cmd, "delete"))) {
         snprintf(path, sizeof path, "/v1/jobs/%s%s", argv[i], !strcmp(cmd, "cancel") ? "/cancel" : "");
         rc = simple(&c, !strcmp(cmd, "get") ? "GET" : !strcmp(cmd, "cancel") ? "POST" : "DELETE", path);
     } else if (rest == 1 && !strcmp(cmd, "logs")) rc = cmd_logs(&c, argv[i]);

@@ -94,7 +94,9 @@ def test_integration_api__slimctl_wait_end_to_end(d):
     r = d.slimctl('logs', job['id'], check=0)
     assert 'succeeded' in r.stdout
     r = d.slimctl('list', '--status', 'succeeded', check=0)
-    assert job['id'] in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ['ID', 'STATE', 'STAGE'], r.stdout
+    assert lines[1].split()[:2] == [job['id'], 'succeeded'] and len(lines) == 2, r.stdout
     # a job that fails: slimctl --wait exits non-zero and prints the reason
     bad = local_spec('tiny-opt', method='slim', pruning={'method': 'magnitude', 'sparsity': 0.5})
     with open(f.name, 'w') as fh:
@@ -106,6 +108,19 @@ def test_integration_api__slimctl_wait_end_to_end(d):
         assert r.returncode == 1 and 'failed' in r.stderr, r.stderr
     # cancel of a finished job: 409 -> exit 2
     assert d.slimctl('cancel', job['id']).returncode == 2
+    # one line a job, newest first, the failed one with its reason; --all follows the pages
+    failed_id = d.json('GET', '/v1/jobs?limit=1')[1]['jobs'][0]['id']
+    r = d.slimctl('list', '--limit', '1', '--all', check=0)
+    rows = [l.split(None, 1) for l in r.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == [failed_id, job['id']], r.stdout
+    failed = d.json('GET', '/v1/jobs/' + failed_id)[1]
+    if failed['state'] == 'failed':
+        assert failed['error']['message'] in rows[0][1], r.stdout
+    assert len(d.slimctl('list', '--limit', '1', check=0).stdout.splitlines()) == 2
+    pages = d.slimctl('--json', 'list', '--limit', '1', '--all', check=0).stdout
+    assert pages.count('"next_cursor"') == 2, pages
+    assert d.slimctl('list', '--limit', '0').returncode == 2
+    assert d.slimctl('list', '--status', 'bogus').returncode == 2
     os.unlink(f.name)
 
 
@@ -137,6 +152,8 @@ def test_integration_api__compression_job_end_to_end():
         job = json.loads(r.stdout)
         ppl = job['metrics']['perplexity']['excerpt']
         assert ppl['before'] > 1 and ppl['after'] > 1 and ppl['after'] != ppl['before'], ppl
+        line = d.slimctl('list', check=0).stdout.splitlines()[1]
+        assert line.startswith(job['id']) and line.endswith('excerpt %.3f -> %.3f' % (ppl['before'], ppl['after'])), line
         stages = {e['stage'] for e in d.json('GET', '/v1/jobs/%s/events' % job['id'])[1]['events']}
         assert {'loading', 'compressing'} <= stages, stages
         names = {a['name'] for a in d.json('GET', '/v1/jobs/%s/artifacts' % job['id'])[1]['artifacts']}
@@ -434,8 +451,9 @@ def test_integration_api__auth_scopes():
         assert d.request('POST', '/v1/jobs', json.dumps(local_spec()), {'Authorization': 'Bearer reader'})[0] == 403
         assert d.request('POST', '/v1/jobs', json.dumps(local_spec()), {'Authorization': 'Bearer writer'})[0] == 201
         assert d.request('GET', '/healthz')[0] == 200
-        r = d.slimctl('--token', 'writer', 'list', check=0)
+        r = d.slimctl('--token', 'writer', '--json', 'list', check=0)
         assert '"jobs"' in r.stdout
+        assert d.slimctl('--token', 'nope', 'list').returncode == 2
     finally:
         d.cleanup()
     os.chmod(tok, 0o644)
