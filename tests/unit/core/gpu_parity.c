@@ -667,6 +667,14 @@ int main(int argc, char **argv)
         tests[nt++] = (struct CMUnitTest){ .name = names[i], .test_func = test_core_gpu_parity__compress,
                                            .initial_state = (void *)&cfgs[i] };
     }
+    /* SLIM_PARITY_ONLY=SUBSTRING: only the cases whose name contains it (a rerun of one failure) */
+    const char *only = getenv("SLIM_PARITY_ONLY");
+    if (only && *only) {
+        size_t kept = 0;
+        for (size_t i = 0; i < nt; i++)
+            if (strstr(tests[i].name, only)) tests[kept++] = tests[i];
+        nt = kept;
+    }
     static char group[96];
     snprintf(group, sizeof group, "core/gpu_parity (%s vs cpu%s)", dut_name, selftest ? ", selftest" : "");
     return _cmocka_run_group_tests(group, tests, nt, setup, teardown);
