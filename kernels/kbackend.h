@@ -127,7 +127,8 @@ struct kquant_args {
 
 /* Backend memory, in bytes, as kb_mem_stats reports it. */
 struct kmem_stats {
-    int64_t in_use;        /* held by live kb_alloc buffers (as allocated: CUDA's pool rounds sizes up) */
+    int64_t in_use;        /* bytes of the live kb_alloc buffers, as asked for on every backend (CUDA's pool
+                           ** rounds sizes up besides: that overhead shows in device_free, not here) */
     int64_t peak;          /* most in_use since open or the last reset */
     int64_t cached;        /* released but kept by the allocator for reuse (CUDA pool); 0 on the CPU */
     int64_t limit;         /* kbackend_set_limit budget, 0 = none */

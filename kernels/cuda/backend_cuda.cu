@@ -81,7 +81,7 @@ int cu_pool_alloc(struct cu_ctx *c, void **out, size_t n, struct slm_err *err)
     struct cu_pool *pl = &c->pool;
     size_t sz = bucket_size(n);
     void *p = NULL;
-    if (pl->limit && (sz > pl->limit || pl->bytes_live > pl->limit - sz))
+    if (pl->limit && (n > pl->limit || pl->bytes_live > pl->limit - n))
         return kmem_oom(err, "cuda", "device", c->name, n, pl->bytes_live, pl->limit, -1, -1);
     if (grow(&pl->live, &pl->caplive, pl->nlive + 1))
         return slm_err_set(err, SLM_ENOMEM, "cuda: pool bookkeeping for %zu blocks", pl->nlive + 1);
@@ -111,8 +111,9 @@ int cu_pool_alloc(struct cu_ctx *c, void **out, size_t n, struct slm_err *err)
     }
     pl->live[pl->nlive].p = p;
     pl->live[pl->nlive].size = sz;
+    pl->live[pl->nlive].req = n;
     pl->nlive++;
-    pl->bytes_live += sz;
+    pl->bytes_live += n;
     if (pl->bytes_live > pl->bytes_peak) pl->bytes_peak = pl->bytes_live;
     *out = p;
     return 0;
@@ -125,7 +126,7 @@ void cu_pool_release(struct cu_ctx *c, void *p)
         if (pl->live[i].p == p) {
             struct cu_block b = pl->live[i];
             pl->live[i] = pl->live[--pl->nlive];
-            pl->bytes_live -= b.size;
+            pl->bytes_live -= b.req;
             if (grow(&pl->free_, &pl->capfree, pl->nfree + 1)) { /* cannot cache: give it back */
                 cudaStreamSynchronize(c->stream);
                 cudaFree(b.p);

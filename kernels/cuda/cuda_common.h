@@ -22,11 +22,15 @@ extern "C" {
 struct cu_block {
     void *p;
     size_t size;         /* bucketed size actually allocated */
+    size_t req;          /* bytes asked for: what bytes_live, the peak and the limit count */
 };
 
 struct cu_pool {
     struct cu_block *live; size_t nlive, caplive;
     struct cu_block *free_; size_t nfree, capfree;
+    /* bytes_live counts what callers asked for, as the CPU backend does, so budgets and the memory
+    ** planning in core/ (which sums tensor sizes) mean the same on both; the bucket rounding is the
+    ** pool's own overhead, bounded by the device's free memory that kb_room also consults */
     size_t bytes_live, bytes_cached;
     size_t bytes_peak;   /* most bytes_live since open or the last mem_stats reset */
     size_t limit;        /* budget on bytes_live (set_limit), 0 = none */
