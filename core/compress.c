@@ -1072,7 +1072,8 @@ int compress_model(struct model *m, const int32_t *ids, int nsamples, int seqlen
         /* pass 1: the dense block, hooks gather statistics */
         for (int s = 0; s < nsamples; s++) {
             if ((rc = report(o, "calibrating", b, nb, NULL, -1, (b + 0.3 * s / nsamples) / nb, err))) goto done;
-            if ((rc = acts_get(&acts, x, s, err))) {
+            if ((rc = acts_get(&acts, x, s, err)) ||
+                (o->on_block_input && (rc = o->on_block_input(o->input_payload, b, s, x, seqlen, width, err)))) {
                 at_stage(err, rc, b, nb, "calibration statistics (window %d, %d x %d)", s + 1, seqlen, width);
                 goto done;
             }

@@ -110,9 +110,17 @@ struct compress_opts {
                                    ** pinned host memory, one window moved at a time; 1 always host; -1 never */
     int prefetch;                  /* 0: while block b computes, a helper thread prepares block b+1's host
                                    ** tensors (model_block_prefetch); -1: plain loads */
+    /* --- tests (NULL: none) --- */
+    /* Called with each calibration window as block b's statistics pass takes it (x: backend memory,
+    ** rows x width), before the block runs on it; it may read x or overwrite it. A comparison of two
+    ** backends feeds both the same inputs this way, so that a difference in one block does not
+    ** cascade into the next. Nonzero fails the compression with that code. */
+    int (*on_block_input)(void *payload, int b, int window, float *x, int rows, int width, struct slm_err *err);
+    void *input_payload;
 };
 #define COMPRESS_OPTS_INIT { COMPRESS_OPTS_VERSION, PRUNE_OPTS_INIT, QUANT_OPTS_INIT, LOWRANK_OPTS_INIT, \
-                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false, { false, 2.1 }, 0, 0 }
+                             false, false, true, false, false, NULL, NULL, NULL, false, 1000, NULL, NULL, false, { false, 2.1 }, 0, 0, \
+                             NULL, NULL }
 
 /* Map a validated job spec (method "slim") to options. */
 int compress_opts_from_spec(struct compress_opts *o, const struct jobspec *spec, struct slm_err *err);

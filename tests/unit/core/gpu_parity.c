@@ -21,6 +21,12 @@
 ** GPU's tolerances: "cpu-discrete" (registered as a unit test) runs core/'s device paths on memory
 ** the host cannot touch. SLIM_PARITY_TIE_REL overrides PARITY_TIE_REL to explore;
 ** every comparison prints the largest boundary gap among flipped entries.
+** Teacher forcing: the compared DUT run takes the CPU run's calibration inputs at every block
+** (compress_opts.on_block_input), so each block's masks, weights and adapters are compared from the
+** same inputs; free-running, an ulp of difference in one block cascades through the later ones
+** (bf16 roundings, quantization codes and near-tie masks move, and the next block sees it). The
+** DUT's free-running perplexity is printed beside (SLIM_PARITY_FREE=1; the default against cuda).
+** SLIM_PARITY_ONLY=SUBSTRING runs only the cases whose name holds it.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -50,6 +56,7 @@ static bool selftest;
 static double tie_rel = PARITY_TIE_REL;
 static const char *dut_name;
 static struct kbackend *kb_cpu, *kb_dut;
+static bool free_running;   /* also run the DUT on its own block inputs and print its perplexity */
 static char data_dir[4000];
 
 /* ---- the reference's metric at its selection boundary ----
@@ -418,6 +425,37 @@ static void paths_of(const struct cfg *c, char *model_dir, size_t nm, char *ids_
     }
 }
 
+/* Teacher forcing: the CPU run records every block's calibration inputs and the DUT's run takes
+** them instead of its own, so each block is compared from the same inputs. Free-running, a
+** difference in block b (an attention sum an ulp apart that moves a bf16 rounding, a quantization
+** code, a near-tie of a mask, prune_lora's Adam) cascades into every later block. */
+static struct forced {
+    float **x;      /* [block * windows + window], rows x width floats */
+    int nb, nw;
+    bool replay;    /* false: record (CPU run); true: overwrite the DUT's inputs */
+} forced;
+
+static int forced_input(void *payload, int b, int s, float *x, int rows, int width, struct slm_err *err)
+{
+    struct forced *f = payload;
+    size_t n = (size_t)rows * width;
+    if (b >= f->nb || s >= f->nw) return slm_err_set(err, SLM_EINTERNAL, "forced inputs: block %d window %d", b, s);
+    float **slot = &f->x[(size_t)b * f->nw + s];
+    if (!f->replay) {
+        if (!*slot && !(*slot = malloc(sizeof **slot * n))) return slm_err_set(err, SLM_ENOMEM, "forced inputs");
+        return kb_download(kb_cpu, *slot, x, sizeof **slot * n, err);
+    }
+    if (!*slot) return slm_err_set(err, SLM_EINTERNAL, "no CPU input recorded for block %d window %d", b, s);
+    return kb_upload(kb_dut, x, *slot, sizeof **slot * n, err);
+}
+
+static void forced_free(void)
+{
+    for (int i = 0; forced.x && i < forced.nb * forced.nw; i++) free(forced.x[i]);
+    free(forced.x);
+    memset(&forced, 0, sizeof forced);
+}
+
 static void run_side(struct side *s, struct kbackend *kb, const char *model_dir, const struct compress_opts *o,
                      const int32_t *cal, int nc, int T, const int32_t *ev, int ne, int Te, const char *tag)
 {
@@ -484,8 +522,27 @@ static void run_cfg(const struct cfg *c)
     struct side a = { 0 }, b = { 0 };
     spy_reset();
     inversions = 0;
-    run_side(&a, &spy.kb, model_dir, &o, cal, nc, T, ev, ne, Te, c->name);
-    run_side(&b, kb_dut, model_dir, &o, cal, nc, T, ev, ne, Te, c->name);
+    /* the DUT free-running first (informational: what a user of each backend gets), then the
+    ** CPU recording its block inputs and the DUT fed them: the compared pair */
+    double free_ppl = -1;
+    if (free_running) {
+        struct side f = { 0 };
+        run_side(&f, kb_dut, model_dir, &o, cal, nc, T, ev, ne, Te, c->name);
+        free_ppl = f.ppl;
+        compress_result_free(&f.res);
+        model_free(f.m);
+    }
+    forced.nb = 256;
+    forced.nw = nc;
+    forced.x = calloc((size_t)forced.nb * nc, sizeof *forced.x);
+    assert_non_null(forced.x);
+    struct compress_opts oa = o, ob = o;
+    oa.on_block_input = ob.on_block_input = forced_input;
+    oa.input_payload = ob.input_payload = &forced;
+    run_side(&a, &spy.kb, model_dir, &oa, cal, nc, T, ev, ne, Te, c->name);
+    forced.replay = true;
+    run_side(&b, kb_dut, model_dir, &ob, cal, nc, T, ev, ne, Te, c->name);
+    forced_free();
 
     /* the dense weights the CPU compressed, for magnitude / Wanda metrics */
     struct model *dense = NULL;
@@ -544,6 +601,9 @@ static void run_cfg(const struct cfg *c)
             "weights %.2e  L.R %.2e%s  ppl %.5f vs %.5f (%.4f%%)\n",
             c->name, dut_name, t.flips, t.entries, t.unexplained, tie_rel, t.flips ? t.worst_gap_flipped : 0.0,
             t.worst_w, t.worst_lr, t.tie_linears ? " (tie linears left out)" : "", b.ppl, a.ppl, 100 * dppl);
+    if (free_ppl >= 0)
+        fprintf(stderr, "parity %-44s %s free-running (own block inputs): ppl %.5f (%.4f%% from the cpu)\n", c->name,
+                dut_name, free_ppl, 100 * fabs(free_ppl / a.ppl - 1));
     if (selftest) {
         /* the same backend twice: no difference at all, or the harness is not comparing like with like */
         assert_int_equal(t.flips, 0);
@@ -643,7 +703,7 @@ static void test_core_gpu_parity__opt_slicegpt_25(void **state) { (void)state; p
 
 int main(int argc, char **argv)
 {
-    const char *st = getenv("SLIM_PARITY_SELFTEST"), *tr = getenv("SLIM_PARITY_TIE_REL");
+    const char *st = getenv("SLIM_PARITY_SELFTEST"), *tr = getenv("SLIM_PARITY_TIE_REL"), *fr = getenv("SLIM_PARITY_FREE");
     selftest = (st && atoi(st) > 0) || (argc > 1 && !strcmp(argv[1], "--selftest"));
     if (tr) tie_rel = atof(tr);
     if (argc > 2 && !strcmp(argv[1], "--dut")) {
@@ -654,6 +714,8 @@ int main(int argc, char **argv)
     } else {
         dut_name = selftest ? "cpu" : "cuda";
     }
+    /* on by default against a GPU, where the figure is news; SLIM_PARITY_FREE=0/1 decides */
+    free_running = fr && *fr ? atoi(fr) > 0 : !strcmp(dut_name, "cuda");
     static char names[NCFG][112];
     struct CMUnitTest tests[5 + NCFG];
     size_t nt = 0;
