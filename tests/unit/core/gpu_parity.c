@@ -5,13 +5,18 @@
 ** slim-reference/ too when SLIM_TEST_DATA holds it), and the results compared:
 **   masks       identical, except entries whose CPU metric lies within PARITY_TIE_REL (relative) of
 **               the other side of the selection boundary (an N:M group, a Wanda row, magnitude's
-**               matrix threshold, SparseGPT's block threshold or group at its decision time);
+**               matrix threshold, SparseGPT's block threshold or group at its decision time); in
+**               SparseGPT only the flips of a row's first differing group or block, since its later
+**               columns are decided on weights that decision updated, and within PARITY_SGPT_TIE_REL;
 **   weights     final effective weights (dequantized, adapters merged or not) ||gpu - cpu|| / ||cpu||
 **               <= PARITY_W_TOL over the rows whose masks agree;
-**   adapters    the product L R within PARITY_LR_TOL, for linears whose masks agree (errors up to
+**   codes       quantized adapters: codes differ by at most one step, in at most PARITY_CODE_FLIP_FRAC
+**               of the entries (an ulp before rounding moves a value across a boundary now and then);
+**   adapters    the product L R within PARITY_LR_TOL, for linears whose masks and codes agree (errors up to
 **               LOWRANK_HOST_SVD_MAX wide are factored by LAPACK on every backend; wider ones by the
 **               Gram path off the CPU, whose f32 rounding and signs differ);
-**   perplexity  on the evaluation windows within PARITY_PPL_TOL (relative).
+**   perplexity  on the evaluation windows within PARITY_PPL_TOL (relative);
+**   prune_lora  only W's masks and the device's L being 2:4: its Adam is chaotic (see run_cfg).
 ** The CPU metric comes from a spy: the CPU backend's vtable with col_stats, download and
 ** sparsegpt_block wrapped, which records the Wanda scalers as compress_linear downloads them and
 ** rebuilds SparseGPT's metric at each decision (CPU backend memory is host memory). Exits 77
@@ -50,10 +55,17 @@
 #define PARITY_TIE_REL 1e-6    /* issue #6: "identical N:M masks where ties cannot occur" */
 #define PARITY_W_TOL 1e-3      /* issue #6: dequantized weights within 1e-3 relative */
 #define PARITY_LR_TOL 1e-3     /* adapters' product L R, as the weights */
+#define PARITY_CODE_FLIP_FRAC 1e-3   /* quantized adapters: codes an ulp moved across a rounding boundary */
 #define PARITY_PPL_TOL 0.002   /* issue #6: perplexity within 0.2% */
+/* SparseGPT decides each group on weights every earlier column of its row updated (OBS), through
+** the inverse Hessian and the update GEMMs, whose f32 roundings differ between backends: on the
+** fixture OPT (rows of 1024) the first differing decision of a row came at gaps up to 1.7e-3 on
+** cuemu (2026-12-07). A wrong selection differs by far more (an N:M group's runner-up: ~0.1-1). */
+#define PARITY_SGPT_TIE_REL 1e-2
 
 static bool selftest;
 static double tie_rel = PARITY_TIE_REL;
+static double band;   /* the tie band of the case running: tie_rel, or PARITY_SGPT_TIE_REL for SparseGPT */
 static const char *dut_name;
 static struct kbackend *kb_cpu, *kb_dut;
 static bool free_running;   /* also run the DUT on its own block inputs and print its perplexity */
@@ -61,7 +73,8 @@ static char data_dir[4000];
 
 /* ---- the reference's metric at its selection boundary ----
 ** gap[i]: how far entry i's metric lies from the other side of the boundary of its selection
-** set, relative (0 = a tie); a GPU decision may differ from the CPU's only where gap <= tie_rel. */
+** set, relative (0 = a tie); a GPU decision may differ from the CPU's only where gap <= band
+** (the case's tie band). */
 
 /* Sets where a pruned entry's rebuilt metric exceeds a kept one's (beyond the rounding of the
 ** rebuild): the metric does not explain the CPU's own mask, so the harness reads the wrong thing. */
@@ -297,8 +310,31 @@ static double *adapter_product(struct kbackend *kb, const struct linear *l)
     return P;
 }
 
+/* Quantized adapters: entries of the CPU's (a) and the device's (b) stored factor [rows x cols] whose
+** codes differ. The stored factor is deq(F sqrt(r)) / sqrt(r) (lowrank_quantize), so a code step is
+** alpha / (max_q sqrt(r)). An ulp of difference before quantization moves a value across a rounding
+** boundary now and then: that entry differs by one step (*flips); more than one step has no such
+** explanation (*beyond). */
+static void code_flips(const float *a, const float *b, const struct quant_params *q, int rows, int cols, int rank,
+                       long *flips, long *beyond)
+{
+    assert_int_equal(q->kind, QK_ALPHA);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            float alpha = q->scale[(size_t)(i / q->group_rows) * q->cols + j / q->group_cols];
+            double step = alpha / (quant_max_q(q->bits) * sqrt((double)rank));
+            double d = fabs((double)b[(size_t)i * cols + j] - a[(size_t)i * cols + j]);
+            if (d > 0.5 * step) ++*flips;
+            if (d > 1.5 * step) ++*beyond;
+        }
+}
+
 struct tally {
+    long code_flips, code_beyond, code_entries;   /* quantized adapters */
+    long l24_groups, l24_short;     /* prune_lora: groups of 4 of the device's L, those with < 2 zeros */
+    int code_linears;               /* linears with a flipped adapter code: their L R not compared */
     long flips, unexplained, entries;
+    long cascaded;                  /* SparseGPT: flips after the first of their row, not checked */
     double worst_gap_flipped;       /* largest boundary gap among flipped entries */
     double worst_w, worst_lr;       /* over linears whose masks agree (rows: weights) */
     int tie_linears;                /* linears with an allowed flip: adapters not compared */
@@ -307,19 +343,28 @@ struct tally {
 /* Mask of the CPU (a) and the device (b) for one linear, gap from the CPU metric (may be NULL:
 ** no metric known, every flip is unexplained). Fills flipped_row [d_out]. */
 static void compare_mask(struct tally *t, const uint8_t *a, const uint8_t *b, const float *gap, int d_out, int d_in,
-                         uint8_t *flipped_row)
+                         uint8_t *flipped_row, int unit)
 {
     for (int r = 0; r < d_out; r++) {
+        int first_unit = -1;
         flipped_row[r] = 0;
         for (int c = 0; c < d_in; c++) {
             size_t i = (size_t)r * d_in + c;
             t->entries++;
             if (a[i] == b[i]) continue;
-            flipped_row[r] = 1;
             t->flips++;
+            /* unit > 0 (SparseGPT): a row's columns are decided unit by unit (an N:M group, a block
+            ** of columns), each on weights the earlier decisions updated (OBS), so the units after
+            ** the one of a row's first flip follow from it */
+            if (unit > 0 && first_unit >= 0 && c / unit != first_unit) {
+                t->cascaded++;
+                continue;
+            }
+            if (unit > 0) first_unit = c / unit;
+            flipped_row[r] = 1;
             double g = gap ? gap[i] : INFINITY;
             if (g > t->worst_gap_flipped) t->worst_gap_flipped = g;
-            if (!(g <= tie_rel)) t->unexplained++;
+            if (!(g <= band)) t->unexplained++;
         }
     }
 }
@@ -328,6 +373,7 @@ static void compare_mask(struct tally *t, const uint8_t *a, const uint8_t *b, co
 static void test_core_gpu_parity__harness_flags_differences(void **state)
 {
     (void)state;
+    band = PARITY_TIE_REL;
     const float t[8] = { 1.0f, 2.0f, 2.0000005f, 9.0f, 0.5f, 3.0f, 4.0f, 5.0f };
     const uint8_t cpu[8] = { 1, 1, 0, 0, 1, 1, 0, 0 };
     uint8_t dev[8] = { 1, 0, 1, 0, 1, 1, 0, 0 }, flipped[2];
@@ -344,15 +390,26 @@ static void test_core_gpu_parity__harness_flags_differences(void **state)
     inversions = 0;
     assert_true(gap[0] > 0.4 && gap[3] > 3);
     struct tally tl = { 0 };
-    compare_mask(&tl, cpu, dev, gap, 2, 4, flipped);
+    compare_mask(&tl, cpu, dev, gap, 2, 4, flipped, 0);
     assert_int_equal(tl.flips, 2);
     assert_int_equal(tl.unexplained, 0);
     assert_true(flipped[0] && !flipped[1]);
     dev[5] = 0;   /* group 2: 3.0 kept instead of pruned while 4.0 is pruned: no tie */
-    compare_mask(&tl, cpu, dev, gap, 2, 4, flipped);
+    compare_mask(&tl, cpu, dev, gap, 2, 4, flipped, 0);
     assert_int_equal(tl.unexplained, 1);
-    compare_mask(&tl, cpu, dev, NULL, 2, 4, flipped);   /* no metric known: every flip counts */
+    compare_mask(&tl, cpu, dev, NULL, 2, 4, flipped, 0);   /* no metric known: every flip counts */
     assert_int_equal(tl.unexplained, 1 + 3);
+    /* SparseGPT's rows: only a row's first flip needs a tie, the rest of the row follows from it */
+    dev[3] = 1;   /* row 0: the tie flip at columns 1 and 2, then column 3, far from any tie */
+    struct tally ts = { 0 };
+    compare_mask(&ts, cpu, dev, gap, 2, 4, flipped, 2);   /* units {0, 1}, {2, 3}: columns 2 and 3 follow */
+    assert_int_equal(ts.flips, 4);
+    assert_int_equal(ts.cascaded, 2);
+    assert_int_equal(ts.unexplained, 1);   /* row 1's lone flip, the first of its row, at no tie */
+    memset(&ts, 0, sizeof ts);
+    compare_mask(&ts, cpu, dev, gap, 2, 4, flipped, 4);   /* one unit: every flip of row 0 is checked */
+    assert_int_equal(ts.cascaded, 0);
+    assert_int_equal(ts.unexplained, 2);
     /* rows: Wanda's per-row sets; the matrix: magnitude's one threshold */
     po.n = po.m = 0;
     po.method = PRUNE_WANDA;
@@ -514,6 +571,7 @@ static void run_cfg(const struct cfg *c)
 {
     char model_dir[4096], ids_dir[4096];
     paths_of(c, model_dir, sizeof model_dir, ids_dir, sizeof ids_dir);
+    band = c->pm == PRUNE_SPARSEGPT ? fmax(tie_rel, PARITY_SGPT_TIE_REL) : tie_rel;
     struct slm_err err = SLM_ERR_INIT;
     int nc, T, ne, Te;
     int32_t *cal = ref_ids_load(ids_dir, "calibration_ids", &nc, &T), *ev = ref_ids_load(ids_dir, "eval_ids", &ne, &Te);
@@ -565,7 +623,8 @@ static void run_cfg(const struct cfg *c)
             assert_int_equal(ca->mask != NULL, cb->mask != NULL);
             if (ca->mask) {
                 float *gap = reference_gaps(c, &o, dense, bl, r, ca->mask, &snap_i, &sg_i);
-                compare_mask(&t, ca->mask, cb->mask, gap, d_out, d_in, flipped);
+                compare_mask(&t, ca->mask, cb->mask, gap, d_out, d_in, flipped,
+                             c->pm != PRUNE_SPARSEGPT ? 0 : o.prune.m ? o.prune.m : o.prune.blocksize);
                 free(gap);
             }
             bool any_flip = false;
@@ -576,7 +635,34 @@ static void run_cfg(const struct cfg *c)
             if (rw > t.worst_w) t.worst_w = rw;
             assert_int_equal(la->rank, lb->rank);
             if (la->rank && any_flip) t.tie_linears++;
-            if (la->rank && !any_flip) {
+            long cf = 0;
+            if (la->rank && ca->qpl.scale && cb->qpl.scale) {
+                size_t nl = (size_t)d_in * la->rank, nr = (size_t)la->rank * d_out;
+                float *La = fetch(a.m->kb, la->lora_l, nl), *Lb = fetch(b.m->kb, lb->lora_l, nl);
+                float *Ra = fetch(a.m->kb, la->lora_r, nr), *Rb = fetch(b.m->kb, lb->lora_r, nr);
+                code_flips(La, Lb, &ca->qpl, d_in, la->rank, la->rank, &cf, &t.code_beyond);
+                code_flips(Ra, Rb, &ca->qpr, la->rank, d_out, la->rank, &cf, &t.code_beyond);
+                t.code_flips += cf;
+                t.code_entries += (long)(nl + nr);
+                if (cf) t.code_linears++;
+                if (cf && getenv("VERBOSE")) fprintf(stderr, "  %-36s %ld adapter codes flipped\n", la->name, cf);
+                free(La);
+                free(Lb);
+                free(Ra);
+                free(Rb);
+            }
+            if (c->prune_lora && lb->rank) {   /* the device did prune L 2:4 along d_in */
+                float *Lb = fetch(b.m->kb, lb->lora_l, (size_t)d_in * lb->rank);
+                for (int k = 0; k < lb->rank; k++)
+                    for (int g = 0; g + 4 <= d_in; g += 4) {
+                        int z = 0;
+                        for (int j = g; j < g + 4; j++) z += Lb[(size_t)j * lb->rank + k] == 0;
+                        t.l24_groups++;
+                        t.l24_short += z < 2;
+                    }
+                free(Lb);
+            }
+            if (la->rank && !any_flip && !cf) {
                 double *pa = adapter_product(a.m->kb, la), *pb = adapter_product(b.m->kb, lb), num = 0, den = 0;
                 for (size_t i = 0; i < n; i++) {
                     num += (pb[i] - pa[i]) * (pb[i] - pa[i]);
@@ -597,10 +683,16 @@ static void run_cfg(const struct cfg *c)
     if (c->pm == PRUNE_SPARSEGPT) assert_int_equal(sg_i, spy.nsg);
     assert_int_equal(inversions, 0);   /* the rebuilt metrics select the CPU's masks */
     double dppl = fabs(b.ppl / a.ppl - 1);
-    fprintf(stderr, "parity %-44s %s vs cpu: mask flips %ld/%ld (%ld beyond tie_rel %.0e, largest gap %.2e)  "
+    if (t.cascaded)
+        fprintf(stderr, "parity %-44s %ld of the flips follow an earlier flip in their row (SparseGPT's updates)\n",
+                c->name, t.cascaded);
+    fprintf(stderr, "parity %-44s %s vs cpu: mask flips %ld/%ld (%ld beyond the tie band %.0e, largest gap %.2e)  "
             "weights %.2e  L.R %.2e%s  ppl %.5f vs %.5f (%.4f%%)\n",
-            c->name, dut_name, t.flips, t.entries, t.unexplained, tie_rel, t.flips ? t.worst_gap_flipped : 0.0,
+            c->name, dut_name, t.flips, t.entries, t.unexplained, band, t.flips ? t.worst_gap_flipped : 0.0,
             t.worst_w, t.worst_lr, t.tie_linears ? " (tie linears left out)" : "", b.ppl, a.ppl, 100 * dppl);
+    if (t.code_entries)
+        fprintf(stderr, "parity %-44s %s adapter codes: %ld of %ld flipped (%ld by more than one step), L.R of %d "
+                "linears left out\n", c->name, dut_name, t.code_flips, t.code_entries, t.code_beyond, t.code_linears);
     if (free_ppl >= 0)
         fprintf(stderr, "parity %-44s %s free-running (own block inputs): ppl %.5f (%.4f%% from the cpu)\n", c->name,
                 dut_name, free_ppl, 100 * fabs(free_ppl / a.ppl - 1));
@@ -610,9 +702,22 @@ static void run_cfg(const struct cfg *c)
         assert_true(t.worst_w == 0 && t.worst_lr == 0 && b.ppl == a.ppl);
     }
     assert_int_equal(t.unexplained, 0);
-    assert_true(t.worst_w <= PARITY_W_TOL);
-    assert_true(t.worst_lr <= PARITY_LR_TOL);
-    assert_true(dppl <= PARITY_PPL_TOL);
+    assert_int_equal(t.code_beyond, 0);
+    assert_true(t.code_flips <= PARITY_CODE_FLIP_FRAC * t.code_entries);
+    if (c->prune_lora) {
+        /* prune_lora's Adam (the reference's lr = 1e6 / min(d_in, d_out)^2: 244 on stories260K) is
+        ** chaotic: an ulp anywhere gives other adapters, and W follows (Q(M . (W - L R))). The CPU alone
+        ** moves this case's ppl from 65.81 to 70.72 with the OpenBLAS thread count. Compared: W's masks
+        ** (above) and the device's L being 2:4; weights, L R and ppl are printed only. */
+        fprintf(stderr, "parity %-44s prune_lora: %ld of %ld groups of L 2:4 on the device; weights, L.R and ppl "
+                "not compared (chaotic)\n", c->name, t.l24_groups - t.l24_short, t.l24_groups);
+        assert_true(t.l24_groups > 0);
+        assert_int_equal(t.l24_short, 0);
+    } else {
+        assert_true(t.worst_w <= PARITY_W_TOL);
+        assert_true(t.worst_lr <= PARITY_LR_TOL);
+        assert_true(dppl <= PARITY_PPL_TOL);
+    }
     compress_result_free(&a.res);
     compress_result_free(&b.res);
     model_free(a.m);
