@@ -576,10 +576,7 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
                            float *C, int ldc)
 {
-    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (!gemm_args_ok(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
-    sgemm(h->math == CUBLAS_TF32_TENSOR_OP_MATH, ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-    return CUBLAS_STATUS_SUCCESS;
+    return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
@@ -607,14 +604,10 @@ static cublasStatus_t gemm_ex_ok(cublasHandle_t h, cudaDataType a, cudaDataType 
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                             const void *alpha, const void *A, cudaDataType ta_, int lda, const void *B, cudaDataType tb_,
                             int ldb, const void *beta, void *C, cudaDataType tc, int ldc, cublasComputeType_t ct,
-                            cublasGemmAlgo_t)
+                            cublasGemmAlgo_t algo)
 {
-    cublasStatus_t s = gemm_ex_ok(h, ta_, tb_, tc, ct);
-    if (s) return s;
-    if (!gemm_args_ok(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
-    sgemm(ct == CUBLAS_COMPUTE_32F_FAST_TF32, ta, tb, m, n, k, *(const float *)alpha, (const float *)A, lda,
-          (const float *)B, ldb, *(const float *)beta, (float *)C, ldc);
-    return CUBLAS_STATUS_SUCCESS;
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, ta_, lda, 0, B, tb_, ldb, 0, beta, C, tc, ldc, 0, 1,
+                                      ct, algo);
 }
 
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,

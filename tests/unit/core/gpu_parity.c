@@ -57,7 +57,7 @@
 #define PARITY_TIE_REL 1e-6    /* issue #6: "identical N:M masks where ties cannot occur" */
 #define PARITY_W_TOL 1e-3      /* issue #6: dequantized weights within 1e-3 relative */
 #define PARITY_LR_TOL 1e-3     /* adapters' product L R, as the weights */
-#define PARITY_CODE_FLIP_FRAC 1e-3   /* quantized adapters: codes an ulp moved across a rounding boundary */
+#define PARITY_CODE_FLIP_FRAC 1e-3   /* quantized weights and adapters: codes an ulp moved across a boundary */
 #define PARITY_PPL_TOL 0.002   /* issue #6: perplexity within 0.2% */
 /* SparseGPT decides each group on weights every earlier column of its row updated (OBS), through
 ** the inverse Hessian and the update GEMMs, whose f32 roundings differ between backends: on the
